@@ -1,3 +1,24 @@
-"""seven-jax: SEVEN pruning for JAX/Flax, as optax gradient transformations."""
+"""seven-jax: SEVEN pruning for JAX/Flax, as optax gradient transformations.
+
+The core is :func:`seven_mask`, which wraps any optax optimizer and prunes
+while fine-tuning (SEVEN_dyn); :func:`masks` reads the masks back and
+:func:`sparsity_report` tabulates them.
+"""
+
+from seven_jax.prunable import default_prunable, resolve_prunable
+from seven_jax.report import SparsityReport, sparsity_report
+from seven_jax.schedules import cubic_keep_ratio, exponential_keep_ratio, keep_count
+from seven_jax.statistics import SevenStats
+from seven_jax.threshold import (canonicalize_scores, kth_largest_threshold,
+                                 sort_reference_threshold, topk_masks)
+from seven_jax.transform import SevenMaskState, find_state, masks, seven_mask
 
 __version__ = "0.1.0"
+
+__all__ = [
+    "seven_mask", "SevenMaskState", "masks", "find_state",
+    "sparsity_report", "SparsityReport",
+    "cubic_keep_ratio", "exponential_keep_ratio", "keep_count",
+    "kth_largest_threshold", "topk_masks", "sort_reference_threshold",
+    "canonicalize_scores", "default_prunable", "resolve_prunable", "SevenStats",
+]

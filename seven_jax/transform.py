@@ -1,0 +1,315 @@
+"""``seven_mask``: SEVEN_dyn pruning as an optax gradient transformation."""
+
+from __future__ import annotations
+
+from typing import Any, NamedTuple, Optional
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+from jax import lax
+
+from seven_jax import schedules
+from seven_jax.prunable import PrunableSpec, resolve_prunable
+from seven_jax.statistics import (SevenStats, seven_score_increment,
+                                  update_seven_stats)
+from seven_jax.threshold import canonicalize_scores, kth_largest_threshold
+
+__all__ = ["seven_mask", "SevenMaskState", "masks", "find_state"]
+
+_NO_PARAMS_MSG = ("seven_mask needs the current parameters: call "
+                  "tx.update(grads, state, params).")
+_SCOPES = ("global", "per_leaf")
+
+
+class SevenMaskState(NamedTuple):
+  """State of :func:`seven_mask`. Every field is an array (no ``None``).
+
+  Attributes:
+    count: int32, number of ``update`` calls so far (``t``).
+    masks: bool, shaped like params; ``True`` = kept. Non-prunable leaves are
+      all ``True``.
+    grad_ema: float32 EMA of ``|g|`` (``m``) for prunable leaves; a 0-d
+      placeholder for the others, so they cost no memory.
+    sq_grad_ema: float32 EMA of ``g**2`` (``v``), same layout.
+    scores: float32 accumulated SEVEN scores ``S``, same layout.
+    inner_state: state of the wrapped optimizer.
+  """
+  count: jax.Array
+  masks: Any
+  grad_ema: Any
+  sq_grad_ema: Any
+  scores: Any
+  inner_state: Any
+
+
+def _is_concrete(x) -> bool:
+  return not isinstance(x, jax.core.Tracer)
+
+
+def _check_range(name, value, low, high, *, low_open=False, high_open=True):
+  """Eager argument checks; skipped for traced values (inject_hyperparams)."""
+  if not _is_concrete(value):
+    return
+  v = float(np.asarray(value))
+  too_low = v <= low if low_open else v < low
+  too_high = v >= high if high_open else v > high
+  if too_low or too_high or not np.isfinite(v):
+    lb = "(" if low_open else "["
+    rb = ")" if high_open else "]"
+    raise ValueError(f"{name} must be in {lb}{low}, {high}{rb}, got {value!r}.")
+
+
+def seven_mask(
+    inner: optax.GradientTransformation,
+    sparsity: float = 0.6,
+    start_step: int = 1000,
+    pruning_steps: int = 4000,
+    b1: float = 0.8,
+    b2: float = 0.9,
+    prunable: PrunableSpec = None,
+    *,
+    eps: float = 1e-9,
+    update_every: int = 1,
+    scope: str = "global",
+    resurrect: bool = False,
+    signed_first_moment: bool = False,
+) -> optax.GradientTransformationExtraArgs:
+  r"""Prunes while fine-tuning with SEVEN (SEVEN_dyn), wrapping an optimizer.
+
+  ``seven_mask`` wraps the optimizer that moves the kept weights (``inner``)
+  because SEVEN needs the raw gradients while exact zeros need the final
+  update. On the ``t``-th call (0-based) of ``update``:
+
+  1. The gradient is masked, ``g <- M * g``, exactly the gradient of the
+     official masked forward ``W * M``, and ``inner`` computes ``u``.
+  2. Inside the pruning window ``start_step <= t < start_step + N - 1``
+     (``N = pruning_steps``), with ``p = t - start_step`` and the weights after
+     the inner step ``W_p = params + u``:
+
+     .. math::
+
+        m &\leftarrow \beta_1 m + (1-\beta_1)|g|, \quad
+        v \leftarrow \beta_2 v + (1-\beta_2) g^2, \\
+        S &\leftarrow S + \left|W_p \odot |g| \odot
+            \frac{m / (1-\beta_1^{p+1})}{\sqrt{v / (1-\beta_2^{p+1})}
+            + \epsilon}\right|, \qquad S[M = 0] \leftarrow 0, \\
+        r_p &= r_f + (1 - r_f)\left(1 - \frac{p+1}{N}\right)^3, \quad
+        r_f = 1 - \text{sparsity},
+
+     and the new mask keeps the ``k = floor(r_p D)`` largest scores over all
+     ``D`` prunable weights (one global pool, no per-layer quota; entries
+     tied with the k-th score are all kept, as ``S >= topk(S, k)[-1]`` in the
+     official code). The threshold is exact but found by counting, without
+     sorting or concatenating the scores (:mod:`seven_jax.threshold`).
+  3. The emitted update is ``where(M, u, -params)``, so after
+     ``optax.apply_updates`` every pruned weight is exactly 0. Outside the
+     window the mask is frozen and still enforced.
+
+  Non-finite gradient entries count as zero in the statistics and scores
+  (they never put NaN into scores or masks); the inner optimizer still sees
+  them as they are, so pair with ``optax.apply_if_finite`` if needed.
+
+  Args:
+    inner: the optimizer that updates the kept weights, e.g.
+      ``optax.adamw(2e-5)``.
+    sparsity: final fraction of prunable weights that are exactly zero, in
+      ``[0, 1)``.
+    start_step: ``t_i``, dense update calls before pruning starts (>= 0).
+    pruning_steps: ``N`` (>= 2), length of the cubic ramp; the official code
+      updates the mask on ``N - 1`` steps.
+    b1: EMA rate of ``|g|`` (official ``alpha_1``), in ``[0, 1)``.
+    b2: EMA rate of ``g**2`` (official ``alpha_2``), in ``[0, 1)``.
+    prunable: pytree of bools shaped like params, or a callable
+      ``params -> such a pytree``; ``None`` prunes every array with
+      ``ndim >= 2``. Use a model preset for Transformers. Under
+      ``optax.inject_hyperparams`` pass ``static_args=("prunable",)``.
+    eps: added after the square root (official ``1e-9``).
+    update_every: recompute the mask every this many window steps (the last
+      window step always updates it); statistics are updated every step.
+    scope: ``"global"`` (one pool, the official behaviour) or ``"per_leaf"``
+      (every leaf pruned to the same ratio).
+    resurrect: if True, pruned weights keep their score and may come back;
+      by default masks only shrink.
+    signed_first_moment: use the EMA of the signed gradient for ``m`` (the
+      Balles & Hennig sign-aware variant, ``|m_hat|`` in the score) instead
+      of the official EMA of ``|g|``.
+
+  Returns:
+    An :class:`optax.GradientTransformationExtraArgs`. Read the masks with
+    :func:`seven_jax.masks` (works on the state of any chain or wrapper).
+
+  Examples:
+    >>> import jax.numpy as jnp, optax, seven_jax
+    >>> params = {"w": jnp.arange(1.0, 7.0).reshape(2, 3), "b": jnp.zeros(3)}
+    >>> tx = seven_jax.seven_mask(optax.sgd(0.1), sparsity=0.5,
+    ...                           start_step=0, pruning_steps=2)
+    >>> state = tx.init(params)
+    >>> grads = {"w": jnp.ones((2, 3)), "b": jnp.ones(3)}
+    >>> updates, state = tx.update(grads, state, params)
+    >>> params = optax.apply_updates(params, updates)
+    >>> int(seven_jax.masks(state)["w"].sum())
+    3
+
+  References:
+    Xiao et al, `Pruning Transformer Model by Reserving Sentinels
+    <https://arxiv.org/abs/2403.12688>`_, 2024
+  """
+  _check_range("sparsity", sparsity, 0.0, 1.0)
+  _check_range("b1", b1, 0.0, 1.0)
+  _check_range("b2", b2, 0.0, 1.0)
+  _check_range("eps", eps, 0.0, np.inf)
+  if _is_concrete(start_step) and int(np.asarray(start_step)) < 0:
+    raise ValueError(f"start_step must be >= 0, got {start_step!r}.")
+  if _is_concrete(pruning_steps) and int(np.asarray(pruning_steps)) < 2:
+    raise ValueError(f"pruning_steps must be >= 2, got {pruning_steps!r}.")
+  if _is_concrete(update_every) and int(np.asarray(update_every)) < 1:
+    raise ValueError(f"update_every must be >= 1, got {update_every!r}.")
+  if scope not in _SCOPES:
+    raise ValueError(f"scope must be one of {_SCOPES}, got {scope!r}.")
+  inner = optax.with_extra_args_support(inner)
+
+  def init_fn(params):
+    if type(params).__name__ == "_ParamsPlaceholder":
+      # optax.tree.map_params probes init with a leafless placeholder: every
+      # params-shaped field is reported as params-shaped.
+      return SevenMaskState(jnp.zeros([], jnp.int32), params, params, params,
+                            params, inner.init(params))
+    spec = resolve_prunable(prunable, params)
+    stat = lambda p, s: jnp.zeros(jnp.shape(p) if s else (), jnp.float32)
+    zeros = jax.tree.map(stat, params, spec)
+    return SevenMaskState(
+        count=jnp.zeros([], jnp.int32),
+        masks=jax.tree.map(lambda p: jnp.ones(jnp.shape(p), jnp.bool_), params),
+        grad_ema=zeros,
+        sq_grad_ema=jax.tree.map(jnp.copy, zeros),
+        scores=jax.tree.map(jnp.copy, zeros),
+        inner_state=inner.init(params),
+    )
+
+  def update_fn(updates, state, params=None, **extra_args):
+    if params is None:
+      raise ValueError(_NO_PARAMS_MSG)
+    spec = resolve_prunable(prunable, params)
+    treedef = jax.tree.structure(params)
+    is_prunable = treedef.flatten_up_to(spec)
+    flat_params = treedef.flatten_up_to(params)
+    flat_masks = treedef.flatten_up_to(state.masks)
+    flat_grads = treedef.flatten_up_to(updates)
+
+    # (1) Gradient of the masked network: pruned coordinates get exactly 0.
+    flat_grads = [jnp.where(m, g, jnp.zeros_like(g)) if s else g
+                  for g, m, s in zip(flat_grads, flat_masks, is_prunable)]
+    grads = treedef.unflatten(flat_grads)
+    inner_updates, inner_state = inner.update(grads, state.inner_state, params,
+                                              **extra_args)
+    flat_inner = treedef.flatten_up_to(inner_updates)
+
+    idx = [i for i, s in enumerate(is_prunable) if s]
+    total = int(sum(np.prod(np.shape(flat_params[i]), dtype=np.int64) for i in idx))
+    t = state.count
+    window_end = start_step + pruning_steps - 1
+    in_window = (t >= start_step) & (t < window_end)
+    local_step = t - start_step
+
+    def prune(operand):
+      masks_p, m_p, v_p, s_p = operand
+      new_m, new_v, new_s = [], [], []
+      for j, i in enumerate(idx):
+        g = flat_grads[i]
+        stats = update_seven_stats(SevenStats(m_p[j], v_p[j]), g, b1, b2,
+                                   signed_first_moment=signed_first_moment)
+        w_after = (flat_params[i].astype(jnp.float32)
+                   + flat_inner[i].astype(jnp.float32))
+        if signed_first_moment:
+          stats_for_score = SevenStats(jnp.abs(stats.grad_ema), stats.sq_grad_ema)
+        else:
+          stats_for_score = stats
+        inc = seven_score_increment(w_after, g, stats_for_score, local_step,
+                                    b1, b2, eps)
+        score = canonicalize_scores(s_p[j] + inc)
+        if not resurrect:
+          score = jnp.where(masks_p[j], score, 0.0)  # (E7)
+        new_m.append(stats.grad_ema)
+        new_v.append(stats.sq_grad_ema)
+        new_s.append(score)
+
+      keep_ratio = schedules.cubic_keep_ratio(local_step, pruning_steps,
+                                              1.0 - sparsity)
+
+      def select(_):
+        if scope == "global":
+          k = schedules.keep_count(keep_ratio, total)
+          tau = kth_largest_threshold(new_s, k)
+          taus = [tau] * len(new_s)
+        else:
+          taus = [kth_largest_threshold(
+              [s], schedules.keep_count(keep_ratio, int(np.prod(s.shape))))
+                  for s in new_s]
+        kept = [s >= tau for s, tau in zip(new_s, taus)]
+        if not resurrect:
+          kept = [k_ & m for k_, m in zip(kept, masks_p)]
+        return kept
+
+      is_last = local_step == window_end - 1 - start_step
+      select_now = ((local_step + 1) % update_every == 0) | is_last
+      new_masks = lax.cond(select_now, select, lambda _: list(masks_p), None)
+      return new_masks, new_m, new_v, new_s
+
+    flat_m = treedef.flatten_up_to(state.grad_ema)
+    flat_v = treedef.flatten_up_to(state.sq_grad_ema)
+    flat_s = treedef.flatten_up_to(state.scores)
+    operand = ([flat_masks[i] for i in idx], [flat_m[i] for i in idx],
+               [flat_v[i] for i in idx], [flat_s[i] for i in idx])
+    masks_p, m_p, v_p, s_p = lax.cond(in_window, prune, lambda op: op, operand)
+    for j, i in enumerate(idx):
+      flat_masks[i], flat_m[i], flat_v[i], flat_s[i] = (
+          masks_p[j], m_p[j], v_p[j], s_p[j])
+
+    # (3) Pruned weights land exactly on 0 once the update is applied.
+    final = []
+    for u, p, m, s in zip(flat_inner, flat_params, flat_masks, is_prunable):
+      final.append(jnp.where(m, u, -p.astype(u.dtype)) if s else u)
+
+    new_state = SevenMaskState(
+        count=optax.safe_increment(t),
+        masks=treedef.unflatten(flat_masks),
+        grad_ema=treedef.unflatten(flat_m),
+        sq_grad_ema=treedef.unflatten(flat_v),
+        scores=treedef.unflatten(flat_s),
+        inner_state=inner_state,
+    )
+    return treedef.unflatten(final), new_state
+
+  return optax.GradientTransformationExtraArgs(init_fn, update_fn)
+
+
+def _unwrap_variable(x):
+  # flax.nnx stores optimizer state leaves in Variable boxes.
+  return x.value if hasattr(x, "value") and not isinstance(x, jax.Array) else x
+
+
+def find_state(opt_state) -> SevenMaskState:
+  """The :class:`SevenMaskState` inside any chain, wrapper or nnx optimizer."""
+  found = [x for x in jax.tree.leaves(
+      opt_state, is_leaf=lambda x: isinstance(x, SevenMaskState))
+           if isinstance(x, SevenMaskState)]
+  if not found:
+    raise ValueError("No seven_mask state found in this optimizer state.")
+  if len(found) > 1:
+    raise ValueError(f"Found {len(found)} seven_mask states; pass the one you "
+                     "mean (e.g. opt_state[0]).")
+  return found[0]
+
+
+def masks(opt_state) -> Any:
+  """Pytree of bool arrays like params (``True`` = kept) from an optimizer state.
+
+  Works on the state of ``seven_mask`` itself, of any ``optax.chain``,
+  ``optax.inject_hyperparams`` or ``optax.MultiSteps`` around it, of a Flax
+  ``TrainState`` (``state.opt_state``) and of ``nnx.Optimizer.opt_state``.
+  """
+  state = find_state(opt_state)
+  return jax.tree.map(_unwrap_variable, state.masks,
+                      is_leaf=lambda x: hasattr(x, "value"))

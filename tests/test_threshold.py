@@ -1,0 +1,82 @@
+"""The counting select against the sort-based reference (what the official code does)."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from seven_jax import threshold as th
+
+SHAPES = [(30, 40), (7,), (100, 3), (1,), (5, 5, 4)]
+
+
+def _leaves(rng, kind):
+  leaves = [rng.standard_normal(s).astype(np.float32) for s in SHAPES]
+  if kind == "nonnegative":
+    leaves = [np.abs(x) for x in leaves]
+  elif kind == "tied":
+    leaves = [np.round(np.abs(x) * 2).astype(np.float32) for x in leaves]
+  elif kind == "constant":
+    leaves = [np.full(s, 0.25, np.float32) for s in SHAPES]
+  elif kind == "zeros_and_tiny":
+    leaves = [np.where(rng.random(s) < 0.5, 0.0, 1e-35 * rng.random(s)).astype(np.float32)
+              + (rng.random(s) < 0.1) * 3.0 for s in SHAPES]
+  elif kind == "huge_range":
+    leaves = [(rng.standard_normal(s) * 10.0 ** rng.integers(-30, 38, s)).astype(np.float32)
+              for s in SHAPES]
+  return [th.canonicalize_scores(jnp.asarray(x)) for x in leaves]
+
+
+@pytest.mark.parametrize("kind", ["signed", "nonnegative", "tied", "constant",
+                                  "zeros_and_tiny", "huge_range"])
+def test_same_mask_as_sorting(kind):
+  rng = np.random.default_rng(hash(kind) % 2**32)
+  leaves = _leaves(rng, kind)
+  total = sum(x.size for x in leaves)
+  select = jax.jit(th.kth_largest_threshold)
+  for k in [0, 1, 2, total // 3, total // 2, total - 1, total, int(rng.integers(1, total))]:
+    tau = select(leaves, jnp.int32(k))
+    ref = th.sort_reference_threshold(leaves, k)
+    for x in leaves:
+      np.testing.assert_array_equal(np.asarray(x >= tau), np.asarray(x) >= ref,
+                                    err_msg=f"{kind}, k={k}")
+
+
+def test_keeps_exactly_k_without_ties_and_all_ties_with_them():
+  rng = np.random.default_rng(1)
+  leaves = [jnp.asarray(rng.permutation(1000).reshape(10, 100).astype(np.float32))]
+  for k in [1, 10, 999]:
+    masks = th.topk_masks(leaves, k)
+    assert int(masks[0].sum()) == k
+  tied = [jnp.asarray(np.repeat(np.arange(10.0, dtype=np.float32), 10))]
+  # The 15th largest is 8.0, and all ten 8.0s are kept, as in the official code.
+  assert int(th.topk_masks(tied, 15)[0].sum()) == 20
+
+
+def test_indicator_counts_are_exact_at_the_edges_of_the_float_range():
+  x = jnp.asarray([0.0, 1e-30, -1e-30, np.nextafter(np.float32(1e-30), np.float32(1)),
+                   3.0e38, -3.0e38, np.finfo(np.float32).max], jnp.float32)
+  for u in [0.0, 1e-30, -1e-30, 1.0, 3.0e38, -3.0e38]:
+    got = int(th._count_greater([x], jnp.float32(u)))
+    assert got == int(np.sum(np.asarray(x) > np.float32(u))), u
+
+
+def test_keys_are_order_preserving_and_invertible():
+  values = np.array([-3e38, -1.0, -1e-30, 0.0, 1e-30, 2e-30, 1.0, 3e38], np.float32)
+  keys = np.asarray(th._to_key(jnp.asarray(values)))
+  assert np.all(np.diff(keys) > 0)
+  np.testing.assert_array_equal(np.asarray(th._from_key(jnp.asarray(keys))), values)
+  assert int(th._to_key(jnp.float32(1e-30))) == 1
+
+
+def test_canonicalize_removes_nan_and_inf():
+  x = th.canonicalize_scores(jnp.asarray([np.nan, np.inf, -np.inf, 1e-31, 2.0]))
+  assert np.all(np.isfinite(np.asarray(x)))
+  np.testing.assert_array_equal(np.asarray(x)[[0, 3, 4]], [0.0, 0.0, 2.0])
+
+
+def test_large_leaf_counts_beyond_float32_integer_range():
+  # 2**24 + 10 entries: partial sums must stay exact.
+  n = (1 << 24) + 10
+  x = jnp.ones((n,), jnp.float32)
+  assert int(th._count_greater([x], jnp.float32(0.5))) == n

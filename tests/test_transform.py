@@ -1,0 +1,387 @@
+"""seven_mask: parity with a numpy re-computation of the official loop, invariants,
+and the optax / Flax integration contract."""
+
+import math
+
+import flax
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+from flax import nnx
+from flax.training import train_state
+
+import seven_jax
+
+SHAPES = {"a": (12, 10), "b": (7, 9), "c": (5,), "d": (3, 4, 5)}
+PRUNABLE = {"a": True, "b": True, "c": False, "d": True}
+
+
+def _params(seed=0):
+  rng = np.random.default_rng(seed)
+  return {k: jnp.asarray(rng.standard_normal(s).astype(np.float32)) for k, s in SHAPES.items()}
+
+
+def _grad_sequence(steps, seed=1):
+  rng = np.random.default_rng(seed)
+  # Per-weight signal plus heavy noise, so that SEVEN's correction matters.
+  signal = {k: rng.standard_normal(s) for k, s in SHAPES.items()}
+  seq = []
+  for _ in range(steps):
+    seq.append({k: (signal[k] + 2.0 * rng.standard_normal(s) * rng.random(s)).astype(np.float32)
+                for k, s in SHAPES.items()})
+  return seq
+
+
+def official_loop(params, grads_seq, lr, sparsity, t_i, n_iter, a1, a2):
+  """Numpy re-computation of spec 2.1-2.3 with SGD as the optimizer.
+
+  Written from the spec, independently of the library: masked forward (so
+  masked gradients), optimizer step, then statistics, score and a global
+  sort-based top-k on the post-step weights. Returns the masks after every step.
+  """
+  names = [k for k in SHAPES if PRUNABLE[k]]
+  w = {k: np.asarray(v, np.float64) for k, v in params.items()}
+  mask = {k: np.ones(SHAPES[k], bool) for k in names}
+  m = {k: np.zeros(SHAPES[k]) for k in names}
+  v = {k: np.zeros(SHAPES[k]) for k in names}
+  s = {k: np.zeros(SHAPES[k]) for k in names}
+  total = sum(int(np.prod(SHAPES[k])) for k in names)
+  history = []
+  for t, grads in enumerate(grads_seq):
+    g = {k: np.asarray(grads[k], np.float64) * (mask[k] if k in mask else 1.0) for k in grads}
+    for k in w:
+      w[k] = w[k] - lr * g[k]
+    if t_i <= t < t_i + n_iter - 1:
+      p = t - t_i
+      for k in names:
+        a = np.abs(g[k])
+        m[k] = a1 * m[k] + (1 - a1) * a
+        v[k] = a2 * v[k] + (1 - a2) * a ** 2
+        mh = m[k] / (1 - a1 ** (p + 1))
+        d = np.sqrt(v[k] / (1 - a2 ** (p + 1))) + 1e-9
+        s[k] = s[k] + np.abs(w[k] * a * mh / d)
+        s[k][~mask[k]] = 0.0
+      ratio = (1 - sparsity) + sparsity * (1 - (p + 1) / n_iter) ** 3
+      keep = int(ratio * total)
+      flat = np.concatenate([s[k].ravel() for k in names])
+      tau = np.sort(flat)[::-1][keep - 1]
+      for k in names:
+        mask[k] = s[k] >= tau
+        w[k] = w[k] * mask[k]
+    history.append({k: mask[k].copy() for k in names})
+  return history
+
+
+@pytest.mark.parametrize("start_step,n_iter,sparsity", [(0, 6, 0.5), (3, 10, 0.8)])
+def test_parity_with_the_official_loop(start_step, n_iter, sparsity):
+  params = _params()
+  grads_seq = _grad_sequence(start_step + n_iter + 3)
+  lr, a1, a2 = 0.05, 0.8, 0.9
+  expected = official_loop(params, grads_seq, lr, sparsity, start_step, n_iter, a1, a2)
+  tx = seven_jax.seven_mask(optax.sgd(lr), sparsity=sparsity, start_step=start_step,
+                            pruning_steps=n_iter, b1=a1, b2=a2, prunable=PRUNABLE)
+  state = tx.init(params)
+  step = jax.jit(tx.update)
+  for t, grads in enumerate(grads_seq):
+    grads = jax.tree.map(jnp.asarray, grads)
+    updates, state = step(grads, state, params)
+    params = optax.apply_updates(params, updates)
+    got = seven_jax.masks(state)
+    for k, mask in expected[t].items():
+      np.testing.assert_array_equal(np.asarray(got[k]), mask, err_msg=f"step {t}, leaf {k}")
+  # And the run really pruned: the last mask matches floor(r_final * D).
+  total = sum(int(np.prod(SHAPES[k])) for k in SHAPES if PRUNABLE[k])
+  r_last = (1 - sparsity) + sparsity * (1 / n_iter) ** 3
+  assert sum(int(m.sum()) for m in expected[-1].values()) == int(r_last * total)
+
+
+def _regression_problem(seed=0):
+  rng = np.random.default_rng(seed)
+  x = jnp.asarray(rng.standard_normal((64, 12)), jnp.float32)
+  y = jnp.asarray(rng.standard_normal((64, 1)), jnp.float32)
+  params = {"hidden": {"kernel": jnp.asarray(rng.standard_normal((12, 16)) * 0.3, jnp.float32),
+                       "bias": jnp.zeros(16)},
+            "out": {"kernel": jnp.asarray(rng.standard_normal((16, 1)) * 0.3, jnp.float32),
+                    "bias": jnp.zeros(1)}}
+
+  def loss(p, xb, yb):
+    h = jnp.tanh(xb @ p["hidden"]["kernel"] + p["hidden"]["bias"])
+    return jnp.mean((h @ p["out"]["kernel"] + p["out"]["bias"] - yb) ** 2)
+
+  return params, loss, x, y
+
+
+@pytest.mark.parametrize("resurrect", [False, True])
+def test_invariants_over_many_adamw_steps(resurrect):
+  params, loss, x, y = _regression_problem()
+  sparsity, start, n_iter, steps = 0.7, 5, 30, 50
+  tx = seven_jax.seven_mask(optax.adamw(1e-2, weight_decay=0.1), sparsity=sparsity,
+                            start_step=start, pruning_steps=n_iter, resurrect=resurrect)
+  state = tx.init(params)
+
+  @jax.jit
+  def train_step(params, state, i):
+    idx = (jnp.arange(16) + 16 * i) % 64
+    grads = jax.grad(loss)(params, x[idx], y[idx])
+    updates, state = tx.update(grads, state, params)
+    return optax.apply_updates(params, updates), state
+
+  total = 12 * 16 + 16
+  previous = seven_jax.masks(state)
+  grew = False
+  for i in range(steps):
+    params, state = train_step(params, state, i)
+    current = seven_jax.masks(state)
+    for path in [("hidden", "kernel"), ("out", "kernel")]:
+      m = np.asarray(current[path[0]][path[1]])
+      w = np.asarray(params[path[0]][path[1]])
+      assert np.all(w[~m] == 0.0), f"step {i}: pruned weights not exactly zero"
+      old = np.asarray(previous[path[0]][path[1]])
+      if resurrect:
+        grew |= bool(np.any(m & ~old))
+      else:
+        assert not np.any(m & ~old), f"step {i}: a pruned weight came back"
+    for bias in ["hidden", "out"]:
+      assert bool(np.all(np.asarray(current[bias]["bias"])))
+    previous = current
+  kept = sum(int(np.asarray(previous[n]["kernel"]).sum()) for n in ["hidden", "out"])
+  expected = math.floor(((1 - sparsity) + sparsity * (1 / n_iter) ** 3) * total)
+  assert kept == expected
+  report = seven_jax.sparsity_report(state)
+  assert report.total == total and report.kept == kept
+
+
+def test_non_prunable_leaves_follow_the_inner_optimizer_exactly():
+  params = _params()
+  grads_seq = [jax.tree.map(jnp.asarray, g) for g in _grad_sequence(12)]
+  inner = optax.adamw(1e-2, weight_decay=0.05)
+  tx = seven_jax.seven_mask(inner, sparsity=0.5, start_step=2, pruning_steps=6,
+                            prunable=PRUNABLE)
+  s1, s2 = tx.init(params), inner.init(params)
+  p1, p2 = params, params
+  for g in grads_seq:
+    u1, s1 = tx.update(g, s1, p1)
+    u2, s2 = inner.update(g, s2, p2)
+    p1, p2 = optax.apply_updates(p1, u1), optax.apply_updates(p2, u2)
+  np.testing.assert_array_equal(np.asarray(p1["c"]), np.asarray(p2["c"]))
+
+
+def test_masks_frozen_and_enforced_outside_the_window():
+  params = _params()
+  tx = seven_jax.seven_mask(optax.sgd(0.1), sparsity=0.5, start_step=2, pruning_steps=4,
+                            prunable=PRUNABLE)
+  state = tx.init(params)
+  history = []
+  for g in _grad_sequence(10):
+    updates, state = tx.update(jax.tree.map(jnp.asarray, g), state, params)
+    params = optax.apply_updates(params, updates)
+    history.append(jax.tree.map(np.asarray, seven_jax.masks(state)))
+  # No pruning during the first two (dense) steps, none after step 2 + 4 - 2 = 4.
+  assert all(np.all(m) for m in jax.tree.leaves(history[1]))
+  for later in history[5:]:
+    jax.tree.map(np.testing.assert_array_equal, later, history[4])
+  assert not all(np.all(m) for m in jax.tree.leaves(history[4]))
+
+
+def test_update_every_only_changes_masks_on_schedule():
+  params = _params()
+  tx = seven_jax.seven_mask(optax.sgd(0.1), sparsity=0.6, start_step=0, pruning_steps=8,
+                            update_every=3, prunable=PRUNABLE)
+  state = tx.init(params)
+  changed = []
+  prev = seven_jax.masks(state)
+  for g in _grad_sequence(8):
+    updates, state = tx.update(jax.tree.map(jnp.asarray, g), state, params)
+    params = optax.apply_updates(params, updates)
+    cur = seven_jax.masks(state)
+    changed.append(any(bool(np.any(np.asarray(a) != np.asarray(b)))
+                       for a, b in zip(jax.tree.leaves(cur), jax.tree.leaves(prev))))
+    prev = cur
+  # Window steps p = 0..6: masks may change at p = 2, 5 and the last, p = 6.
+  assert [i for i, c in enumerate(changed) if c] == [2, 5, 6]
+
+
+def test_jit_does_not_recompile():
+  params = _params()
+  tx = seven_jax.seven_mask(optax.adam(1e-3), sparsity=0.5, start_step=1, pruning_steps=5)
+  state = tx.init(params)
+  step = jax.jit(tx.update)
+  for g in _grad_sequence(8):
+    _, state = step(jax.tree.map(jnp.asarray, g), state, params)
+  assert step._cache_size() == 1
+
+
+def test_composes_in_a_chain_and_accepts_extra_args():
+  params = _params()
+  tx = optax.chain(optax.clip_by_global_norm(1.0),
+                   seven_jax.seven_mask(optax.adam(1e-2), sparsity=0.5, start_step=0,
+                                        pruning_steps=3))
+  state = tx.init(params)
+  for g in _grad_sequence(4):
+    updates, state = tx.update(jax.tree.map(jnp.asarray, g), state, params,
+                               unexpected_extra_arg=1.0)
+    params = optax.apply_updates(params, updates)
+  m = seven_jax.masks(state)
+  assert np.all(np.asarray(params["a"])[~np.asarray(m["a"])] == 0)
+  assert 0 < int(np.asarray(m["a"]).sum()) < m["a"].size
+
+
+def test_inject_hyperparams_matches_and_sparsity_is_injectable():
+  params = _params()
+  kwargs = dict(sparsity=0.5, start_step=0, pruning_steps=4, b1=0.8, b2=0.9)
+  plain = seven_jax.seven_mask(optax.sgd(0.1), prunable=PRUNABLE, **kwargs)
+  injected = optax.inject_hyperparams(seven_jax.seven_mask, static_args=("prunable",))(
+      optax.sgd(0.1), prunable=PRUNABLE, **kwargs)
+  s1, s2 = plain.init(params), injected.init(params)
+  p1 = p2 = params
+  step2 = jax.jit(injected.update)
+  for g in _grad_sequence(5):
+    g = jax.tree.map(jnp.asarray, g)
+    u1, s1 = plain.update(g, s1, p1)
+    u2, s2 = step2(g, s2, p2)
+    p1, p2 = optax.apply_updates(p1, u1), optax.apply_updates(p2, u2)
+    jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-7), u1, u2)
+    jax.tree.map(np.testing.assert_array_equal, seven_jax.masks(s1), seven_jax.masks(s2))
+  # Changing the injected sparsity changes how much is pruned.
+  s3 = injected.init(params)
+  s3.hyperparams["sparsity"] = jnp.asarray(0.9, s3.hyperparams["sparsity"].dtype)
+  p3 = params
+  for g in _grad_sequence(5):
+    u3, s3 = step2(jax.tree.map(jnp.asarray, g), s3, p3)
+    p3 = optax.apply_updates(p3, u3)
+  kept = lambda s: sum(int(np.asarray(seven_jax.masks(s)[k]).sum()) for k in "abd")
+  assert kept(s3) < kept(s2)
+
+
+def test_multisteps_accumulates_then_prunes():
+  params = _params()
+  tx = optax.MultiSteps(seven_jax.seven_mask(optax.sgd(0.1), sparsity=0.5, start_step=0,
+                                             pruning_steps=3, prunable=PRUNABLE),
+                        every_k_schedule=2)
+  state = tx.init(params)
+  step = jax.jit(tx.update)
+  for i, g in enumerate(_grad_sequence(6)):
+    updates, state = step(jax.tree.map(jnp.asarray, g), state, params)
+    if i % 2 == 0:  # the first mini-step of each pair emits nothing
+      assert all(float(jnp.abs(u).max()) == 0.0 for u in jax.tree.leaves(updates))
+    params = optax.apply_updates(params, updates)
+  inner = seven_jax.find_state(state)
+  assert int(inner.count) == 3
+  m = seven_jax.masks(state)
+  assert np.all(np.asarray(params["b"])[~np.asarray(m["b"])] == 0)
+  assert int(sum(np.asarray(m[k]).sum() for k in "abd")) < sum(
+      np.prod(SHAPES[k]) for k in "abd")
+
+
+def test_map_params_works():
+  params = _params()
+  tx = seven_jax.seven_mask(optax.adam(1e-3), sparsity=0.5, start_step=0, pruning_steps=3)
+  state = tx.init(params)
+  mapped = optax.tree.map_params(tx, lambda p: p, state)
+  assert jax.tree.structure(mapped) == jax.tree.structure(state)
+
+
+def test_bf16_params_keep_float32_statistics():
+  params = jax.tree.map(lambda p: p.astype(jnp.bfloat16), _params())
+  tx = seven_jax.seven_mask(optax.sgd(0.1), sparsity=0.5, start_step=0, pruning_steps=3,
+                            prunable=PRUNABLE)
+  state = tx.init(params)
+  for g in _grad_sequence(3):
+    g = jax.tree.map(lambda x: jnp.asarray(x, jnp.bfloat16), g)
+    updates, state = jax.jit(tx.update)(g, state, params)
+    params = optax.apply_updates(params, updates)
+  assert updates["a"].dtype == jnp.bfloat16 and params["a"].dtype == jnp.bfloat16
+  assert state.scores["a"].dtype == jnp.float32 and state.grad_ema["a"].dtype == jnp.float32
+  assert state.masks["a"].dtype == jnp.bool_
+  m = np.asarray(state.masks["a"])
+  assert np.all(np.asarray(params["a"], np.float32)[~m] == 0)
+
+
+def test_state_has_no_none_and_skips_memory_for_non_prunable_leaves():
+  params = _params()
+  state = seven_jax.seven_mask(optax.sgd(0.1), prunable=PRUNABLE).init(params)
+  assert all(x is not None for x in jax.tree.leaves(state, is_leaf=lambda x: x is None))
+  assert state.scores["c"].shape == () and state.scores["a"].shape == SHAPES["a"]
+  assert state.masks["c"].shape == SHAPES["c"]
+
+
+def test_non_finite_gradients_never_reach_scores_or_masks():
+  params = _params()
+  tx = seven_jax.seven_mask(optax.sgd(0.0), sparsity=0.5, start_step=0, pruning_steps=4,
+                            prunable=PRUNABLE)
+  state = tx.init(params)
+  for g in _grad_sequence(3):
+    g = dict(g)
+    bad = np.array(g["a"])
+    bad[0, :3] = [np.nan, np.inf, -np.inf]
+    g["a"] = bad
+    _, state = tx.update(jax.tree.map(jnp.asarray, g), state, params)
+  for leaf in jax.tree.leaves((state.scores, state.grad_ema, state.sq_grad_ema)):
+    assert np.all(np.isfinite(np.asarray(leaf)))
+  # Entries with non-finite gradients scored 0 and were pruned first.
+  assert not np.any(np.asarray(state.masks["a"])[0, :3])
+
+
+def test_flax_linen_train_state():
+  params, loss, x, y = _regression_problem()
+  tx = seven_jax.seven_mask(optax.adamw(1e-2), sparsity=0.5, start_step=0, pruning_steps=4)
+  st = train_state.TrainState.create(apply_fn=None, params=params, tx=tx)
+
+  @jax.jit
+  def step(st):
+    return st.apply_gradients(grads=jax.grad(loss)(st.params, x, y))
+
+  for _ in range(5):
+    st = step(st)
+  m = seven_jax.masks(st.opt_state)
+  w = np.asarray(st.params["hidden"]["kernel"])
+  assert np.all(w[~np.asarray(m["hidden"]["kernel"])] == 0)
+  assert seven_jax.sparsity_report(st.opt_state).sparsity > 0.4
+
+
+def test_flax_nnx_optimizer():
+  model = nnx.Sequential(nnx.Linear(6, 8, rngs=nnx.Rngs(0)), nnx.Linear(8, 2, rngs=nnx.Rngs(1)))
+  tx = seven_jax.seven_mask(optax.adam(1e-2), sparsity=0.5, start_step=0, pruning_steps=4)
+  optimizer = nnx.Optimizer(model, tx, wrt=nnx.Param)
+  x = jnp.ones((4, 6))
+
+  @nnx.jit
+  def step(model, optimizer):
+    grads = nnx.grad(lambda m: jnp.mean(m(x) ** 2))(model)
+    optimizer.update(model, grads)
+
+  for _ in range(5):
+    step(model, optimizer)
+  m = seven_jax.masks(optimizer.opt_state)
+  kernel = np.asarray(model.layers[0].kernel[...])
+  mask = np.asarray(m["layers"][0]["kernel"])
+  assert mask.shape == kernel.shape and not mask.all()
+  assert np.all(kernel[~mask] == 0)
+
+
+@pytest.mark.parametrize("kwargs,match", [
+    (dict(sparsity=1.0), "sparsity must be in"),
+    (dict(sparsity=-0.1), "sparsity must be in"),
+    (dict(start_step=-1), "start_step must be >= 0"),
+    (dict(pruning_steps=1), "pruning_steps must be >= 2"),
+    (dict(b1=1.0), "b1 must be in"),
+    (dict(b2=-0.5), "b2 must be in"),
+    (dict(scope="layer"), "scope must be one of"),
+    (dict(update_every=0), "update_every must be >= 1"),
+])
+def test_bad_arguments_raise_clear_errors(kwargs, match):
+  with pytest.raises(ValueError, match=match):
+    seven_jax.seven_mask(optax.sgd(0.1), **kwargs)
+
+
+def test_bad_prunable_trees_name_the_path():
+  params = _params()
+  with pytest.raises(ValueError, match="'c'"):
+    seven_jax.seven_mask(optax.sgd(0.1), prunable={"a": True, "b": True, "d": True}).init(params)
+  with pytest.raises(ValueError, match="selects no leaf"):
+    seven_jax.seven_mask(optax.sgd(0.1), prunable={k: False for k in SHAPES}).init(params)
+  with pytest.raises(ValueError, match="NO|needs the current parameters"):
+    tx = seven_jax.seven_mask(optax.sgd(0.1))
+    tx.update(params, tx.init(params))
