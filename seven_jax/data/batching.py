@@ -59,6 +59,12 @@ class BatchIterator:
         pad_final_batch: instead of dropping it, pad the partial batch to ``batch_size`` and
             add an ``example_mask``. Mutually exclusive with ``drop_remainder``.
         num_epochs: stop after this many epochs; ``None`` iterates forever.
+        lengths: optional per-example sequence lengths. When given (and ``shuffle``), each
+            epoch groups examples of similar length into the same batch: the shuffled order is
+            cut into chunks of ``group_batches * batch_size`` examples, each chunk is sorted by
+            length and cut into batches, and the batches are shuffled. Padding to a bucket
+            then wastes less compute, and the order is still a function of (seed, epoch).
+        group_batches: batches per sorting chunk (larger: less padding, less randomness).
     """
 
     def __init__(
@@ -72,6 +78,8 @@ class BatchIterator:
         drop_remainder: bool = True,
         pad_final_batch: bool = False,
         num_epochs: int | None = 1,
+        lengths: Sequence[int] | None = None,
+        group_batches: int = 50,
     ):
         if batch_size <= 0:
             raise ValueError(f"batch_size must be positive, got {batch_size}")
@@ -89,6 +97,10 @@ class BatchIterator:
         self.drop_remainder = drop_remainder
         self.pad_final_batch = pad_final_batch
         self.num_epochs = num_epochs
+        self.lengths = None if lengths is None else np.asarray(lengths)
+        if self.lengths is not None and len(self.lengths) != num_examples:
+            raise ValueError("lengths must have one entry per example")
+        self.group_batches = group_batches
         self._state = IteratorState()
         self._order_epoch = -1
         self._order: np.ndarray | None = None
@@ -110,7 +122,21 @@ class BatchIterator:
         """The example order of ``epoch``."""
         if not self.shuffle:
             return np.arange(self.num_examples)
-        return np.random.default_rng([self.seed, epoch]).permutation(self.num_examples)
+        rng = np.random.default_rng([self.seed, epoch])
+        order = rng.permutation(self.num_examples)
+        if self.lengths is None:
+            return order
+        chunk = self.group_batches * self.batch_size
+        grouped = np.concatenate([
+            part[np.argsort(self.lengths[part], kind="stable")]
+            for part in np.split(order, range(chunk, len(order), chunk))
+        ])
+        num_full = len(grouped) // self.batch_size
+        full_batches = grouped[: num_full * self.batch_size].reshape(num_full, self.batch_size)
+        # Shuffle whole batches so the epoch does not run short-to-long within each chunk; a
+        # partial batch (if any) stays last, where drop_remainder / pad_final_batch expect it.
+        return np.concatenate([full_batches[rng.permutation(num_full)].reshape(-1),
+                               grouped[num_full * self.batch_size:]])
 
     def state(self) -> dict[str, int]:
         """The position of the next batch, as a plain dict (store it with a checkpoint)."""
@@ -233,6 +259,7 @@ def text_batches(
     drop_remainder: bool = True,
     pad_final_batch: bool = False,
     num_epochs: int | None = 1,
+    group_by_length: bool = False,
 ) -> BatchIterator:
     """Batches of a text (or text-pair) classification/regression dataset.
 
@@ -240,6 +267,10 @@ def text_batches(
     come from :func:`bucket_lengths`\\ ``(max_len, buckets)``; with ``drop_remainder`` or
     ``pad_final_batch`` the batch size is constant, so the number of distinct shapes is at most
     the number of buckets.
+
+    With ``group_by_length`` (and ``shuffle``) the whole split is tokenized once up front to
+    get its lengths, and batches are formed from examples of similar length (see
+    :class:`BatchIterator`), so most batches fit a small bucket.
 
     Returns:
         A :class:`BatchIterator` of ``{input_ids, attention_mask, token_type_ids, labels}``.
@@ -266,6 +297,15 @@ def text_batches(
         batch["labels"] = labels
         return batch
 
+    lengths = None
+    if group_by_length and shuffle:
+        everything = np.arange(len(dataset))
+        texts = _gather(dataset, everything, "text")
+        pairs = _gather(dataset, everything, "text_pair") if is_pair else None
+        encoded = tokenizer(list(texts), list(pairs) if pairs is not None else None,
+                            truncation=True, max_length=max_len, return_attention_mask=False)
+        lengths = [len(ids) for ids in encoded["input_ids"]]
+
     return BatchIterator(
         len(dataset),
         batch_size,
@@ -275,6 +315,7 @@ def text_batches(
         drop_remainder=drop_remainder,
         pad_final_batch=pad_final_batch,
         num_epochs=num_epochs,
+        lengths=lengths,
     )
 
 
