@@ -19,12 +19,13 @@ import sys
 from seven_jax.data import registry, tfds_sources
 
 
-def list_datasets(data_dir: str | None = None, out=sys.stdout) -> int:
+def list_datasets(data_dir: str | None = None, out=None) -> int:
     """Print one block per dataset: name, task, splits, metrics, availability, how to get it.
 
     Returns:
         The number of available datasets.
     """
+    out = out if out is not None else sys.stdout  # looked up per call, so redirection works
     available_count = 0
     for name in registry.datasets():
         spec = registry.get_spec(name)
