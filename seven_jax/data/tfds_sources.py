@@ -27,9 +27,12 @@ The per-dataset commands are in :data:`PREPARE_COMMANDS`. Notes:
 * ``imagenet2012`` cannot be downloaded automatically: put ``ILSVRC2012_img_train.tar`` and
   ``ILSVRC2012_img_val.tar`` (from image-net.org, after accepting its terms) in a directory and
   pass it as ``manual_dir`` (``--manual_dir`` of the command above).
-* CIFAR-10/100 and ImageNet builders use ``tf.io.gfile`` and TensorFlow's image encoder while
-  *preparing*, so the preparing machine needs ``pip install tensorflow-cpu``; reading the
-  prepared array_record files needs only tensorflow-datasets.
+* The CIFAR-10/100 and ImageNet builders call ``tf.io.gfile`` while *preparing*
+  (``image_classification/cifar.py``, ``datasets/imagenet2012/imagenet2012_dataset_builder.py``),
+  and ``tfds.features.Image`` encodes numpy images with ``tf.image.encode_png``, so the
+  preparing machine needs ``pip install tensorflow-cpu`` for them. The GLUE and SQuAD builder
+  code does not reference TensorFlow (checked by reading tfds 4.9.10's source; no download was
+  run here). Reading the prepared array_record files never needs TensorFlow.
 * The data directory defaults to ``$TFDS_DATA_DIR`` or ``~/tensorflow_datasets``; copy the
   prepared ``<data_dir>/<name>/<version>/`` directories to the machine that trains.
 """

@@ -158,3 +158,15 @@ def test_image_batches_resize():
     digits = data.get_dataset("digits", "train")
     batch = next(iter(data.image_batches(digits, 4, image_size=(16, 16), seed=0)))
     assert batch["pixels"].shape == (4, 16, 16, 1)
+
+
+def test_grain_can_consume_a_dataset():
+    grain = pytest.importorskip("grain", reason="pip install grain==0.2.18")
+    test = data.get_dataset("mnist5k", "test")
+    pipeline = (
+        grain.MapDataset.source(test)
+        .shuffle(seed=0)
+        .map(lambda e: {"pixels": e["image"].astype(np.float32) / 255.0, "labels": np.int32(e["label"])})
+        .batch(16)
+    )
+    assert len(pipeline) == 32 and pipeline[0]["pixels"].shape == (16, 28, 28, 1)

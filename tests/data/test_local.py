@@ -110,7 +110,7 @@ def test_mnist5k_and_digits():
 
 @pytest.mark.skipif(
     not local.FASHION_MNIST_DIR.is_dir(),
-    reason="Fashion-MNIST files not installed; install with: "
+    reason=f"Fashion-MNIST files not found in {local.FASHION_MNIST_DIR}; install with: "
     "apt-get update && apt-get install -y dataset-fashion-mnist",
 )
 def test_fashion_mnist_from_debian_package():
