@@ -246,9 +246,8 @@ def best_spans(
 
     A span ``(start, end)`` (token indices, inclusive) is valid when both ends are context
     tokens (``context_mask`` true), ``start <= end`` and ``end - start + 1 <= max_answer_length``.
-    Its score is ``start_logits[start] + end_logits[end]``. All valid pairs are scored at once
-    (an upper-triangular band of the outer sum), so no "top-k starts × top-k ends" shortcut can
-    miss the best valid span.
+    Its score is ``start_logits[start] + end_logits[end]``. Every valid pair is scored (no
+    "top-k starts × top-k ends" shortcut that could miss the best valid span).
 
     Returns:
         Up to ``n_best`` tuples ``(start, end, score)``, best first.
@@ -259,10 +258,16 @@ def best_spans(
     length = len(start_logits)
     if not (len(end_logits) == length == len(context_mask)):
         raise ValueError("start_logits, end_logits and context_mask must have the same length")
-    scores = start_logits[:, None] + end_logits[None, :]
-    offsets = np.arange(length)[None, :] - np.arange(length)[:, None]  # end - start
-    valid = (offsets >= 0) & (offsets < max_answer_length)
-    valid &= context_mask[:, None] & context_mask[None, :]
+    # Score only the band of allowed lengths: row k holds the spans (s, s + k), so the work is
+    # O(length × max_answer_length) rather than O(length²).
+    band = min(max_answer_length, length)
+    starts = np.arange(length)[None, :]
+    span_offsets = np.arange(band)[:, None]
+    ends = starts + span_offsets
+    inside = ends < length
+    ends_clipped = np.minimum(ends, length - 1)
+    scores = start_logits[starts] + end_logits[ends_clipped]
+    valid = inside & context_mask[starts] & context_mask[ends_clipped]
     flat_valid = np.flatnonzero(valid)
     if flat_valid.size == 0:
         return []
@@ -270,10 +275,11 @@ def best_spans(
     keep = min(n_best, flat_valid.size)
     top = np.argpartition(-flat_scores, keep - 1)[:keep]
     top = top[np.argsort(-flat_scores[top], kind="stable")]
-    return [
-        (int(flat_valid[i] // length), int(flat_valid[i] % length), float(flat_scores[i]))
-        for i in top
-    ]
+    spans = []
+    for i in top:
+        offset, start = divmod(int(flat_valid[i]), length)
+        spans.append((start, start + offset, float(flat_scores[i])))
+    return spans
 
 
 def decode_squad_predictions(

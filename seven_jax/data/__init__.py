@@ -36,6 +36,7 @@ from seven_jax.data.core import (
     MalformedDataError,
 )
 from seven_jax.data.registry import availability, datasets, get_dataset, get_spec, register
+from seven_jax.data.squad import SquadFeatures, assemble_logits, prepare_squad_features, squad_batches
 
 __all__ = [
     "DEFAULT_BUCKETS",
@@ -46,6 +47,8 @@ __all__ = [
     "DatasetUnavailableError",
     "InMemoryDataset",
     "MalformedDataError",
+    "SquadFeatures",
+    "assemble_logits",
     "availability",
     "bucket_for",
     "bucket_lengths",
@@ -53,7 +56,9 @@ __all__ = [
     "get_dataset",
     "get_spec",
     "image_batches",
+    "prepare_squad_features",
     "register",
+    "squad_batches",
     "text_batches",
     "tokenize",
 ]
