@@ -213,14 +213,6 @@ def assign_splits(
     return split_of_group[group_ids]
 
 
-def split_id(split: str, dataset: str, splits: Sequence[str] = SPLIT_NAMES) -> int:
-    if split == "dev":
-        split = "validation"
-    if split not in splits:
-        raise ValueError(f"dataset {dataset!r} has no split {split!r}; valid splits: {list(splits)}")
-    return list(splits).index(split)
-
-
 # --------------------------------------------------------------------------- parsers
 
 
