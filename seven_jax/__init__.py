@@ -12,6 +12,7 @@ from seven_jax.statistics import SevenStats
 from seven_jax.threshold import (canonicalize_scores, kth_largest_threshold,
                                  sort_reference_threshold, topk_masks)
 from seven_jax.transform import SevenMaskState, find_state, masks, seven_mask
+from seven_jax import data, metrics  # noqa: E402  (subpackages, cheap to import)
 
 __version__ = "0.1.0"
 
