@@ -169,7 +169,8 @@ def fill_params(params_state, sd: dict[str, np.ndarray], *, prefix: str,
     prefix: the base-model attribute (``"bert"``/``"vit"``). Checkpoints of a
       bare base model have no such prefix on their keys; task checkpoints do.
     optional: top-level attribute names (task heads) that may be absent from
-      the checkpoint; they keep their fresh initialisation.
+      the checkpoint, or present with another shape (another label count);
+      they then keep their fresh initialisation.
 
   Returns:
     (new_state, missing_optional): the filled state and the list of keys that
@@ -194,6 +195,11 @@ def fill_params(params_state, sd: dict[str, np.ndarray], *, prefix: str,
     for c in cands + extra:
       if c in sd:
         arr = to_flax_layout(names, np.asarray(sd[c]))
+        if arr.shape != tuple(leaf.shape) and names[0] in optional:
+          # A task head of another size (e.g. 1000 ImageNet classes into a
+          # 10-class model): keep the fresh head, as fine-tuning expects.
+          missing_optional.append(key)
+          return leaf
         if arr.shape != tuple(leaf.shape):
           raise ValueError(
               f"checkpoint tensor {c!r} has shape {arr.shape} (model layout) "
