@@ -147,7 +147,8 @@ def run_one(method: str, cfg: Config, train, test, tokenizer, model_path) -> dic
   model.eval()
   correct = total = 0
   for batch in sj_data.text_batches(test, tokenizer, batch_size=64, max_len=cfg.max_len,
-                                    shuffle=False, pad_final_batch=True):
+                                    shuffle=False, drop_remainder=False,
+                                    pad_final_batch=True):
     pred = np.asarray(predict(model, {k: jnp.asarray(v) for k, v in batch.items()}))
     valid = np.asarray(batch.get("example_mask", np.ones(len(pred), bool)), bool)
     correct += int((pred == batch["labels"])[valid].sum())

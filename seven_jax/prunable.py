@@ -46,6 +46,15 @@ def resolve_prunable(prunable: PrunableSpec, params) -> Any:
     tree = prunable(params)
   else:
     tree = prunable
+  is_flag = lambda x: isinstance(x, (bool, np.bool_))
+  try:
+    # A tree of bools may be a prefix of params: nnx.Optimizer calls init on
+    # Variable-wrapped state (leaf paths end in '/value') and update on the
+    # pure state; one bool per parameter covers both.
+    tree = jax.tree.map(lambda flag, sub: jax.tree.map(lambda _: flag, sub),
+                        tree, params, is_leaf=is_flag)
+  except (ValueError, TypeError):
+    pass  # not a prefix: the path comparison below names the mismatch
   param_paths = [path_str(p) for p, _ in jax.tree_util.tree_flatten_with_path(params)[0]]
   flat, _ = jax.tree_util.tree_flatten_with_path(tree)
   spec_paths = [path_str(p) for p, _ in flat]
