@@ -222,3 +222,21 @@ def test_bad_arguments(tmp_path):
   with CheckpointManager(tmp_path / "empty") as m:
     with pytest.raises(FileNotFoundError, match="no checkpoint"):
       m.restore({"w": jnp.zeros(1)})
+
+
+def test_interrupt_guard_saves_at_step_boundary(tmp_path):
+  state = _small_state(0)
+  with CheckpointManager(tmp_path, save_interval_steps=100) as m:
+    with m.interrupt_guard():
+      for step in range(1, 50):
+        state = {**state, "step": step}
+        m.save(step, state)
+        if step == 5:
+          os.kill(os.getpid(), signal.SIGTERM)  # preemption notice
+        if m.interrupted:
+          m.save_now(step, state)
+          break
+    assert step == 5 and m.all_steps() == [5]
+    assert m.restore(_small_state(0))["step"] == 5
+  # Handlers restored: the default SIGTERM handler is back.
+  assert signal.getsignal(signal.SIGTERM) == signal.SIG_DFL
