@@ -240,3 +240,21 @@ def test_interrupt_guard_saves_at_step_boundary(tmp_path):
     assert m.restore(_small_state(0))["step"] == 5
   # Handlers restored: the default SIGTERM handler is back.
   assert signal.getsignal(signal.SIGTERM) == signal.SIG_DFL
+
+
+def test_nnx_model_and_optimizer_state_round_trip(tmp_path):
+  """nnx.state((model, nnx.Optimizer)) incl. RNG streams restores exactly."""
+  def make(seed):
+    model = bert.BertForSequenceClassification(CFG, rngs=nnx.Rngs(seed))
+    return model, nnx.Optimizer(model, TX, wrt=nnx.Param)
+  model, opt = make(0)
+  with CheckpointManager(tmp_path) as m:
+    m.save(1, nnx.state((model, opt)))
+    model2, opt2 = make(1)
+    nnx.update((model2, opt2),
+               m.restore(jax.eval_shape(lambda: nnx.state((model2, opt2)))))
+  for a, b in zip(jax.tree.leaves(nnx.state((model, opt))),
+                  jax.tree.leaves(nnx.state((model2, opt2)))):
+    if jax.dtypes.issubdtype(a.dtype, jax.dtypes.prng_key):
+      a, b = jax.random.key_data(a), jax.random.key_data(b)
+    np.testing.assert_array_equal(a, b)
