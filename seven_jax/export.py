@@ -21,6 +21,8 @@ from flax import nnx
 from seven_jax.models import _hf
 from seven_jax.models.bert import modeling as bert_modeling
 from seven_jax.models.bert import params as bert_params
+from seven_jax.models.clip_vision import modeling as clip_modeling
+from seven_jax.models.clip_vision import params as clip_params
 from seven_jax.models.vit import modeling as vit_modeling
 from seven_jax.models.vit import params as vit_params
 
@@ -31,6 +33,7 @@ _ARCH = {
     "BertForQuestionAnswering": "BertForQuestionAnswering",
     "ViTModel": "ViTModel",
     "ViTForImageClassification": "ViTForImageClassification",
+    "CLIPVisionModel": "CLIPVisionModel",
 }
 
 
@@ -41,6 +44,8 @@ def _architecture(model_or_params, family: str) -> str:
       raise ValueError(f"model_or_params: unsupported model class {name}")
     return _ARCH[name]
   roots = set(model_or_params.keys())
+  if family == "clip_vision":
+    return "CLIPVisionModel"
   if family == "bert":
     if "classifier" in roots:
       return "BertForSequenceClassification"
@@ -69,8 +74,10 @@ def export_pruned(model_or_params, config, out_dir: str | os.PathLike,
   Args:
     model_or_params: an NNX BERT/ViT model, or its ``nnx.Param`` state / pure
       dict (the architecture is then inferred from the head's name).
-    config: the model's :class:`~seven_jax.models.bert.BertConfig` or
-      :class:`~seven_jax.models.vit.ViTConfig`.
+    config: the model's :class:`~seven_jax.models.bert.BertConfig`,
+      :class:`~seven_jax.models.vit.ViTConfig` or
+      :class:`~seven_jax.models.clip_vision.CLIPVisionConfig` (CLIP exports
+      the bare ``CLIPVisionModel`` only).
     out_dir: output directory (created; existing files are overwritten).
     masks: optional pytree of keep-masks (bool or 0/1 arrays) shaped like the
       params, keyed like the param state; leaves may be ``None``/absent for
@@ -92,8 +99,11 @@ def export_pruned(model_or_params, config, out_dir: str | os.PathLike,
     family, preset = "bert", bert_params.is_prunable_path
   elif isinstance(config, vit_modeling.ViTConfig):
     family, preset = "vit", vit_params.is_prunable_path
+  elif isinstance(config, clip_modeling.CLIPVisionConfig):
+    family, preset = "clip_vision", clip_params.is_prunable_path
   else:
-    raise ValueError("config must be a BertConfig or ViTConfig, got "
+    raise ValueError("config must be a BertConfig, ViTConfig or "
+                     "CLIPVisionConfig, got "
                      f"{type(config).__name__}")
   state = (nnx.state(model_or_params, nnx.Param)
            if isinstance(model_or_params, nnx.Module) else model_or_params)
