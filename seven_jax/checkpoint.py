@@ -27,15 +27,24 @@ Example::
   for step in ...:
     ...
     mngr.save(step, state)            # only every 100 steps
-  # on SIGTERM / KeyboardInterrupt:
-  mngr.save_now(step, state)
+  # on SIGTERM / SIGINT (preemption), save at a step boundary:
+  with mngr.interrupt_guard():
+    for step in ...:
+      state = train_step(state)
+      mngr.save(step, state)
+      if mngr.interrupted:
+        mngr.save_now(step, state)
+        break
   # new process:
   state = mngr.restore(abstract_state)  # latest step
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
+import signal
+import threading
 from typing import Any, Optional
 
 import jax
@@ -96,6 +105,7 @@ class CheckpointManager:
           f"save_interval_steps must be >= 1, got {save_interval_steps}")
     self.directory = os.path.abspath(os.fspath(directory))
     self.save_interval_steps = save_interval_steps
+    self._interrupted = threading.Event()
     self._mngr = ocp.CheckpointManager(
         self.directory,
         options=ocp.CheckpointManagerOptions(
@@ -238,6 +248,31 @@ class CheckpointManager:
             f"checkpoint step {step} does not match the target at key "
             f"{tkey!r}: checkpoint dtype {metas[i]['dtype']}, target dtype "
             f"{tmeta['dtype']}")
+
+  # -- interrupts ------------------------------------------------------------
+
+  @property
+  def interrupted(self) -> bool:
+    """True once a signal caught by :meth:`interrupt_guard` has arrived."""
+    return self._interrupted.is_set()
+
+  @contextlib.contextmanager
+  def interrupt_guard(self, signals=(signal.SIGTERM, signal.SIGINT)):
+    """Turns the given signals into the :attr:`interrupted` flag.
+
+    The handler only sets a flag: saving from inside a signal handler could
+    capture a half-updated state, so the training loop checks the flag at a
+    step boundary and calls :meth:`save_now`. Previous handlers are restored
+    on exit. Must be entered from the main thread (a Python restriction).
+    """
+    self._interrupted.clear()
+    old = {s: signal.signal(s, lambda *_: self._interrupted.set())
+           for s in signals}
+    try:
+      yield self
+    finally:
+      for s, h in old.items():
+        signal.signal(s, h)
 
   # -- lifecycle -------------------------------------------------------------
 

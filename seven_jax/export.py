@@ -21,6 +21,8 @@ from flax import nnx
 from seven_jax.models import _hf
 from seven_jax.models.bert import modeling as bert_modeling
 from seven_jax.models.bert import params as bert_params
+from seven_jax.models.clip_vision import modeling as clip_modeling
+from seven_jax.models.clip_vision import params as clip_params
 from seven_jax.models.vit import modeling as vit_modeling
 from seven_jax.models.vit import params as vit_params
 
@@ -31,6 +33,7 @@ _ARCH = {
     "BertForQuestionAnswering": "BertForQuestionAnswering",
     "ViTModel": "ViTModel",
     "ViTForImageClassification": "ViTForImageClassification",
+    "CLIPVisionModel": "CLIPVisionModel",
 }
 
 
@@ -41,6 +44,8 @@ def _architecture(model_or_params, family: str) -> str:
       raise ValueError(f"model_or_params: unsupported model class {name}")
     return _ARCH[name]
   roots = set(model_or_params.keys())
+  if family == "clip_vision":
+    return "CLIPVisionModel"
   if family == "bert":
     if "classifier" in roots:
       return "BertForSequenceClassification"
@@ -69,8 +74,10 @@ def export_pruned(model_or_params, config, out_dir: str | os.PathLike,
   Args:
     model_or_params: an NNX BERT/ViT model, or its ``nnx.Param`` state / pure
       dict (the architecture is then inferred from the head's name).
-    config: the model's :class:`~seven_jax.models.bert.BertConfig` or
-      :class:`~seven_jax.models.vit.ViTConfig`.
+    config: the model's :class:`~seven_jax.models.bert.BertConfig`,
+      :class:`~seven_jax.models.vit.ViTConfig` or
+      :class:`~seven_jax.models.clip_vision.CLIPVisionConfig` (CLIP exports
+      the bare ``CLIPVisionModel`` only).
     out_dir: output directory (created; existing files are overwritten).
     masks: optional pytree of keep-masks (bool or 0/1 arrays) shaped like the
       params, keyed like the param state; leaves may be ``None``/absent for
@@ -92,8 +99,11 @@ def export_pruned(model_or_params, config, out_dir: str | os.PathLike,
     family, preset = "bert", bert_params.is_prunable_path
   elif isinstance(config, vit_modeling.ViTConfig):
     family, preset = "vit", vit_params.is_prunable_path
+  elif isinstance(config, clip_modeling.CLIPVisionConfig):
+    family, preset = "clip_vision", clip_params.is_prunable_path
   else:
-    raise ValueError("config must be a BertConfig or ViTConfig, got "
+    raise ValueError("config must be a BertConfig, ViTConfig or "
+                     "CLIPVisionConfig, got "
                      f"{type(config).__name__}")
   state = (nnx.state(model_or_params, nnx.Param)
            if isinstance(model_or_params, nnx.Module) else model_or_params)
@@ -152,3 +162,62 @@ def export_pruned(model_or_params, config, out_dir: str | os.PathLike,
   }
   (out / "sparsity_report.json").write_text(json.dumps(report, indent=2))
   return report
+
+
+def sparse_memory_report(model_or_params, masks: Optional[Any] = None, *,
+                         as_bcoo: bool = False) -> dict:
+  """Memory of the masked matrices in dense, BCOO and 2:4 layouts.
+
+  Args:
+    model_or_params: an NNX model, or its param state / pure dict.
+    masks: keep-masks as for :func:`export_pruned` (leaves ``None`` or absent
+      for unmasked parameters). ``None`` uses the weights' own zeros on every
+      2-D kernel.
+    as_bcoo: also return the matrices as
+      ``jax.experimental.sparse.BCOO`` under ``"bcoo"`` (key: HF-style name).
+
+  Returns:
+    A dict with, over the masked matrices: ``dense_bytes`` (float32),
+    ``bcoo_bytes`` (float32 values + int32 (row, col) indices),
+    ``two_four_bytes`` (half the values in float32 + 2-bit positions, as
+    NVIDIA's 2:4 format) when every group of 4 consecutive inputs keeps at
+    most 2, else ``None``, and ``two_four_ok``.
+  """
+  state = (nnx.state(model_or_params, nnx.Param)
+           if isinstance(model_or_params, nnx.Module) else model_or_params)
+  lookup = _mask_lookup(masks) if masks is not None else {}
+  dense = bcoo = nnz_total = 0
+  two_four_ok = True
+  two_four = 0
+  mats = {}
+  for path, leaf in jax.tree_util.tree_leaves_with_path(state):
+    names = _hf.path_names(path)
+    m = lookup.get(names)
+    if masks is not None and m is None:
+      continue
+    w = np.asarray(jax.device_get(leaf), np.float32)
+    if masks is None:
+      if names[-1] != "kernel" or w.ndim != 2:
+        continue
+    elif not (isinstance(m, bool) and m):
+      w = np.where(np.asarray(m).astype(bool), w, np.float32(0.0))
+    nnz = int(np.count_nonzero(w))
+    dense += w.size * 4
+    bcoo += nnz * (4 + 4 * w.ndim)
+    nnz_total += nnz
+    # 2:4 groups run along the input (reduction) axis: kernel rows.
+    if w.ndim == 2 and w.shape[0] % 4 == 0:
+      groups = (w != 0).reshape(w.shape[0] // 4, 4, w.shape[1]).sum(1)
+      two_four_ok &= bool(groups.max(initial=0) <= 2)
+      two_four += w.size // 2 * 4 + w.size // 2 * 2 // 8
+    else:
+      two_four_ok = False
+    if as_bcoo:
+      from jax.experimental import sparse  # pylint: disable=g-import-not-at-top
+      mats[_hf.torch_key(names)[0]] = sparse.BCOO.fromdense(w, nse=nnz)
+  out = {"dense_bytes": dense, "bcoo_bytes": bcoo, "nonzeros": nnz_total,
+         "two_four_ok": two_four_ok,
+         "two_four_bytes": two_four if two_four_ok else None}
+  if as_bcoo:
+    out["bcoo"] = mats
+  return out

@@ -222,3 +222,39 @@ def test_bad_arguments(tmp_path):
   with CheckpointManager(tmp_path / "empty") as m:
     with pytest.raises(FileNotFoundError, match="no checkpoint"):
       m.restore({"w": jnp.zeros(1)})
+
+
+def test_interrupt_guard_saves_at_step_boundary(tmp_path):
+  state = _small_state(0)
+  with CheckpointManager(tmp_path, save_interval_steps=100) as m:
+    with m.interrupt_guard():
+      for step in range(1, 50):
+        state = {**state, "step": step}
+        m.save(step, state)
+        if step == 5:
+          os.kill(os.getpid(), signal.SIGTERM)  # preemption notice
+        if m.interrupted:
+          m.save_now(step, state)
+          break
+    assert step == 5 and m.all_steps() == [5]
+    assert m.restore(_small_state(0))["step"] == 5
+  # Handlers restored: the default SIGTERM handler is back.
+  assert signal.getsignal(signal.SIGTERM) == signal.SIG_DFL
+
+
+def test_nnx_model_and_optimizer_state_round_trip(tmp_path):
+  """nnx.state((model, nnx.Optimizer)) incl. RNG streams restores exactly."""
+  def make(seed):
+    model = bert.BertForSequenceClassification(CFG, rngs=nnx.Rngs(seed))
+    return model, nnx.Optimizer(model, TX, wrt=nnx.Param)
+  model, opt = make(0)
+  with CheckpointManager(tmp_path) as m:
+    m.save(1, nnx.state((model, opt)))
+    model2, opt2 = make(1)
+    nnx.update((model2, opt2),
+               m.restore(jax.eval_shape(lambda: nnx.state((model2, opt2)))))
+  for a, b in zip(jax.tree.leaves(nnx.state((model, opt))),
+                  jax.tree.leaves(nnx.state((model2, opt2)))):
+    if jax.dtypes.issubdtype(a.dtype, jax.dtypes.prng_key):
+      a, b = jax.random.key_data(a), jax.random.key_data(b)
+    np.testing.assert_array_equal(a, b)

@@ -115,3 +115,27 @@ def test_export_vit_masked(tmp_path):
   hf = transformers.FlaxViTForImageClassification.from_pretrained(tmp_path)
   np.testing.assert_allclose(np.asarray(model(x)), np.asarray(hf(x).logits),
                              atol=1e-5)
+
+
+def test_sparse_memory_report():
+  from seven_jax.export import sparse_memory_report
+  cfg = bert.BertConfig(**TINY)
+  model = bert.BertModel(cfg, rngs=nnx.Rngs(0))
+  params = nnx.as_pure(nnx.state(model, nnx.Param))
+  # A 2:4 pattern: keep inputs 0 and 1 of every group of 4.
+  keep24 = lambda x: np.broadcast_to(
+      (np.arange(x.shape[0]) % 4 < 2)[:, None], x.shape)
+  pr = bert.prunable(params)
+  masks = jax.tree.map(lambda x, f: keep24(x) if f else None, params, pr)
+  rep = sparse_memory_report(params, masks, as_bcoo=True)
+  assert rep["two_four_ok"]
+  assert rep["nonzeros"] * 2 == rep["dense_bytes"] // 4
+  assert rep["bcoo_bytes"] == rep["nonzeros"] * 12
+  assert rep["two_four_bytes"] < rep["dense_bytes"] * 0.6
+  bq = rep["bcoo"]["encoder.layer.0.attention.self.query.weight"]
+  w = np.asarray(params["encoder"]["layer"][0]["attention"]["self"]["query"][
+      "kernel"])
+  np.testing.assert_array_equal(bq.todense(), np.where(keep24(w), w, 0))
+  # Unstructured random masks are generally not 2:4.
+  rand = _random_masks(params, pr, keep=0.5)
+  assert not sparse_memory_report(params, rand)["two_four_ok"]

@@ -92,12 +92,9 @@ def from_pretrained(path_or_id: str | os.PathLike, *, task: str = "base",
   ckpt = _hf.resolve_dir(path_or_id)
   cfg = modeling.BertConfig.from_dict(_hf.read_config(ckpt), **overrides)
   cls, prefix, heads = TASKS[task]
-  model = cls(cfg, rngs=nnx.Rngs(seed))
   sd = _hf.load_state_dict(ckpt)
-  state = nnx.state(model, nnx.Param)
-  new, fresh = _hf.fill_params(state, sd, prefix=prefix or "bert",
-                               optional=heads)
-  nnx.update(model, jax.tree.map(jax.numpy.asarray, new))
+  model, fresh = _hf.build_and_load(lambda: cls(cfg, rngs=nnx.Rngs(seed)), sd,
+                                    prefix=prefix or "bert", optional=heads)
   return (model, {"newly_initialized": fresh}) if return_info else model
 
 

@@ -42,13 +42,11 @@ def from_pretrained(path_or_id: str | os.PathLike, *,
   ckpt = _hf.resolve_dir(path_or_id)
   cfg = modeling.ViTConfig.from_dict(_hf.read_config(ckpt), **overrides)
   cls, heads = TASKS[task]
-  model = cls(cfg, rngs=nnx.Rngs(seed))
   sd = _hf.load_state_dict(ckpt)
   # A classification checkpoint has no pooler; keep it fresh for "base".
   optional = heads + (("pooler",) if task == "base" else ())
-  new, fresh = _hf.fill_params(nnx.state(model, nnx.Param), sd, prefix="vit",
-                               optional=optional)
-  nnx.update(model, jax.tree.map(jax.numpy.asarray, new))
+  model, fresh = _hf.build_and_load(lambda: cls(cfg, rngs=nnx.Rngs(seed)), sd,
+                                    prefix="vit", optional=optional)
   return (model, {"newly_initialized": fresh}) if return_info else model
 
 
