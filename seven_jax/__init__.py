@@ -12,7 +12,9 @@ from seven_jax.statistics import SevenStats
 from seven_jax.threshold import (canonicalize_scores, kth_largest_threshold,
                                  sort_reference_threshold, topk_masks)
 from seven_jax.transform import SevenMaskState, find_state, masks, seven_mask
-from seven_jax import data, metrics  # noqa: E402  (subpackages, cheap to import)
+from seven_jax import data, metrics, models  # subpackages, cheap to import
+from seven_jax.checkpoint import CheckpointManager
+from seven_jax.export import export_pruned, sparse_memory_report
 
 __version__ = "0.1.0"
 
@@ -22,4 +24,5 @@ __all__ = [
     "cubic_keep_ratio", "exponential_keep_ratio", "keep_count",
     "kth_largest_threshold", "topk_masks", "sort_reference_threshold",
     "canonicalize_scores", "default_prunable", "resolve_prunable", "SevenStats",
+    "CheckpointManager", "export_pruned", "sparse_memory_report",
 ]

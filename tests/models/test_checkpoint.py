@@ -15,6 +15,7 @@ import optax
 import pytest
 from flax import nnx
 
+import seven_jax
 from seven_jax.checkpoint import CheckpointManager
 from seven_jax.models import bert
 
@@ -26,7 +27,10 @@ CFG = bert.BertConfig(vocab_size=50, hidden_size=16, num_hidden_layers=1,
                       num_attention_heads=2, intermediate_size=32,
                       max_position_embeddings=16, num_labels=2,
                       hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0)
-TX = optax.adamw(1e-2, weight_decay=0.01)
+# SEVEN pruning wraps adamw and its window (steps 1-4) spans the save at step
+# 3, so the masks, SEVEN statistics and scores must resume exactly as well.
+TX = seven_jax.seven_mask(optax.adamw(1e-2, weight_decay=0.01), sparsity=0.5,
+                          start_step=1, pruning_steps=5, prunable=bert.prunable)
 
 
 @functools.cache
@@ -84,8 +88,11 @@ def restore_and_train(ckpt_dir, steps):
 
 
 def flat_params(state):
-  return {jax.tree_util.keystr(p): np.asarray(x) for p, x in
+  flat = {jax.tree_util.keystr(p): np.asarray(x) for p, x in
           jax.tree_util.tree_leaves_with_path(state["params"])}
+  flat.update({"mask" + jax.tree_util.keystr(p): np.asarray(x) for p, x in
+               jax.tree_util.tree_leaves_with_path(seven_jax.masks(state["opt"]))})
+  return flat
 
 
 # ---- tests -------------------------------------------------------------------
@@ -106,6 +113,8 @@ def test_exact_resume_in_new_process(tmp_path):
   assert set(resumed.files) == set(expected)
   for k, v in expected.items():
     np.testing.assert_array_equal(resumed[k], v, err_msg=k)
+  # The masks were really pruning when the run was interrupted and resumed.
+  assert any(not v.all() for k, v in expected.items() if k.startswith("mask"))
   # And the run actually moved the weights.
   start = flat_params(init_state())
   assert any(not np.array_equal(start[k], v) for k, v in expected.items())
@@ -179,6 +188,7 @@ def test_partial_save_directory_is_ignored(tmp_path):
 
 _KILL_CHILD = r"""
 import sys, jax.numpy as jnp, numpy as np
+import seven_jax
 from seven_jax.checkpoint import CheckpointManager
 m = CheckpointManager(sys.argv[1])
 m.save(1, {"w": jnp.ones((4,))})
