@@ -114,7 +114,10 @@ def data_mesh() -> Optional[jax.sharding.Mesh]:
   """
   if jax.device_count() == 1:
     return None
-  return jax.make_mesh((jax.device_count(),), ("data",))
+  # Auto axes: XLA propagates shardings (replicated params, batch-sharded data
+  # and the gradient all-reduce) without annotations inside the models.
+  return jax.make_mesh((jax.device_count(),), ("data",),
+                       axis_types=(jax.sharding.AxisType.Auto,))
 
 
 def shard_batch(batch: dict, mesh) -> dict:
@@ -317,6 +320,12 @@ def run(cfg: ExperimentConfig, task: Task) -> dict:
   log.close()
   report = (seven_jax.sparsity_report(optimizer.opt_state)
             if cfg.method != DENSE else None)
+  if report is not None:
+    # The final masks, by parameter path (load with numpy.load).
+    masks = seven_jax.masks(optimizer.opt_state)
+    np.savez_compressed(out_dir / "masks.npz", **{
+        jax.tree_util.keystr(path): np.asarray(m)
+        for path, m in jax.tree_util.tree_leaves_with_path(masks)})
   results = {
       "config": dataclasses.asdict(cfg),
       "evaluations": evals,
