@@ -12,6 +12,9 @@ from seven_jax.statistics import SevenStats
 from seven_jax.threshold import (canonicalize_scores, kth_largest_threshold,
                                  sort_reference_threshold, topk_masks)
 from seven_jax.transform import SevenMaskState, find_state, masks, seven_mask
+from seven_jax.scores import (ScoreInputs, ScoreRule, methods, register_rule,
+                              soft_movement_penalty)
+from seven_jax.engine import PruningState, pruning_mask
 
 __version__ = "0.1.0"
 
@@ -21,4 +24,6 @@ __all__ = [
     "cubic_keep_ratio", "exponential_keep_ratio", "keep_count",
     "kth_largest_threshold", "topk_masks", "sort_reference_threshold",
     "canonicalize_scores", "default_prunable", "resolve_prunable", "SevenStats",
+    "pruning_mask", "PruningState", "methods", "register_rule", "ScoreRule",
+    "ScoreInputs", "soft_movement_penalty",
 ]
