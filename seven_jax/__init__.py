@@ -15,6 +15,7 @@ from seven_jax.transform import SevenMaskState, find_state, masks, seven_mask
 from seven_jax.scores import (ScoreInputs, ScoreRule, methods, register_rule,
                               soft_movement_penalty)
 from seven_jax.engine import PruningState, pruning_mask
+from seven_jax.prepruning import FixedMaskState, fixed_mask, prune_before_finetuning
 
 __version__ = "0.1.0"
 
@@ -26,4 +27,5 @@ __all__ = [
     "canonicalize_scores", "default_prunable", "resolve_prunable", "SevenStats",
     "pruning_mask", "PruningState", "methods", "register_rule", "ScoreRule",
     "ScoreInputs", "soft_movement_penalty",
+    "prune_before_finetuning", "fixed_mask", "FixedMaskState",
 ]

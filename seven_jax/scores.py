@@ -161,8 +161,8 @@ def methods(kind: Optional[str] = None) -> list[str]:
     return sorted(set(DYNAMIC_RULES) | set(PRE_METHODS))
   if kind == "dynamic":
     return sorted(DYNAMIC_RULES)
-  if kind == "pre":
-    return sorted(PRE_METHODS)
+  if kind == "pre":  # every dynamic rule also runs before fine-tuning
+    return sorted(set(PRE_METHODS) | set(DYNAMIC_RULES))
   raise ValueError(f"kind must be None, 'dynamic' or 'pre', got {kind!r}.")
 
 
