@@ -227,7 +227,7 @@ def pruning_mask(
 
   Args:
     inner: the optimizer of the kept weights.
-    method: a registered dynamic method name.
+    method: a registered dynamic method name, or a :class:`ScoreRule`.
     sparsity: final fraction of pruned weights in ``[0, 1)``; with ``pattern``
       it defaults to (and must equal) ``1 - N/M``.
     start_step: dense steps before pruning starts.
@@ -246,7 +246,10 @@ def pruning_mask(
       (``delta_t`` for ``platon``, else 1).
     schedule: ``"cubic"`` or ``"exponential"``.
     **method_kwargs: the method's hyper-parameters, e.g. ``b1``, ``b2`` for
-      ``seven`` and ``platon``; unknown names raise.
+      ``seven`` and ``platon``; unknown names raise. Under
+      ``optax.inject_hyperparams`` they are static (``sparsity``,
+      ``start_step`` and ``pruning_steps`` can be injected; pass
+      ``static_args=("method", "prunable")``).
 
   Returns:
     An :class:`optax.GradientTransformationExtraArgs` with a
@@ -263,6 +266,10 @@ def pruning_mask(
     [2, 2]
   """
   rule = get_rule(method)
+  if set(method_kwargs) == {"method_kwargs"} and isinstance(
+      method_kwargs["method_kwargs"], dict):
+    # optax.inject_hyperparams binds **kwargs as one static dict argument.
+    method_kwargs = method_kwargs["method_kwargs"]
   hp = resolve_hparams(rule, method_kwargs)
   nm = selection.parse_pattern(pattern)
   if nm is not None:

@@ -166,8 +166,11 @@ def methods(kind: Optional[str] = None) -> list[str]:
   raise ValueError(f"kind must be None, 'dynamic' or 'pre', got {kind!r}.")
 
 
-def get_rule(name: str) -> ScoreRule:
-  """The dynamic score rule called ``name``; the error lists the valid names."""
+def get_rule(name) -> ScoreRule:
+  """The dynamic score rule called ``name`` (a :class:`ScoreRule` is returned
+  as is, so unregistered rules work too); the error lists the valid names."""
+  if isinstance(name, ScoreRule):
+    return name
   try:
     return DYNAMIC_RULES[name]
   except (KeyError, TypeError):
@@ -292,17 +295,15 @@ def soft_movement_penalty(scores, penalty: float = 1.0, total: Optional[int] = N
   """
   from seven_jax.engine import PruningState  # avoid an import cycle
   from seven_jax.transform import find_state
-  leaves = None
-  if not isinstance(scores, (list, tuple)) or isinstance(scores, PruningState):
-    try:
-      state = find_state(scores)
-    except ValueError:
-      state = None
-    if isinstance(state, PruningState):
-      leaves = [s for s, m in zip(jax.tree.leaves(state.scores),
-                                  jax.tree.leaves(state.masks))
-                if np.ndim(s) > 0 and np.shape(s) == np.shape(m)]
-  if leaves is None:
+  try:
+    state = find_state(scores)
+  except ValueError:  # not an optimizer state: the scores themselves
+    state = None
+  if isinstance(state, PruningState):
+    leaves = [s for s, m in zip(jax.tree.leaves(state.scores),
+                                jax.tree.leaves(state.masks))
+              if np.ndim(s) > 0 and np.shape(s) == np.shape(m)]
+  else:
     leaves = jax.tree.leaves(scores)
   d = total if total is not None else sum(int(np.size(s)) for s in leaves)
   return penalty * sum(jnp.sum(jax.nn.sigmoid(s)) for s in leaves) / d

@@ -2,19 +2,13 @@
 
 from __future__ import annotations
 
-from typing import Any, NamedTuple, Optional
+from typing import Any, NamedTuple
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 import optax
-from jax import lax
 
-from seven_jax import schedules
-from seven_jax.prunable import PrunableSpec, resolve_prunable
-from seven_jax.statistics import (SevenStats, seven_score_increment,
-                                  update_seven_stats)
-from seven_jax.threshold import canonicalize_scores, kth_largest_threshold
+from seven_jax.prunable import PrunableSpec
 
 __all__ = ["seven_mask", "SevenMaskState", "masks", "find_state"]
 

@@ -266,6 +266,9 @@ def test_soft_movement_threshold_and_penalty():
   value = seven_jax.soft_movement_penalty(state, penalty=3.0)
   expected = 3.0 * sum(_sigmoid(np.asarray(state.scores[k], np.float64)).sum() for k in NAMES) / TOTAL
   np.testing.assert_allclose(float(value), expected, rtol=1e-5)
+  wrapped = (optax.EmptyState(), state)  # as inside an optax.chain
+  np.testing.assert_allclose(float(seven_jax.soft_movement_penalty(wrapped, 3.0)), expected,
+                             rtol=1e-5)
   s = [state.scores[k] for k in NAMES]
   grad = jax.grad(lambda s: seven_jax.soft_movement_penalty(s, 3.0))(s)
   sig = jax.nn.sigmoid(s[0])
@@ -295,3 +298,20 @@ def test_registry_lists_every_method():
                                            "synflow", "force", "iter_snip"}
   assert seven_jax.methods() == sorted(set(seven_jax.methods("pre")) |
                                        set(seven_jax.methods("dynamic")))
+
+
+def test_a_new_rule_is_a_pure_function_and_works_with_inject_hyperparams():
+  # A custom rule: |W|^power, registered nowhere, passed as the method.
+  rule = seven_jax.ScoreRule("abs_power", 0, lambda hp, x, st, s: (st, jnp.abs(x.param) ** hp["power"]),
+                             dict(power=2.0))
+  params = _params()
+  tx = optax.inject_hyperparams(seven_jax.pruning_mask, static_args=("method", "prunable"))(
+      optax.sgd(0.1), method=rule, sparsity=0.5, pruning_steps=3, prunable=PRUNABLE, power=1.0)
+  state = tx.init(params)
+  step = jax.jit(tx.update)
+  for g in _grad_sequence(2):
+    updates, state = step(jax.tree.map(jnp.asarray, g), state, params)
+    params = optax.apply_updates(params, updates)
+  kept = sum(int(np.asarray(seven_jax.masks(state)[k]).sum()) for k in NAMES)
+  assert kept == math.floor((0.5 + 0.5 / 27) * TOTAL)
+  assert float(state.hyperparams["sparsity"]) == 0.5
