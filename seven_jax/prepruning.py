@@ -7,7 +7,7 @@ N:M patterns, the exact counting threshold) with the dynamic methods.
 
 Methods (``seven_jax.methods("pre")``), :math:`g` the mini-batch gradient:
 
-``seven`` (SEVEN_pre, spec 2.4)
+``seven`` or ``seven_pre`` (SEVEN_pre, spec 2.4)
   For :math:`p = 0 \dots K-1` (``steps = K`` mini-batches): the gradient of
   the masked model, SEVEN's statistics and accumulated score (spec 2.1), and
   a global top-k at the cubic keep ratio
@@ -19,7 +19,7 @@ Methods (``seven_jax.methods("pre")``), :math:`g` the mini-batch gradient:
   ``return_params=True`` then also returns those weights. Every other
   dynamic rule of :mod:`seven_jax.scores` (``platon``, ``movement``, ...)
   runs through the same loop under its name.
-``magnitude``
+``magnitude`` or ``magnitude_pre``
   One-shot :math:`|W|`, no data.
 ``random``
   One-shot uniform random scores from ``seed`` (exact sparsity).
@@ -145,6 +145,7 @@ class PreMethod(NamedTuple):
   batches: Callable[[int, int], int]
   resurrect: bool = False
   summary: str = ""
+  rule: Optional[str] = None  # the dynamic score rule ``_run_rule`` uses
 
 
 class _Batches:
@@ -192,6 +193,7 @@ class _Context(NamedTuple):
   input_shape: Optional[tuple]
   input_dtype: Any
   hp: dict
+  rule: Optional[str]
 
   def flat(self, tree):
     return self.treedef.flatten_up_to(tree)
@@ -238,7 +240,7 @@ def _mean_grad(ctx: _Context, grad_fn, params, count: int):
 
 def _run_rule(ctx: _Context):
   """Any dynamic score rule along the cubic schedule over ``steps`` batches."""
-  rule = DYNAMIC_RULES[ctx.method]
+  rule = DYNAMIC_RULES[ctx.rule]
   grad_fn = jax.jit(jax.grad(ctx.loss_fn))
   opt = ctx.optimizer
   signed = rule.signed
@@ -408,11 +410,18 @@ def _register(method: PreMethod):
   PRE_METHODS[method.name] = method
 
 
+_SEVEN_PRE = "SEVEN_pre: SEVEN statistics over steps batches, cubic schedule, " \
+             "no weight updates by default"
 _register(PreMethod("seven", _run_rule, 100, lambda s, b: s * b,
-                    summary="SEVEN_pre: SEVEN statistics over steps batches, "
-                            "cubic schedule, no weight updates by default"))
+                    summary=_SEVEN_PRE, rule="seven"))
 _register(PreMethod("magnitude", _run_magnitude, 0, lambda s, b: 0,
                     summary="one-shot |W|"))
+# Names that only mean pre-pruning, for experiment configs that pick the
+# entry point from the name (seven_jax.method_kind).
+_register(PreMethod("seven_pre", _run_rule, 100, lambda s, b: s * b,
+                    summary=_SEVEN_PRE, rule="seven"))
+_register(PreMethod("magnitude_pre", _run_magnitude, 0, lambda s, b: 0,
+                    summary="one-shot |W| (as 'magnitude' before fine-tuning)"))
 _register(PreMethod("random", _run_random, 0, lambda s, b: 0,
                     summary="one-shot seeded random"))
 _register(PreMethod("snip", _run_snip, 1, lambda s, b: s,
@@ -437,7 +446,7 @@ def _lookup(method: str) -> PreMethod:
   if method in DYNAMIC_RULES:
     rule = DYNAMIC_RULES[method]
     return PreMethod(method, _run_rule, 100, lambda s, b: s * b,
-                     resurrect=rule.resurrect, summary=rule.summary)
+                     resurrect=rule.resurrect, summary=rule.summary, rule=method)
   raise ValueError(f"unknown method {method!r} for pruning before fine-tuning; "
                    f"valid names: {', '.join(methods('pre'))}.")
 
@@ -531,7 +540,7 @@ def prune_before_finetuning(
                      f"({', '.join(sorted(DYNAMIC_RULES))}), not to {method!r}.")
   hp = {}
   if pre.run is _run_rule:
-    hp = resolve_hparams(DYNAMIC_RULES[method], method_kwargs)
+    hp = resolve_hparams(DYNAMIC_RULES[pre.rule], method_kwargs)
   elif method_kwargs:
     raise ValueError(f"method {method!r} takes no argument(s) "
                      f"{', '.join(sorted(method_kwargs))}.")
@@ -553,7 +562,7 @@ def prune_before_finetuning(
       batches=_Batches(batches, needed, method, why), scope=scope, nm=nm,
       resurrect=pre.resurrect if resurrect is None else bool(resurrect),
       optimizer=optimizer, seed=seed, apply_fn=apply_fn,
-      input_shape=input_shape, input_dtype=input_dtype, hp=hp)
+      input_shape=input_shape, input_dtype=input_dtype, hp=hp, rule=pre.rule)
   kept, new_params = pre.run(ctx)
   full = [jnp.ones(jnp.shape(leaf), jnp.bool_) for _, leaf in flat]
   for j, i in enumerate(idx):

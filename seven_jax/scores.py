@@ -78,7 +78,7 @@ import numpy as np
 from seven_jax.statistics import (SevenStats, finite_or_zero,
                                   seven_score_increment, update_seven_stats)
 
-__all__ = ["ScoreInputs", "ScoreRule", "register_rule", "get_rule", "methods",
+__all__ = ["ScoreInputs", "ScoreRule", "register_rule", "get_rule", "methods", "method_kind",
            "soft_movement_penalty", "DYNAMIC_RULES", "PRE_METHODS"]
 
 
@@ -164,6 +164,20 @@ def methods(kind: Optional[str] = None) -> list[str]:
   if kind == "pre":  # every dynamic rule also runs before fine-tuning
     return sorted(set(PRE_METHODS) | set(DYNAMIC_RULES))
   raise ValueError(f"kind must be None, 'dynamic' or 'pre', got {kind!r}.")
+
+
+def method_kind(name: str) -> str:
+  """``"dynamic"`` if ``name`` prunes while fine-tuning (use
+  :func:`seven_jax.pruning_mask`), ``"pre"`` if it only prunes before
+  fine-tuning (use :func:`seven_jax.prune_before_finetuning` then
+  :func:`seven_jax.fixed_mask`). Every dynamic name also runs before
+  fine-tuning; ``seven_pre`` and ``magnitude_pre`` name those two uses
+  unambiguously."""
+  if name in DYNAMIC_RULES:
+    return "dynamic"
+  if name in PRE_METHODS:
+    return "pre"
+  raise ValueError(f"unknown method {name!r}; valid names: {', '.join(methods())}.")
 
 
 def get_rule(name) -> ScoreRule:

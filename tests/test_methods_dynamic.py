@@ -296,6 +296,10 @@ def test_registry_lists_every_method():
       "taylor_instant"]
   assert set(seven_jax.methods("pre")) >= {"seven", "magnitude", "random", "snip", "grasp",
                                            "synflow", "force", "iter_snip"}
+  assert seven_jax.method_kind("platon") == "dynamic"
+  assert seven_jax.method_kind("seven_pre") == seven_jax.method_kind("grasp") == "pre"
+  with pytest.raises(ValueError, match="unknown method 'nope'; valid names: force"):
+    seven_jax.method_kind("nope")
   assert seven_jax.methods() == sorted(set(seven_jax.methods("pre")) |
                                        set(seven_jax.methods("dynamic")))
 
