@@ -81,7 +81,10 @@ def sparsity_report(masks_or_state: Any, prunable: Optional[Any] = None) -> Spar
     state = None
   if state is not None:
     mask_tree = get_masks(masks_or_state)
-    if prunable is None:
+    if prunable is None and getattr(state, "scores", None) is None:
+      # fixed_mask keeps no scores: fall back to the bare-mask rule below.
+      prunable = jax.tree.map(lambda m: bool(np.ndim(m) >= 2), mask_tree)
+    elif prunable is None:
       prunable = jax.tree.map(lambda m, s: bool(np.ndim(s) > 0 or np.ndim(m) == 0),
                               mask_tree, state.scores)
   else:

@@ -2,19 +2,13 @@
 
 from __future__ import annotations
 
-from typing import Any, NamedTuple, Optional
+from typing import Any, NamedTuple
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 import optax
-from jax import lax
 
-from seven_jax import schedules
-from seven_jax.prunable import PrunableSpec, resolve_prunable
-from seven_jax.statistics import (SevenStats, seven_score_increment,
-                                  update_seven_stats)
-from seven_jax.threshold import canonicalize_scores, kth_largest_threshold
+from seven_jax.prunable import PrunableSpec
 
 __all__ = ["seven_mask", "SevenMaskState", "masks", "find_state"]
 
@@ -168,121 +162,18 @@ def seven_mask(
     raise ValueError(f"update_every must be >= 1, got {update_every!r}.")
   if scope not in _SCOPES:
     raise ValueError(f"scope must be one of {_SCOPES}, got {scope!r}.")
-  inner = optax.with_extra_args_support(inner)
-
-  def init_fn(params):
-    if type(params).__name__ == "_ParamsPlaceholder":
-      # optax.tree.map_params probes init with a leafless placeholder: every
-      # params-shaped field is reported as params-shaped.
-      return SevenMaskState(jnp.zeros([], jnp.int32), params, params, params,
-                            params, inner.init(params))
-    spec = resolve_prunable(prunable, params)
-    stat = lambda p, s: jnp.zeros(jnp.shape(p) if s else (), jnp.float32)
-    zeros = jax.tree.map(stat, params, spec)
-    return SevenMaskState(
-        count=jnp.zeros([], jnp.int32),
-        masks=jax.tree.map(lambda p: jnp.ones(jnp.shape(p), jnp.bool_), params),
-        grad_ema=zeros,
-        sq_grad_ema=jax.tree.map(jnp.copy, zeros),
-        scores=jax.tree.map(jnp.copy, zeros),
-        inner_state=inner.init(params),
-    )
-
-  def update_fn(updates, state, params=None, **extra_args):
-    if params is None:
-      raise ValueError(_NO_PARAMS_MSG)
-    spec = resolve_prunable(prunable, params)
-    treedef = jax.tree.structure(params)
-    is_prunable = treedef.flatten_up_to(spec)
-    flat_params = treedef.flatten_up_to(params)
-    flat_masks = treedef.flatten_up_to(state.masks)
-    flat_grads = treedef.flatten_up_to(updates)
-
-    # (1) Gradient of the masked network: pruned coordinates get exactly 0.
-    flat_grads = [jnp.where(m, g, jnp.zeros_like(g)) if s else g
-                  for g, m, s in zip(flat_grads, flat_masks, is_prunable)]
-    grads = treedef.unflatten(flat_grads)
-    inner_updates, inner_state = inner.update(grads, state.inner_state, params,
-                                              **extra_args)
-    flat_inner = treedef.flatten_up_to(inner_updates)
-
-    idx = [i for i, s in enumerate(is_prunable) if s]
-    total = int(sum(np.prod(np.shape(flat_params[i]), dtype=np.int64) for i in idx))
-    t = state.count
-    window_end = start_step + pruning_steps - 1
-    in_window = (t >= start_step) & (t < window_end)
-    local_step = t - start_step
-
-    def prune(operand):
-      masks_p, m_p, v_p, s_p = operand
-      new_m, new_v, new_s = [], [], []
-      for j, i in enumerate(idx):
-        g = flat_grads[i]
-        stats = update_seven_stats(SevenStats(m_p[j], v_p[j]), g, b1, b2,
-                                   signed_first_moment=signed_first_moment)
-        w_after = (flat_params[i].astype(jnp.float32)
-                   + flat_inner[i].astype(jnp.float32))
-        if signed_first_moment:
-          stats_for_score = SevenStats(jnp.abs(stats.grad_ema), stats.sq_grad_ema)
-        else:
-          stats_for_score = stats
-        inc = seven_score_increment(w_after, g, stats_for_score, local_step,
-                                    b1, b2, eps)
-        score = canonicalize_scores(s_p[j] + inc)
-        if not resurrect:
-          score = jnp.where(masks_p[j], score, 0.0)  # (E7)
-        new_m.append(stats.grad_ema)
-        new_v.append(stats.sq_grad_ema)
-        new_s.append(score)
-
-      keep_ratio = schedules.cubic_keep_ratio(local_step, pruning_steps,
-                                              1.0 - sparsity)
-
-      def select(_):
-        if scope == "global":
-          k = schedules.keep_count(keep_ratio, total)
-          tau = kth_largest_threshold(new_s, k)
-          taus = [tau] * len(new_s)
-        else:
-          taus = [kth_largest_threshold(
-              [s], schedules.keep_count(keep_ratio, int(np.prod(s.shape))))
-                  for s in new_s]
-        kept = [s >= tau for s, tau in zip(new_s, taus)]
-        if not resurrect:
-          kept = [k_ & m for k_, m in zip(kept, masks_p)]
-        return kept
-
-      is_last = local_step == window_end - 1 - start_step
-      select_now = ((local_step + 1) % update_every == 0) | is_last
-      new_masks = lax.cond(select_now, select, lambda _: list(masks_p), None)
-      return new_masks, new_m, new_v, new_s
-
-    flat_m = treedef.flatten_up_to(state.grad_ema)
-    flat_v = treedef.flatten_up_to(state.sq_grad_ema)
-    flat_s = treedef.flatten_up_to(state.scores)
-    operand = ([flat_masks[i] for i in idx], [flat_m[i] for i in idx],
-               [flat_v[i] for i in idx], [flat_s[i] for i in idx])
-    masks_p, m_p, v_p, s_p = lax.cond(in_window, prune, lambda op: op, operand)
-    for j, i in enumerate(idx):
-      flat_masks[i], flat_m[i], flat_v[i], flat_s[i] = (
-          masks_p[j], m_p[j], v_p[j], s_p[j])
-
-    # (3) Pruned weights land exactly on 0 once the update is applied.
-    final = []
-    for u, p, m, s in zip(flat_inner, flat_params, flat_masks, is_prunable):
-      final.append(jnp.where(m, u, -p.astype(u.dtype)) if s else u)
-
-    new_state = SevenMaskState(
-        count=optax.safe_increment(t),
-        masks=treedef.unflatten(flat_masks),
-        grad_ema=treedef.unflatten(flat_m),
-        sq_grad_ema=treedef.unflatten(flat_v),
-        scores=treedef.unflatten(flat_s),
-        inner_state=inner_state,
-    )
-    return treedef.unflatten(final), new_state
-
-  return optax.GradientTransformationExtraArgs(init_fn, update_fn)
+  # One engine for every method (seven_jax.engine); SEVEN is its "seven"
+  # score rule, with the state laid out in the SevenMaskState fields.
+  from seven_jax import engine, scores  # imported here: engine imports us
+  hp = dict(b1=b1, b2=b2, eps=eps, signed_first_moment=signed_first_moment)
+  return engine.build_transform(
+      inner, scores.get_rule("seven"), hp, sparsity=sparsity,
+      start_step=start_step, pruning_steps=pruning_steps, prunable=prunable,
+      scope=scope, resurrect=resurrect, update_every=update_every,
+      pack=lambda c, m, st, s, i: SevenMaskState(c, m, st[0], st[1], s, i),
+      unpack=lambda s: (s.count, s.masks, (s.grad_ema, s.sq_grad_ema),
+                        s.scores, s.inner_state),
+      name="seven_mask")
 
 
 def _unwrap_variable(x):
@@ -290,11 +181,17 @@ def _unwrap_variable(x):
   return x.value if hasattr(x, "value") and not isinstance(x, jax.Array) else x
 
 
+# State types that hold masks: seven_mask's, and those the other entry points
+# (seven_jax.engine, seven_jax.prepruning) register when imported.
+_MASK_STATE_TYPES = [SevenMaskState]
+
+
 def find_state(opt_state) -> SevenMaskState:
-  """The :class:`SevenMaskState` inside any chain, wrapper or nnx optimizer."""
-  found = [x for x in jax.tree.leaves(
-      opt_state, is_leaf=lambda x: isinstance(x, SevenMaskState))
-           if isinstance(x, SevenMaskState)]
+  """The mask state (:class:`SevenMaskState`, or that of ``pruning_mask`` or
+  ``fixed_mask``) inside any chain, wrapper or nnx optimizer."""
+  types = tuple(_MASK_STATE_TYPES)
+  found = [x for x in jax.tree.leaves(opt_state, is_leaf=lambda x: isinstance(x, types))
+           if isinstance(x, types)]
   if not found:
     raise ValueError("No seven_mask state found in this optimizer state.")
   if len(found) > 1:
