@@ -215,9 +215,10 @@ class Task:
   prepruning: Optional[Callable[[], Any]] = None
 
 
-def current_sparsity(optimizer) -> float:
+def current_sparsity(optimizer, prunable=None) -> float:
+  """Sparsity over the prunable leaves (0 for a dense optimizer)."""
   try:
-    return seven_jax.sparsity_report(optimizer.opt_state).sparsity
+    return seven_jax.sparsity_report(optimizer.opt_state, prunable=prunable).sparsity
   except ValueError:
     return 0.0
 
@@ -289,7 +290,7 @@ def run(cfg: ExperimentConfig, task: Task) -> dict:
       batch = shard_batch(next(task.train_batches), mesh)
       loss = float(_train_step(task.model, optimizer, batch, task.loss_fn))
       step += 1
-      sparsity = current_sparsity(optimizer)
+      sparsity = current_sparsity(optimizer, task.prunable)
       elapsed = time.perf_counter() - start
       log.log(step, loss=loss, sparsity=sparsity,
               steps_per_second=(step - first_step) / max(elapsed, 1e-9))
@@ -318,7 +319,7 @@ def run(cfg: ExperimentConfig, task: Task) -> dict:
   log.log(step, **result)
   log.plot(task.metric_names)
   log.close()
-  report = (seven_jax.sparsity_report(optimizer.opt_state)
+  report = (seven_jax.sparsity_report(optimizer.opt_state, prunable=task.prunable)
             if cfg.method != DENSE else None)
   if report is not None:
     # The final masks, by parameter path (load with numpy.load).

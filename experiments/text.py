@@ -85,7 +85,7 @@ def build_task(cfg: common.ExperimentConfig) -> common.Task:
 
   def prepruning():
     batches = sj_data.text_batches(train, tokenizer, batch_size=cfg.batch_size,
-                                   max_len=cfg.max_len, seed=cfg.seed + 1, num_epochs=None)
+                                   max_len=cfg.max_len, seed=cfg.seed + 1, num_epochs=1)
     graphdef, params, rest = nnx.split(model, nnx.Param, ...)
 
     def pure_loss(p, batch):
