@@ -255,8 +255,9 @@ def test_soft_movement_threshold_and_penalty():
   tx = seven_jax.pruning_mask(optax.sgd(0.05), "soft_movement", sparsity=0.5, pruning_steps=6,
                               prunable=PRUNABLE, threshold=0.55, score_lr=2.0)
   state = tx.init(params)
+  step = jax.jit(tx.update)
   for g in _grad_sequence(5):
-    updates, state = tx.update(jax.tree.map(jnp.asarray, g), state, params)
+    updates, state = step(jax.tree.map(jnp.asarray, g), state, params)
     params = optax.apply_updates(params, updates)
   for k in NAMES:
     np.testing.assert_array_equal(np.asarray(state.masks[k]),
