@@ -9,8 +9,8 @@ README = pathlib.Path(__file__).resolve().parents[1] / "README.md"
 EXAMPLES = re.findall(r"<!-- readme-example -->\s*```python\n(.*?)```", README.read_text(), re.S)
 
 
-def test_readme_has_the_two_examples():
-  assert len(EXAMPLES) == 2
+def test_readme_has_its_examples():
+  assert len(EXAMPLES) == 3
 
 
 @pytest.mark.parametrize("index", range(len(EXAMPLES)))
