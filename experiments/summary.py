@@ -146,6 +146,7 @@ def plot(rows: list[dict], path) -> None:
       if method == DENSE:
         ax.axhline(np.mean(y), ls="--", lw=1, color=line[0].get_color())
     ax.set_title(task)
+    ax.set_xlim(-0.05, 1.0)  # the same sparsity axis in every panel
     ax.set_xlabel("target sparsity")
     ax.set_ylabel(task_rows[0]["metric"])
     ax.grid(alpha=0.3)
