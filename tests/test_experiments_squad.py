@@ -65,22 +65,24 @@ QUESTIONS = [("q1", "In what country is Normandy located?", "France"),
              ("q3", "Which king?", "King Charles III")]
 
 
-@pytest.fixture(scope="module")
-def tiny_squad():
-  """A hand-made SQuAD-format dataset registered as ``squad_tiny`` (train = validation)."""
+@pytest.fixture
+def tiny_squad(monkeypatch):
+  """A hand-made SQuAD-format dataset registered as ``squad_tiny`` (train = validation)
+  for this test only, so other tests see the registry unchanged."""
   from seven_jax import data
+  from seven_jax.data import registry
 
   columns = {"id": [q[0] for q in QUESTIONS], "title": ["Normans"] * 3,
              "question": [q[1] for q in QUESTIONS], "context": [CONTEXT] * 3,
              "answers": [{"text": [q[2]], "answer_start": [CONTEXT.index(q[2])]}
                          for q in QUESTIONS]}
-  if "squad_tiny" not in data.datasets():
-    data.register(data.DatasetSpec(
-        name="squad_tiny", task="extractive_qa", splits=("train", "validation"),
-        num_labels=None, metrics=("exact_match", "f1"), description="3 hand-made questions",
-        source="tests", how_to_get="-", licence="-",
-        loader=lambda spec, split, **_: data.InMemoryDataset(spec, split, columns)))
-  return "squad_tiny"
+  spec = data.DatasetSpec(
+      name="squad_tiny", task="extractive_qa", splits=("train", "validation"),
+      num_labels=None, metrics=("exact_match", "f1"), description="3 hand-made questions",
+      source="tests", how_to_get="-", licence="-",
+      loader=lambda spec, split, **_: data.InMemoryDataset(spec, split, columns))
+  monkeypatch.setitem(registry._REGISTRY, spec.name, spec)  # undone after the test
+  return spec.name
 
 
 def test_decoding_path_scores_gold_logits(monkeypatch, tiny_squad):
