@@ -101,3 +101,14 @@ def test_mnli_evaluates_matched_and_mismatched(tmp_path):
                         "--out", str(tmp_path)])
   assert set(row["final"]) >= {"accuracy", "validation_mismatched/accuracy"}
   assert row["sparsity"] == 0.0
+
+
+def test_eval_examples_truncates_a_tfds_split():
+  from experiments import text
+  from seven_jax import data
+
+  with mock(20):
+    dev = data.get_dataset("glue/stsb", "validation")
+    head = text._truncated(dev, 5)
+    assert len(head) == 5 and [head[i] for i in range(5)] == [dev[i] for i in range(5)]
+    assert text._truncated(dev, 0) is dev and text._truncated(dev, 50) is dev
