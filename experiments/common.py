@@ -64,6 +64,42 @@ class ExperimentConfig:
     return re.sub(r"[^A-Za-z0-9_.-]+", "_", name)
 
 
+@dataclasses.dataclass
+class EpochConfig(ExperimentConfig):
+  """A config whose length can be given in epochs of the training set.
+
+  The official presets count training in epochs (10 at batch 32) and evaluate
+  once per epoch; the step counts depend on the size of the training split,
+  which is only known once the data is there. :func:`resolve_epochs` turns
+  ``epochs`` into ``steps`` (and ``eval_every=-1`` into one epoch) unless the
+  command line gave ``--steps`` / ``--eval-every`` explicitly.
+  """
+  epochs: float = 0.0                  # > 0: steps = ceil(epochs * steps per epoch)
+
+
+def steps_per_epoch(num_examples: int, batch_size: int) -> int:
+  """Optimizer steps in one epoch, counted as the official loader does (no drop_last)."""
+  return max(1, math.ceil(num_examples / batch_size))
+
+
+def resolve_epochs(cfg: EpochConfig, num_train: int, *, explicit=()) -> EpochConfig:
+  """``cfg`` with ``steps`` and ``eval_every`` derived from ``epochs``.
+
+  Args:
+    cfg: the merged config (preset + flags).
+    num_train: examples (or SQuAD features) in the training split.
+    explicit: names of fields the user set on the command line; those are
+      never replaced (flags always win over presets and derived values).
+  """
+  per_epoch = steps_per_epoch(num_train, cfg.batch_size)
+  changes = {}
+  if cfg.epochs > 0 and "steps" not in explicit:
+    changes["steps"] = max(1, math.ceil(cfg.epochs * per_epoch))
+  if cfg.eval_every < 0 and "eval_every" not in explicit:
+    changes["eval_every"] = per_epoch    # -1 in a preset: evaluate once per epoch
+  return dataclasses.replace(cfg, **changes)
+
+
 def available_methods() -> tuple[str, ...]:
   """``dense`` plus every method the library registers."""
   names = list(seven_jax.methods()) if hasattr(seven_jax, "methods") else ["seven"]
@@ -213,6 +249,10 @@ class Task:
   metric_names: tuple
   label_key: str = "labels"
   prepruning: Optional[Callable[[], Any]] = None
+  # Non-classification evaluation (SQuAD span decoding, several dev splits):
+  # ``evaluate(model, mesh) -> {metric: value}``, called with the model in eval
+  # mode. None: predictions of ``eval_batches`` scored with ``metric_names``.
+  evaluate: Optional[Callable[[nnx.Module, Any], dict]] = None
 
 
 def current_sparsity(optimizer, prunable=None) -> float:
@@ -224,16 +264,33 @@ def current_sparsity(optimizer, prunable=None) -> float:
 
 
 def evaluate(task: Task, mesh) -> dict:
+  """Metrics of ``task.model`` on the evaluation data (dropout off meanwhile)."""
   task.model.eval()
+  try:
+    if task.evaluate is not None:
+      return dict(task.evaluate(task.model, mesh))
+    return classification_metrics(task.model, task.eval_batches(), task.predict_fn,
+                                   task.metric_names, mesh, label_key=task.label_key)
+  finally:
+    task.model.train()
+
+
+def classification_metrics(model, batches, predict_fn, metric_names, mesh, *,
+                           label_key: str = "labels") -> dict:
+  """Scores ``predict_fn`` over ``batches``; padding rows (``example_mask``) are left out."""
   predictions, labels = [], []
-  for batch in task.eval_batches():
-    valid = np.asarray(batch.pop("example_mask", np.ones(len(batch[task.label_key]), bool)), bool)
-    pred = np.asarray(_predict(task.model, shard_batch(batch, mesh), task.predict_fn))
+  for batch in batches:
+    valid = np.asarray(batch.pop("example_mask", np.ones(len(batch[label_key]), bool)), bool)
+    pred = np.asarray(predict(model, batch, predict_fn, mesh))
     predictions.append(pred[valid])
-    labels.append(np.asarray(batch[task.label_key])[valid])
-  task.model.train()
-  return sj_metrics.compute_metrics(task.metric_names, np.concatenate(predictions),
+    labels.append(np.asarray(batch[label_key])[valid])
+  return sj_metrics.compute_metrics(metric_names, np.concatenate(predictions),
                                     np.concatenate(labels))
+
+
+def predict(model, batch: dict, predict_fn, mesh):
+  """``predict_fn(model, batch)`` compiled, with the batch sharded over the mesh."""
+  return _predict(model, shard_batch(batch, mesh), predict_fn)
 
 
 @nnx.jit(static_argnums=(2,))
@@ -329,6 +386,7 @@ def run(cfg: ExperimentConfig, task: Task) -> dict:
         for path, m in jax.tree_util.tree_leaves_with_path(masks)})
   results = {
       "config": dataclasses.asdict(cfg),
+      "primary_metric": task.metric_names[0],
       "evaluations": evals,
       "final": evals[-1],
       "sparsity": report.sparsity if report else 0.0,
@@ -348,9 +406,11 @@ def run(cfg: ExperimentConfig, task: Task) -> dict:
 # ------------------------------------------------------------------- CLI -----
 
 
-def add_config_flags(parser, defaults: ExperimentConfig):
-  """One flag per config field; unset flags keep the preset's value."""
-  for field in dataclasses.fields(ExperimentConfig):
+def add_config_flags(parser, defaults: ExperimentConfig, skip=()):
+  """One flag per field of ``type(defaults)`` (but ``skip``); unset flags keep the preset's value."""
+  for field in dataclasses.fields(type(defaults)):
+    if field.name in skip:
+      continue
     flag = "--" + field.name.replace("_", "-")
     default = getattr(defaults, field.name)
     if isinstance(default, bool):
@@ -361,13 +421,17 @@ def add_config_flags(parser, defaults: ExperimentConfig):
                           help=f"(preset: {default})")
 
 
-def config_from_args(args, preset: dict) -> ExperimentConfig:
+def config_from_args(args, preset: dict, cls=ExperimentConfig) -> ExperimentConfig:
+  """``cls`` from the preset, with every flag the user passed on top of it."""
   values = dict(preset)
-  for field in dataclasses.fields(ExperimentConfig):
-    value = getattr(args, field.name, None)
-    if value is not None:
-      values[field.name] = value
-  return ExperimentConfig(**values)
+  for name in explicit_fields(args, cls):
+    values[name] = getattr(args, name)
+  return cls(**values)
+
+
+def explicit_fields(args, cls=ExperimentConfig) -> set:
+  """Names of the config fields set on the command line (flags default to None)."""
+  return {f.name for f in dataclasses.fields(cls) if getattr(args, f.name, None) is not None}
 
 
 def validate(cfg: ExperimentConfig):
@@ -376,6 +440,8 @@ def validate(cfg: ExperimentConfig):
     raise ValueError(f"sparsity must be in [0, 1), got {cfg.sparsity}")
   if cfg.steps < 1 or cfg.batch_size < 1:
     raise ValueError(f"steps and batch_size must be >= 1, got {cfg.steps}, {cfg.batch_size}")
+  if cfg.eval_every < 0:
+    raise ValueError(f"eval_every must be >= 0 (0: only at the end), got {cfg.eval_every}")
   if cfg.pruning_steps < 2 or cfg.start_step < 0:
     raise ValueError("pruning_steps must be >= 2 and start_step >= 0")
   if jax.device_count() > 1 and cfg.batch_size % jax.device_count():

@@ -60,19 +60,18 @@ def build_task(cfg: common.ExperimentConfig) -> common.Task:
                                num_labels=spec.num_labels, seed=cfg.seed)
   prunable = bert.prunable(nnx.state(model, nnx.Param))
   train = sj_data.get_dataset(cfg.task, "train")
-  evaluation = sj_data.get_dataset(cfg.task, cfg.eval_split)
-  if cfg.eval_examples:
-    n = min(cfg.eval_examples, len(evaluation))
-    evaluation = sj_data.InMemoryDataset(evaluation.spec, evaluation.split,
-                                         {k: v[:n] for k, v in evaluation.columns.items()})
+  splits = eval_splits(cfg)
+  evaluations = [_truncated(sj_data.get_dataset(cfg.task, split), cfg.eval_examples)
+                 for split in splits]
+  evaluation = evaluations[0]
   # Length grouping pads batches to a few bucket lengths: few compilations.
   train_batches = sj_data.text_batches(train, tokenizer, batch_size=cfg.batch_size,
                                        max_len=cfg.max_len, seed=cfg.seed, num_epochs=None,
                                        group_by_length=True)
   regression = spec.num_labels == 1
 
-  def eval_batches():
-    return sj_data.text_batches(evaluation, tokenizer, batch_size=64, max_len=cfg.max_len,
+  def eval_batches(dataset=evaluation):
+    return sj_data.text_batches(dataset, tokenizer, batch_size=64, max_len=cfg.max_len,
                                 shuffle=False, drop_remainder=False, pad_final_batch=True)
 
   def loss_fn(model, batch):
@@ -96,9 +95,42 @@ def build_task(cfg: common.ExperimentConfig) -> common.Task:
         pure_loss, params, batches, sparsity=cfg.sparsity, method=cfg.method,
         steps=cfg.prune_before_steps, prunable=prunable)
 
+  metric_names = tuple(spec.metrics)
+  evaluate = None
+  if len(splits) > 1:
+    # E.g. MNLI's matched and mismatched dev sets: the first split's metrics keep
+    # their plain names (the primary metric); the others are "<split>/<metric>".
+    metric_names += tuple(f"{split}/{m}" for split in splits[1:] for m in spec.metrics)
+
+    def evaluate(model, mesh):
+      scores = {}
+      for split, dataset in zip(splits, evaluations):
+        result = common.classification_metrics(model, eval_batches(dataset), predict_fn,
+                                               spec.metrics, mesh)
+        prefix = "" if split == splits[0] else f"{split}/"
+        scores.update({prefix + k: v for k, v in result.items()})
+      return scores
+
   return common.Task(model=model, prunable=prunable, train_batches=train_batches,
                      eval_batches=eval_batches, loss_fn=loss_fn, predict_fn=predict_fn,
-                     metric_names=spec.metrics, prepruning=prepruning)
+                     metric_names=metric_names, prepruning=prepruning, evaluate=evaluate)
+
+
+def eval_splits(cfg: common.ExperimentConfig) -> list:
+  """``cfg.eval_split`` as a list: several splits are comma-separated."""
+  return [s.strip() for s in cfg.eval_split.split(",") if s.strip()]
+
+
+def _truncated(dataset, n: int):
+  """The first ``n`` examples of ``dataset`` (all of them when ``n`` is 0)."""
+  if not n or n >= len(dataset):
+    return dataset
+  if isinstance(dataset, sj_data.InMemoryDataset):
+    columns = {k: v[:n] for k, v in dataset.columns.items()}
+  else:  # e.g. a tfds source: materialize the first n canonical examples
+    rows = [dataset[i] for i in range(n)]
+    columns = {k: [row[k] for row in rows] for k in rows[0]}
+  return sj_data.InMemoryDataset(dataset.spec, dataset.split, columns)
 
 
 def main(argv=None):
