@@ -9,7 +9,6 @@ does the rest identically for every method, so that methods are compared fairly.
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import json
 import math
@@ -456,3 +455,45 @@ def markdown_table(rows: list[dict], metric: str) -> str:
     lines.append(f"| {r['config']['method']} | {r['final'][metric]:.4f} | {r['sparsity']:.2%} | "
                  f"{r['train_seconds']:.0f} s | {r['steps_per_second']:.2f} |")
   return "\n".join(lines)
+
+
+def configs_from_cli(argv, description: str, presets: dict, default_methods,
+                     default_preset: str = "cpu-quick") -> list[ExperimentConfig]:
+  """``--preset``, ``--methods`` and one flag per config field; flags win.
+
+  Returns one config per method; user mistakes exit with a message naming
+  the bad value and the valid ones (no traceback).
+  """
+  import argparse  # pylint: disable=g-import-not-at-top
+  from seven_jax import data as sj_data  # pylint: disable=g-import-not-at-top
+  parser = argparse.ArgumentParser(description=description)
+  parser.add_argument("--preset", default=default_preset, choices=sorted(presets))
+  parser.add_argument("--methods", default=None,
+                      help=f"comma-separated methods to run in turn (default: "
+                           f"{','.join(default_methods)}); overrides --method")
+  add_config_flags(parser, ExperimentConfig(**presets[default_preset]))
+  args = parser.parse_args(argv)
+  base = config_from_args(args, presets[args.preset])
+  methods = (args.methods.split(",") if args.methods
+             else [args.method] if args.method else list(default_methods))
+  try:
+    if base.task not in sj_data.datasets():
+      raise ValueError(f"unknown task {base.task!r}; valid: {', '.join(sj_data.datasets())}")
+    configs = [dataclasses.replace(base, method=m.strip()) for m in methods]
+    for cfg in configs:
+      validate(cfg)
+  except ValueError as e:
+    parser.error(str(e))
+  return configs
+
+
+def run_and_report(configs, build_task, *, metrics=None, details: str = "") -> list[dict]:
+  """Runs every config in turn and prints one markdown table per metric."""
+  base = configs[0]
+  print("config:", json.dumps(dataclasses.asdict(base)))
+  rows = [run(cfg, build_task(cfg)) for cfg in configs]
+  print(f"\n{base.task} ({base.eval_split}), {base.steps} steps, batch {base.batch_size}"
+        f"{details}, {jax.device_count()} device(s)")
+  for metric in metrics or [rows[0]["primary_metric"]]:
+    print(markdown_table(rows, metric))
+  return rows

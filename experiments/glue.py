@@ -37,9 +37,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import json
 
-import jax
 
 from experiments import common, text
 from seven_jax import data as sj_data
@@ -149,14 +147,8 @@ def configs_from_args(argv=None):
 
 def main(argv=None):
   configs = configs_from_args(argv)
-  base = configs[0]
-  print("config:", json.dumps(dataclasses.asdict(base)))
-  rows = [common.run(cfg, text.build_task(cfg)) for cfg in configs]
-  metric = rows[0]["primary_metric"]
-  print(f"\n{base.task} ({base.eval_split}), {base.steps} steps, batch {base.batch_size}, "
-        f"max_len {base.max_len}, {jax.device_count()} device(s)")
-  print(common.markdown_table(rows, metric))
-  return rows
+  return common.run_and_report(configs, text.build_task,
+                               details=f", max_len {configs[0].max_len}")
 
 
 if __name__ == "__main__":

@@ -35,9 +35,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import functools
-import json
 
-import jax
 import jax.numpy as jnp
 import numpy as np
 from flax import nnx
@@ -197,13 +195,9 @@ def configs_from_args(argv=None):
 def main(argv=None):
   configs = configs_from_args(argv)
   base = configs[0]
-  print("config:", json.dumps(dataclasses.asdict(base)))
-  rows = [common.run(cfg, build_task(cfg)) for cfg in configs]
-  print(f"\n{base.task} ({base.eval_split}), {base.steps} steps, batch {base.batch_size}, "
-        f"max_len {base.max_len}, doc_stride {base.doc_stride}, {jax.device_count()} device(s)")
-  print(common.markdown_table(rows, "f1"))
-  print(common.markdown_table(rows, "exact_match"))
-  return rows
+  return common.run_and_report(
+      configs, build_task, metrics=("f1", "exact_match"),
+      details=f", max_len {base.max_len}, doc_stride {base.doc_stride}")
 
 
 if __name__ == "__main__":

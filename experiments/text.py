@@ -19,14 +19,8 @@ pass always win over it.
 
 from __future__ import annotations
 
-import argparse
-import dataclasses
-import json
-import sys
 
-import jax
 import jax.numpy as jnp
-import numpy as np
 from flax import nnx
 
 import seven_jax
@@ -134,33 +128,8 @@ def _truncated(dataset, n: int):
 
 
 def main(argv=None):
-  parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-  parser.add_argument("--preset", default="cpu-quick", choices=sorted(PRESETS))
-  parser.add_argument("--methods", default=None,
-                      help=f"comma-separated methods to run in turn (default: "
-                           f"{','.join(DEFAULT_METHODS)}); overrides --method")
-  common.add_config_flags(parser, common.ExperimentConfig(**PRESETS["cpu-quick"]))
-  args = parser.parse_args(argv)
-  base = common.config_from_args(args, PRESETS[args.preset])
-  methods = (args.methods.split(",") if args.methods
-             else [args.method] if args.method else list(DEFAULT_METHODS))
-  try:
-    if base.task not in sj_data.datasets():
-      raise ValueError(f"unknown task {base.task!r}; valid: {', '.join(sj_data.datasets())}")
-    configs = [dataclasses.replace(base, method=m.strip()) for m in methods]
-    for cfg in configs:
-      common.validate(cfg)
-  except ValueError as e:
-    parser.error(str(e))
-  print("config:", json.dumps(dataclasses.asdict(base)))
-  rows = []
-  for cfg in configs:
-    rows.append(common.run(cfg, build_task(cfg)))
-  metric = sj_data.get_spec(base.task).metrics[0]
-  print(f"\n{base.task} ({base.eval_split}), {base.steps} steps, batch {base.batch_size}, "
-        f"max_len {base.max_len}, {jax.device_count()} device(s)")
-  print(common.markdown_table(rows, metric))
-  return rows
+  configs = common.configs_from_cli(argv, __doc__.splitlines()[0], PRESETS, DEFAULT_METHODS)
+  return common.run_and_report(configs, build_task, details=f", max_len {configs[0].max_len}")
 
 
 if __name__ == "__main__":

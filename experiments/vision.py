@@ -14,9 +14,6 @@ Fashion-MNIST). Outputs as in :mod:`experiments.text`.
 
 from __future__ import annotations
 
-import argparse
-import dataclasses
-import json
 
 import jax
 import jax.numpy as jnp
@@ -82,29 +79,8 @@ def build_task(cfg: common.ExperimentConfig, vit_overrides: dict | None = None) 
 
 
 def main(argv=None):
-  parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-  parser.add_argument("--preset", default="cpu-quick", choices=sorted(PRESETS))
-  parser.add_argument("--methods", default=None,
-                      help=f"comma-separated methods (default: {','.join(DEFAULT_METHODS)})")
-  common.add_config_flags(parser, common.ExperimentConfig(**PRESETS["cpu-quick"]))
-  args = parser.parse_args(argv)
-  base = common.config_from_args(args, PRESETS[args.preset])
-  methods = (args.methods.split(",") if args.methods
-             else [args.method] if args.method else list(DEFAULT_METHODS))
-  try:
-    if base.task not in sj_data.datasets():
-      raise ValueError(f"unknown task {base.task!r}; valid: {', '.join(sj_data.datasets())}")
-    configs = [dataclasses.replace(base, method=m.strip()) for m in methods]
-    for cfg in configs:
-      common.validate(cfg)
-  except ValueError as e:
-    parser.error(str(e))
-  print("config:", json.dumps(dataclasses.asdict(base)))
-  rows = [common.run(cfg, build_task(cfg)) for cfg in configs]
-  print(f"\n{base.task} ({base.eval_split}), {base.steps} steps, batch {base.batch_size}, "
-        f"{jax.device_count()} device(s)")
-  print(common.markdown_table(rows, sj_data.get_spec(base.task).metrics[0]))
-  return rows
+  configs = common.configs_from_cli(argv, __doc__.splitlines()[0], PRESETS, DEFAULT_METHODS)
+  return common.run_and_report(configs, build_task)
 
 
 if __name__ == "__main__":

@@ -74,7 +74,7 @@ def sparsity_report(masks_or_state: Any, prunable: Optional[Any] = None) -> Spar
   Returns:
     A :class:`SparsityReport`; ``print(report)`` shows a markdown table.
   """
-  from seven_jax.transform import SevenMaskState, find_state, masks as get_masks
+  from seven_jax.transform import find_state, masks as get_masks
   try:
     state = find_state(masks_or_state)
   except ValueError:

@@ -29,7 +29,6 @@ def test_minilm_rotten_tomatoes_short_run_writes_everything(tmp_path):
   assert dense["sparsity"] == 0.0
   # r = 0.4 + 0.6 * (1 - 3/4)^3 after the last of the N - 1 = 3 window steps.
   assert abs(seven["sparsity"] - (1 - (0.4 + 0.6 * (1 / 4) ** 3))) < 1e-3
-  run_dir = tmp_path / seven["config"]["task"].replace("/", "_")
   runs = sorted(p.name for p in tmp_path.iterdir())
   assert len(runs) == 2
   for name in runs:

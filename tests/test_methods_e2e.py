@@ -5,7 +5,6 @@ Every method runs on a small MLP classifier (all options) and on a 2-layer,
 32-wide Flax BERT from random init (marker ``tiny_bert``)."""
 
 import math
-import os
 
 import jax
 import jax.numpy as jnp

@@ -1,7 +1,6 @@
 """prune_before_finetuning and fixed_mask: every pre-pruning score against an
 independent reference on a tiny MLP, exact sparsity, N:M, bad input."""
 
-import math
 
 import jax
 import jax.flatten_util

@@ -3,7 +3,6 @@ and the optax / Flax integration contract."""
 
 import math
 
-import flax
 import jax
 import jax.numpy as jnp
 import numpy as np
