@@ -146,6 +146,18 @@ def kth_largest_threshold(
     max_passes: int = 128,
     seed: int = 0,
 ) -> jax.Array:
+  return threshold_and_passes(leaves, k, sample_size=sample_size,
+                              max_passes=max_passes, seed=seed)[0]
+
+
+def threshold_and_passes(
+    leaves: Sequence[jax.Array],
+    k: jax.typing.ArrayLike,
+    *,
+    sample_size: int = _DEFAULT_SAMPLE,
+    max_passes: int = 128,
+    seed: int = 0,
+) -> tuple[jax.Array, jax.Array]:
   """Threshold whose mask ``s >= tau`` equals the sorted top-``k`` mask.
 
   Args:
@@ -224,9 +236,9 @@ def kth_largest_threshold(
 
   init = (lo0, hi0, jnp.int32(total), jnp.int32(0), jnp.int32(0),
           jnp.int32(total), jnp.int32(total))
-  lo, *_ = lax.while_loop(lambda st: ~done(st), step, init)
+  lo, _, _, _, passes, _, _ = lax.while_loop(lambda st: ~done(st), step, init)
   tau = _from_key(lo)
-  return jnp.where(k <= 0, jnp.float32(jnp.inf), tau)
+  return jnp.where(k <= 0, jnp.float32(jnp.inf), tau), passes
 
 
 def topk_masks(
