@@ -9,6 +9,8 @@ pooler kernel; embeddings, biases, LayerNorms and the classifier are not.
 from __future__ import annotations
 
 import os
+import statistics
+import time
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
@@ -19,7 +21,7 @@ import numpy as np
 import optax
 
 import seven_jax
-from benchmarks.common import time_calls, tree_bytes
+from benchmarks.common import tree_bytes
 from seven_jax.prunable import path_str
 
 CONFIGS = {
@@ -75,20 +77,55 @@ def _make_step(model, tx):
   return jax.jit(step, donate_argnums=(0, 1))
 
 
-def _time_optimizer(model, batch, tx, *, skip_steps, repeats, warmup):
-  """Median step time after ``skip_steps`` untimed steps (to leave a window)."""
-  params = jax.tree.map(jnp.copy, model.params)
-  opt_state = tx.init(params)
-  step = _make_step(model, tx)
-  state = {"params": params, "opt": opt_state}
+class _Runner:
+  """One optimizer's training loop: params and state live here, donated."""
 
-  def one():
-    state["params"], state["opt"], loss = step(state["params"], state["opt"], batch)
+  def __init__(self, model, batch, tx, skip_steps):
+    self.params = jax.tree.map(jnp.copy, model.params)
+    self.opt_state = tx.init(self.params)
+    self.batch = batch
+    self.step = _make_step(model, tx)
+    for _ in range(skip_steps):  # e.g. leave the pruning window first
+      jax.block_until_ready(self())
+
+  def __call__(self):
+    self.params, self.opt_state, loss = self.step(self.params, self.opt_state, self.batch)
     return loss
 
-  for _ in range(skip_steps):
-    jax.block_until_ready(one())
-  return time_calls(one, repeats=repeats, warmup=warmup), state
+
+class _UpdateRunner:
+  """``tx.update`` alone on fixed gradients (state carried, params fixed)."""
+
+  def __init__(self, tx, params, grads, skip_steps):
+    self.params, self.grads = params, grads
+    self.state = tx.init(params)
+    self.update = jax.jit(lambda g, s, p: tx.update(g, s, p), donate_argnums=(1,))
+    for _ in range(skip_steps):
+      jax.block_until_ready(self())
+
+  def __call__(self):
+    updates, self.state = self.update(self.grads, self.state, self.params)
+    return updates
+
+
+def _interleaved(runners: dict, *, repeats: int, warmup: int) -> dict:
+  """Median step time of each runner, timed round-robin.
+
+  The machine is shared (other jobs come and go), so the configurations are
+  timed in turn, step by step, rather than one after the other: a burst of
+  load then hits all of them alike and the ratios stay meaningful.
+  """
+  for run in runners.values():
+    for _ in range(warmup):
+      jax.block_until_ready(run())
+  times = {name: [] for name in runners}
+  for _ in range(repeats):
+    for name, run in runners.items():
+      t0 = time.perf_counter()
+      jax.block_until_ready(run())
+      times[name].append((time.perf_counter() - t0) * 1e3)
+  return {name: {"median_ms": statistics.median(v), "min_ms": min(v), "max_ms": max(v),
+                 "repeats": len(v)} for name, v in times.items()}
 
 
 def step_overhead(name: str, *, repeats: int, warmup: int = 2) -> dict:
@@ -108,26 +145,37 @@ def step_overhead(name: str, *, repeats: int, warmup: int = 2) -> dict:
   # timed steps only enforce the frozen masks.
   after = seven_jax.seven_mask(optax.adamw(2e-5), sparsity=0.6, start_step=0,
                                pruning_steps=2, prunable=prunable)
-
-  plain_t, plain_state = _time_optimizer(model, batch, plain, skip_steps=0,
-                                         repeats=repeats, warmup=warmup)
-  inside_t, seven_state = _time_optimizer(model, batch, inside, skip_steps=0,
-                                          repeats=repeats, warmup=warmup)
-  after_t, _ = _time_optimizer(model, batch, after, skip_steps=2,
-                               repeats=repeats, warmup=warmup)
-  memory = optimizer_state_bytes(plain_state["opt"], seven_state["opt"],
+  runners = {
+      "plain_adamw": _Runner(model, batch, plain, 0),
+      "seven_in_window": _Runner(model, batch, inside, 0),
+      "seven_after_window": _Runner(model, batch, after, 2),
+  }
+  timing = _interleaved(runners, repeats=repeats, warmup=warmup)
+  # The optimizer update alone (fixed gradients): its difference is the
+  # overhead in ms, far less noisy than a difference of whole steps.
+  grads = jax.tree.map(lambda p: jnp.full_like(p, 1e-3), model.params)
+  updates = {}
+  for key, tx, skip in [("plain_adamw", plain, 0), ("seven_in_window", inside, 0),
+                        ("seven_after_window", after, 2)]:
+    updates[key] = _UpdateRunner(tx, model.params, grads, skip)
+  update_timing = _interleaved(updates, repeats=repeats, warmup=warmup)
+  memory = optimizer_state_bytes(runners["plain_adamw"].opt_state,
+                                 runners["seven_in_window"].opt_state,
                                  prunable, model.params)
-  base = plain_t["median_ms"]
+  base = timing["plain_adamw"]["median_ms"]
   return {
       "model": name,
       "batch_seq": list(CONFIGS[name][5:]),
       "params": num_params,
       "prunable": num_prunable,
-      "plain_adamw": plain_t,
-      "seven_in_window": inside_t,
-      "seven_after_window": after_t,
-      "ratio_in_window": inside_t["median_ms"] / base,
-      "ratio_after_window": after_t["median_ms"] / base,
+      **timing,
+      "ratio_in_window": timing["seven_in_window"]["median_ms"] / base,
+      "ratio_after_window": timing["seven_after_window"]["median_ms"] / base,
+      "update_only": update_timing,
+      "update_overhead_ms_in_window": (update_timing["seven_in_window"]["median_ms"]
+                                       - update_timing["plain_adamw"]["median_ms"]),
+      "update_overhead_ms_after_window": (update_timing["seven_after_window"]["median_ms"]
+                                          - update_timing["plain_adamw"]["median_ms"]),
       "optimizer_state": memory,
   }
 

@@ -62,6 +62,15 @@ def markdown(results: dict) -> str:
           f"| {_ms(r['seven_after_window'])} | {r['ratio_after_window']:.3f} "
           f"| {r['optimizer_state']['extra_bytes_per_prunable_weight']:.2f} |")
     out.append("")
+    out += ["Optimizer update alone (fixed gradients), medians in ms: "
+            + "; ".join(f"{r['model']}: adamw {r['update_only']['plain_adamw']['median_ms']:.1f}, "
+                        f"seven in window {r['update_only']['seven_in_window']['median_ms']:.1f} "
+                        f"(+{r['update_overhead_ms_in_window']:.1f}), after "
+                        f"{r['update_only']['seven_after_window']['median_ms']:.1f} "
+                        f"(+{r['update_overhead_ms_after_window']:.1f}); overhead / adamw step "
+                        f"{1 + r['update_overhead_ms_in_window'] / r['plain_adamw']['median_ms']:.3f}x in, "
+                        f"{1 + r['update_overhead_ms_after_window'] / r['plain_adamw']['median_ms']:.3f}x after"
+                        for r in results["steps"]), ""]
     out.append("Extra optimizer-state bytes per prunable weight, by field: " + "; ".join(
         f"{r['model']}: " + ", ".join(f"{k} {v:.2f}" for k, v in
                                       r["optimizer_state"]["per_prunable_weight"].items())

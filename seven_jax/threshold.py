@@ -12,31 +12,45 @@ Here :math:`\\tau` is found by a *counting select*: we only ever evaluate
 
 .. math::
 
-   G(t) = \\#\\{\\, i : s_i \\ge t \\,\\},
+   C(u) = \\#\\{\\, i : s_i > u \\,\\},
 
 one fused pass over each leaf that returns an integer, so the leaves are never
-concatenated and, under ``jax.sharding``, ``G`` is a plain reduction that XLA
-turns into a ``psum``. The search keeps a bracket ``lo < hi`` of
-order-preserving integer keys with ``G(lo) >= k > G(hi)`` and shrinks it:
+concatenated and, under ``jax.sharding``, ``C`` is a plain reduction that XLA
+turns into a ``psum``.
 
-1. the first two probes come from a small random sample of the scores
-   (sample quantiles around ``k / D``), which usually brackets the answer
-   within a few percent of the entries;
-2. later probes interpolate the counts inside the bracket (assuming the scores
-   are locally uniform), alternating just below and just above the estimate;
-3. when interpolation stops paying (heavy ties, odd distributions), a probe
-   bisects the key range, which guarantees termination in at most a few dozen
-   passes for any input.
+Fast path (inputs of at least ``2**18`` scores), four passes, unrolled:
+
+1. a sorted random sample of ``2**14`` scores gives a first estimate; pass 1
+   counts it exactly and pass 2 corrects it with the sample's local density;
+2. pass 3 probes the secant of passes 1-2 (in order-preserving integer key
+   space, roughly logarithmic in the value); pass 4 probes the next secant
+   shifted by a safety margin to the far side of the k-th value, so that
+   passes 3-4 bracket it. Passes 3-4 also return per-row counts (rows of 128
+   consecutive scores of a leaf);
+3. the rows whose counts differ hold every candidate in the bracket (a few
+   hundred at BERT-base size); up to 1024 of them are gathered and the exact
+   answer is found among those few values.
+
+When passes 3-4 do not bracket the answer within 1024 rows (heavy ties, ``k``
+at the very ends, odd distributions) the general search below resumes from
+the tightest bracket the four passes found. It keeps ``lo < hi`` keys with
+``G(lo) >= k > G(hi)`` (``G(key) = #{s >= value(key)}``), interpolates the
+counts inside the bracket (alternating just below and above the estimate) and
+bisects when interpolation stops paying, so it terminates for any input.
 
 The search stops as soon as ``G(lo) == k`` (then ``{s >= lo}`` is exactly the
 sorted top-k) or the bracket is one key wide (ties at the k-th value: every
 tied entry is kept, exactly as ``s >= topk(s, k)[-1]`` in the official code).
 
-Exactness of the counts. XLA on CPU vectorises float reductions far better
-than integer or boolean ones, so ``G`` is computed in float32 with an
-arithmetic indicator that is exact for *canonical* scores (finite, and either
-0 or at least ``1e-30`` in magnitude; see :func:`canonicalize_scores`), with
-partial sums kept below :math:`2^{24}` so they are exact integers.
+Exactness and speed of the counts. XLA on CPU vectorises float reductions far
+better than integer or boolean ones, so ``C`` is computed in float32 with the
+division-free indicator ``min(max(s - u, 0) * 2**124, 1)``, exact for
+*canonical* scores (finite, and either 0 or at least ``1e-30`` in magnitude;
+see :func:`canonicalize_scores`), with partial sums kept below :math:`2^{24}`
+so they are exact integers. Each leaf's reduction sits behind an
+``optimization_barrier`` so that XLA cannot share one materialised broadcast
+of ``u`` between all leaves of the same shape (that sharing made every pass
+3-5x slower than a plain ``jnp.sum``).
 """
 
 from __future__ import annotations
@@ -72,7 +86,6 @@ _ROW = 128
 _ROW_CAPACITY = 1024
 _FAST_MIN = 1 << 18
 _FAST_PASSES = 4
-_DEBUG = False
 
 
 def canonicalize_scores(scores: jax.Array) -> jax.Array:
@@ -400,9 +413,6 @@ def _four_probe_select(leaves, k, total, sample_size, seed, row, capacity):
   # With r equal to the number of candidates the search may return a value
   # below u_lo (the padding is -FLOAT32_MAX); nothing lies in between.
   tau = jnp.maximum(tau, _from_key(_to_key(u_lo) + 1))
-  if _DEBUG:
-    jax.debug.print("probe errors {} {} {} {} rows {}", c1 - k, c2 - k, c3 - k,
-                    c4 - k, jnp.sum(diff > 0))
 
   # Tightest bracket of all passes, as keys of G(key) = #{s >= value(key)}:
   # C(value(key)) = G(key + 1).
