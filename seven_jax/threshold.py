@@ -67,6 +67,7 @@ __all__ = [
     "kth_largest_threshold",
     "topk_masks",
     "sort_reference_threshold",
+    "threshold_and_passes",
 ]
 
 TINY = np.float32(1e-30)
