@@ -252,12 +252,6 @@ def threshold_and_passes(
   return jnp.where(k <= 0, jnp.float32(jnp.inf), tau), passes
 
 
-def _canonical(u: jax.Array) -> jax.Array:
-  """Probe values must be canonical for the indicator to be exact."""
-  u = jnp.nan_to_num(u, nan=0.0, posinf=_FLOAT32_MAX, neginf=-_FLOAT32_MAX)
-  return jnp.where(jnp.abs(u) >= TINY, u, 0.0).astype(jnp.float32)
-
-
 class _Block(NamedTuple):
   """A static view of part of one leaf as rows of ``row`` scores."""
   leaf: int
