@@ -80,3 +80,48 @@ def test_large_leaf_counts_beyond_float32_integer_range():
   n = (1 << 24) + 10
   x = jnp.ones((n,), jnp.float32)
   assert int(th._count_greater([x], jnp.float32(0.5))) == n
+
+
+# The four-probe fast path normally starts at 2**18 scores; these tests force
+# it on small inputs (tiny rows and capacity), so that both its own answer and
+# its fallback are checked against the sort.
+_FAST = dict(fast_min=0, row=8, row_capacity=32)
+
+
+@pytest.mark.parametrize("kind", ["signed", "nonnegative", "tied", "constant",
+                                  "zeros_and_tiny", "huge_range"])
+def test_fast_path_same_mask_as_sorting(kind, monkeypatch):
+  monkeypatch.setattr(
+      "tests.test_threshold.SHAPES", [(300, 40), (7,), (100, 30), (1,), (50, 5, 4)])
+  rng = np.random.default_rng(hash(kind) % 2**32 + 1)
+  leaves = _leaves(rng, kind)
+  total = sum(x.size for x in leaves)
+  select = jax.jit(lambda ls, k: th.threshold_and_passes(ls, k, **_FAST))
+  for k in [0, 1, 2, total // 3, total // 2, total - 1, total, int(rng.integers(1, total))]:
+    tau, _ = select(leaves, jnp.int32(k))
+    ref = th.sort_reference_threshold(leaves, k)
+    for x in leaves:
+      np.testing.assert_array_equal(np.asarray(x >= tau), np.asarray(x) >= ref,
+                                    err_msg=f"{kind}, k={k}")
+
+
+def test_fast_path_answers_in_four_passes_on_continuous_scores():
+  rng = np.random.default_rng(3)
+  leaves = [jnp.asarray(rng.random(s).astype(np.float32))
+            for s in [(512, 256), (256, 512), (300, 7)]]
+  total = sum(x.size for x in leaves)
+  for k in [total // 10, total // 2, (9 * total) // 10]:
+    tau, passes = th.threshold_and_passes(leaves, k, fast_min=0)
+    assert int(passes) == 4  # no fallback
+    ref = th.sort_reference_threshold(leaves, k)
+    for x in leaves:
+      np.testing.assert_array_equal(np.asarray(x >= tau), np.asarray(x) >= ref)
+
+
+def test_row_blocks_cover_every_entry_once():
+  sizes = [10, 16, 3, 40]
+  blocks = th._plan_blocks(sizes, 8)
+  covered = {i: 0 for i in range(len(sizes))}
+  for b in blocks:
+    covered[b.leaf] += b.tail or b.rows * 8
+  assert covered == dict(enumerate(sizes))

@@ -1,0 +1,207 @@
+"""Step overhead of ``seven_mask(adamw)`` against plain ``adamw`` on BERT shapes.
+
+The model is ``transformers.FlaxBertForSequenceClassification`` with random
+weights (no download). Prunable weights are those the official SEVEN code
+prunes: attention query/key/value/output kernels, both FFN kernels, and the
+pooler kernel; embeddings, biases, LayerNorms and the classifier are not.
+"""
+
+from __future__ import annotations
+
+import os
+import statistics
+import time
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+
+import seven_jax
+from benchmarks.common import tree_bytes
+from seven_jax.prunable import path_str
+
+CONFIGS = {
+    # name: (layers, hidden, heads, intermediate, vocab, batch, seq)
+    "tiny-bert": (2, 32, 2, 64, 128, 4, 16),
+    "minilm": (6, 384, 12, 1536, 30522, 32, 64),
+    "bert-base": (12, 768, 12, 3072, 30522, 32, 64),
+}
+
+_PRUNABLE_SUFFIXES = (
+    "attention/self/query/kernel", "attention/self/key/kernel",
+    "attention/self/value/kernel", "attention/output/dense/kernel",
+    "intermediate/dense/kernel", "output/dense/kernel", "pooler/dense/kernel",
+)
+
+
+def bert_prunable(params):
+  """Bool pytree: the kernels the official code prunes (see module doc)."""
+  def is_prunable(path, _):
+    p = path_str(path)
+    return bool(p.startswith("bert/") and p.endswith(_PRUNABLE_SUFFIXES))
+  return jax.tree_util.tree_map_with_path(is_prunable, params)
+
+
+def make_model(name: str):
+  from transformers import BertConfig, FlaxBertForSequenceClassification
+  layers, hidden, heads, inter, vocab, batch, seq = CONFIGS[name]
+  config = BertConfig(vocab_size=vocab, hidden_size=hidden, num_hidden_layers=layers,
+                      num_attention_heads=heads, intermediate_size=inter,
+                      max_position_embeddings=max(512, seq), num_labels=2)
+  model = FlaxBertForSequenceClassification(config, seed=0, input_shape=(1, seq))
+  rng = np.random.default_rng(0)
+  batch_data = {
+      "input_ids": jnp.asarray(rng.integers(0, vocab, (batch, seq)), jnp.int32),
+      "attention_mask": jnp.ones((batch, seq), jnp.int32),
+      "labels": jnp.asarray(rng.integers(0, 2, (batch,)), jnp.int32),
+  }
+  return model, batch_data
+
+
+def _make_step(model, tx):
+  def loss_fn(params, batch):
+    logits = model(batch["input_ids"], attention_mask=batch["attention_mask"],
+                   params=params, train=False).logits
+    return optax.softmax_cross_entropy_with_integer_labels(
+        logits, batch["labels"]).mean()
+
+  def step(params, opt_state, batch):
+    loss, grads = jax.value_and_grad(loss_fn)(params, batch)
+    updates, opt_state = tx.update(grads, opt_state, params)
+    return optax.apply_updates(params, updates), opt_state, loss
+
+  return jax.jit(step, donate_argnums=(0, 1))
+
+
+class _Runner:
+  """One optimizer's training loop: params and state live here, donated."""
+
+  def __init__(self, model, batch, tx, skip_steps):
+    self.params = jax.tree.map(jnp.copy, model.params)
+    self.opt_state = tx.init(self.params)
+    self.batch = batch
+    self.step = _make_step(model, tx)
+    for _ in range(skip_steps):  # e.g. leave the pruning window first
+      jax.block_until_ready(self())
+
+  def __call__(self):
+    self.params, self.opt_state, loss = self.step(self.params, self.opt_state, self.batch)
+    return loss
+
+
+class _UpdateRunner:
+  """``tx.update`` alone on fixed gradients (state carried, params fixed)."""
+
+  def __init__(self, tx, params, grads, skip_steps):
+    self.params, self.grads = params, grads
+    self.state = tx.init(params)
+    self.update = jax.jit(lambda g, s, p: tx.update(g, s, p), donate_argnums=(1,))
+    for _ in range(skip_steps):
+      jax.block_until_ready(self())
+
+  def __call__(self):
+    updates, self.state = self.update(self.grads, self.state, self.params)
+    return updates
+
+
+def _interleaved(runners: dict, *, repeats: int, warmup: int) -> dict:
+  """Median step time of each runner, timed round-robin.
+
+  The machine is shared (other jobs come and go), so the configurations are
+  timed in turn, step by step, rather than one after the other: a burst of
+  load then hits all of them alike and the ratios stay meaningful.
+  """
+  for run in runners.values():
+    for _ in range(warmup):
+      jax.block_until_ready(run())
+  times = {name: [] for name in runners}
+  for _ in range(repeats):
+    for name, run in runners.items():
+      t0 = time.perf_counter()
+      jax.block_until_ready(run())
+      times[name].append((time.perf_counter() - t0) * 1e3)
+  return {name: {"median_ms": statistics.median(v), "min_ms": min(v), "max_ms": max(v),
+                 "repeats": len(v)} for name, v in times.items()}
+
+
+def step_overhead(name: str, *, repeats: int, warmup: int = 2) -> dict:
+  """Plain adamw vs seven_mask(adamw) inside and after the pruning window."""
+  model, batch = make_model(name)
+  prunable = bert_prunable(model.params)
+  num_prunable = int(sum(int(np.prod(p.shape)) for p, s in zip(
+      jax.tree.leaves(model.params), jax.tree.leaves(prunable)) if s))
+  num_params = int(sum(int(np.prod(p.shape)) for p in jax.tree.leaves(model.params)))
+
+  plain = optax.adamw(2e-5)
+  # Inside the window: the window outlasts the benchmark, so every timed step
+  # updates the statistics and recomputes the global threshold and masks.
+  inside = seven_jax.seven_mask(optax.adamw(2e-5), sparsity=0.6, start_step=0,
+                                pruning_steps=10**6, prunable=prunable)
+  # After the window: pruning_steps=2 means one mask update at step 0; the
+  # timed steps only enforce the frozen masks.
+  after = seven_jax.seven_mask(optax.adamw(2e-5), sparsity=0.6, start_step=0,
+                               pruning_steps=2, prunable=prunable)
+  runners = {
+      "plain_adamw": _Runner(model, batch, plain, 0),
+      "seven_in_window": _Runner(model, batch, inside, 0),
+      "seven_after_window": _Runner(model, batch, after, 2),
+  }
+  timing = _interleaved(runners, repeats=repeats, warmup=warmup)
+  # The optimizer update alone (fixed gradients): its difference is the
+  # overhead in ms, far less noisy than a difference of whole steps.
+  grads = jax.tree.map(lambda p: jnp.full_like(p, 1e-3), model.params)
+  updates = {}
+  for key, tx, skip in [("plain_adamw", plain, 0), ("seven_in_window", inside, 0),
+                        ("seven_after_window", after, 2)]:
+    updates[key] = _UpdateRunner(tx, model.params, grads, skip)
+  update_timing = _interleaved(updates, repeats=repeats, warmup=warmup)
+  memory = optimizer_state_bytes(runners["plain_adamw"].opt_state,
+                                 runners["seven_in_window"].opt_state,
+                                 prunable, model.params)
+  base = timing["plain_adamw"]["median_ms"]
+  return {
+      "model": name,
+      "batch_seq": list(CONFIGS[name][5:]),
+      "params": num_params,
+      "prunable": num_prunable,
+      **timing,
+      "ratio_in_window": timing["seven_in_window"]["median_ms"] / base,
+      "ratio_after_window": timing["seven_after_window"]["median_ms"] / base,
+      "update_only": update_timing,
+      "update_overhead_ms_in_window": (update_timing["seven_in_window"]["median_ms"]
+                                       - update_timing["plain_adamw"]["median_ms"]),
+      "update_overhead_ms_after_window": (update_timing["seven_after_window"]["median_ms"]
+                                          - update_timing["plain_adamw"]["median_ms"]),
+      "optimizer_state": memory,
+  }
+
+
+def optimizer_state_bytes(plain_state, seven_state, prunable, params) -> dict:
+  """Bytes of optimizer state beyond plain adamw, per prunable weight.
+
+  Counted from the state pytrees themselves, so anything the transformation
+  stores (including masks of non-prunable leaves) shows up.
+  """
+  num_prunable = sum(int(np.prod(p.shape)) for p, s in zip(
+      jax.tree.leaves(params), jax.tree.leaves(prunable)) if s)
+  st = seven_jax.find_state(seven_state)
+  flat_spec = jax.tree.leaves(prunable)
+  masks = jax.tree.leaves(st.masks)
+  parts = {
+      "grad_ema_m": tree_bytes(st.grad_ema),
+      "sq_grad_ema_v": tree_bytes(st.sq_grad_ema),
+      "scores_S": tree_bytes(st.scores),
+      "masks_prunable": int(sum(m.nbytes for m, s in zip(masks, flat_spec) if s)),
+      "masks_non_prunable": int(sum(m.nbytes for m, s in zip(masks, flat_spec) if not s)),
+      "count": tree_bytes(st.count),
+  }
+  extra = tree_bytes(seven_state) - tree_bytes(plain_state)
+  return {
+      "extra_bytes": int(extra),
+      "extra_bytes_per_prunable_weight": extra / num_prunable,
+      "per_prunable_weight": {k: v / num_prunable for k, v in parts.items()},
+  }

@@ -1,0 +1,140 @@
+"""CLI: ``python -m benchmarks.run --size tiny|small|full --out results.json``.
+
+Prints markdown tables and writes every number (medians, min/max, repeat
+counts, XLA memory analysis) to JSON. All timings are wall-clock medians
+inside one process after warm-up (compilation excluded).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import sys
+import time
+
+import jax
+
+PRESETS = {
+    # models, model repeats, threshold sizes, threshold repeats
+    "tiny": (["tiny-bert"], 3, ["10k", "100k"], 3),
+    "small": (["minilm"], 20, ["1M", "10.8M"], 20),
+    "full": (["minilm", "bert-base"], 20, ["1M", "10.8M", "85.5M", "303M"], 20),
+}
+# Huge threshold sizes: fewer timed calls (each baseline call takes minutes).
+_HUGE_REPEATS = {"303M": 5}
+
+
+def _machine() -> dict:
+  cpu = platform.processor()
+  try:
+    with open("/proc/cpuinfo") as f:
+      names = [l.split(":", 1)[1].strip() for l in f if l.startswith("model name")]
+    cpu = f"{len(names)} x {names[0]}" if names else cpu
+  except OSError:
+    pass
+  return {"cpu": cpu, "jax": jax.__version__, "backend": jax.default_backend(),
+          "devices": [str(d) for d in jax.devices()], "python": sys.version.split()[0]}
+
+
+def _ms(entry) -> str:
+  if not entry:
+    return "-"
+  reps = f" (n={entry['repeats']})" if entry.get("repeats", 20) < 20 else ""
+  return f"{entry['median_ms']:.1f}{reps}"
+
+
+def _mb(entry) -> str:
+  return f"{entry['temp_bytes'] / 2**20:.1f}" if entry and "temp_bytes" in entry else "-"
+
+
+def markdown(results: dict) -> str:
+  out = [f"Machine: {results['machine']['cpu']}, jax {results['machine']['jax']} "
+         f"({results['machine']['backend']}). Medians of wall time in ms.", ""]
+  if results.get("steps"):
+    out += ["| model (batch x seq) | prunable | adamw ms | seven in window ms | ratio "
+            "| seven after window ms | ratio | extra opt-state B/prunable weight |",
+            "|---|---|---|---|---|---|---|---|"]
+    for r in results["steps"]:
+      out.append(
+          f"| {r['model']} ({r['batch_seq'][0]}x{r['batch_seq'][1]}) | {r['prunable'] / 1e6:.2f}M "
+          f"| {_ms(r['plain_adamw'])} | {_ms(r['seven_in_window'])} | {r['ratio_in_window']:.3f} "
+          f"| {_ms(r['seven_after_window'])} | {r['ratio_after_window']:.3f} "
+          f"| {r['optimizer_state']['extra_bytes_per_prunable_weight']:.2f} |")
+    out.append("")
+    out += ["Optimizer update alone (fixed gradients), medians in ms: "
+            + "; ".join(f"{r['model']}: adamw {r['update_only']['plain_adamw']['median_ms']:.1f}, "
+                        f"seven in window {r['update_only']['seven_in_window']['median_ms']:.1f} "
+                        f"(+{r['update_overhead_ms_in_window']:.1f}), after "
+                        f"{r['update_only']['seven_after_window']['median_ms']:.1f} "
+                        f"(+{r['update_overhead_ms_after_window']:.1f}); overhead / adamw step "
+                        f"{1 + r['update_overhead_ms_in_window'] / r['plain_adamw']['median_ms']:.3f}x in, "
+                        f"{1 + r['update_overhead_ms_after_window'] / r['plain_adamw']['median_ms']:.3f}x after"
+                        for r in results["steps"]), ""]
+    out.append("Extra optimizer-state bytes per prunable weight, by field: " + "; ".join(
+        f"{r['model']}: " + ", ".join(f"{k} {v:.2f}" for k, v in
+                                      r["optimizer_state"]["per_prunable_weight"].items())
+        for r in results["steps"]))
+    out.append("")
+  if results.get("threshold"):
+    out += ["| scores | passes | ours ms | ours temp MiB | floor (1 sum) ms | ours / floor "
+            "| sort ms | sort temp MiB | sort / ours | top_k ms | exact |",
+            "|---|---|---|---|---|---|---|---|---|---|---|"]
+    for r in results["threshold"]:
+      ratio = f"{r['sort_over_ours']:.0f}x" if "sort_over_ours" in r else "-"
+      out.append(
+          f"| {r['size']} ({r['scores']:,}) | {r['passes']} | {_ms(r['ours'])} | {_mb(r['ours'])} "
+          f"| {_ms(r['floor_sum'])} | {r['ours_over_floor']:.1f} | {_ms(r.get('sort'))} "
+          f"| {_mb(r.get('sort'))} | {ratio} | {_ms(r.get('top_k'))} | {r.get('exact', '-')} |")
+    out.append("")
+  out.append("Pre-pruning scoring (SEVEN_pre, baselines): "
+             + results.get("pre_pruning", "not measured"))
+  return "\n".join(out)
+
+
+def main(argv=None) -> int:
+  parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+  parser.add_argument("--size", choices=sorted(PRESETS), default="small")
+  parser.add_argument("--out", default=None, help="write all results to this JSON file")
+  parser.add_argument("--skip-steps", action="store_true", help="skip the training-step benchmark")
+  parser.add_argument("--skip-threshold", action="store_true", help="skip the threshold benchmark")
+  parser.add_argument("--models", nargs="*", default=None, help="override the preset's models")
+  parser.add_argument("--threshold-sizes", nargs="*", default=None,
+                      help="override the preset's threshold sizes")
+  parser.add_argument("--repeats", type=int, default=None, help="timed calls per measurement")
+  parser.add_argument("--dist", default="uniform", choices=["uniform", "heavy"],
+                      help="score distribution for the threshold benchmark")
+  args = parser.parse_args(argv)
+
+  from benchmarks import bert, threshold_bench
+
+  models, model_reps, sizes, thr_reps = PRESETS[args.size]
+  models = args.models if args.models is not None else models
+  sizes = args.threshold_sizes if args.threshold_sizes is not None else sizes
+  results = {"size": args.size, "machine": _machine(),
+             "started": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+             "steps": [], "threshold": [],
+             "pre_pruning": ("not measured: the pre-pruning methods (SEVEN_pre, SNIP, "
+                             "GraSP, ...) are not on this branch")}
+  if not args.skip_steps:
+    for name in models:
+      results["steps"].append(bert.step_overhead(
+          name, repeats=args.repeats or model_reps, warmup=1 if args.size == "tiny" else 2))
+      print(f"[steps] {name} done", file=sys.stderr, flush=True)
+  if not args.skip_threshold:
+    for name in sizes:
+      reps = args.repeats or _HUGE_REPEATS.get(name, thr_reps)
+      results["threshold"].append(threshold_bench.threshold_cost(
+          name, repeats=reps, dist=args.dist))
+      print(f"[threshold] {name} done", file=sys.stderr, flush=True)
+  table = markdown(results)
+  results["markdown"] = table
+  print(table)
+  if args.out:
+    with open(args.out, "w") as f:
+      json.dump(results, f, indent=2)
+  return 0
+
+
+if __name__ == "__main__":
+  raise SystemExit(main())
