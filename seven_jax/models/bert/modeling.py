@@ -177,11 +177,15 @@ class BertSelfAttention(nnx.Module):
     return out.reshape(out.shape[:2] + (-1,))
 
 
-class BertSelfOutput(nnx.Module):
-  """Attention output projection, dropout, residual and LayerNorm."""
+class BertResidualOutput(nnx.Module):
+  """Output projection, dropout, residual and LayerNorm (HF ``*Output`` blocks).
 
-  def __init__(self, cfg: BertConfig, *, rngs: nnx.Rngs):
-    self.dense = _dense(cfg, cfg.hidden_size, cfg.hidden_size, rngs)
+  The attention output (``din = hidden_size``) and the FFN output
+  (``din = intermediate_size``) differ only in the projection's input width.
+  """
+
+  def __init__(self, cfg: BertConfig, din: int, *, rngs: nnx.Rngs):
+    self.dense = _dense(cfg, din, cfg.hidden_size, rngs)
     self.LayerNorm = _layer_norm(cfg, rngs)  # pylint: disable=invalid-name
     self.dropout = nnx.Dropout(cfg.hidden_dropout_prob, rngs=rngs)
     self.dtype = cfg.dtype
@@ -195,7 +199,7 @@ class BertAttention(nnx.Module):
 
   def __init__(self, cfg: BertConfig, *, rngs: nnx.Rngs):
     self.self = BertSelfAttention(cfg, rngs=rngs)
-    self.output = BertSelfOutput(cfg, rngs=rngs)
+    self.output = BertResidualOutput(cfg, cfg.hidden_size, rngs=rngs)
 
   def __call__(self, x, attention_bias):
     return self.output(self.self(x, attention_bias), x)
@@ -211,26 +215,12 @@ class BertIntermediate(nnx.Module):
     return self.act(self.dense(x))
 
 
-class BertOutput(nnx.Module):
-  """FFN output projection, dropout, residual and LayerNorm."""
-
-  def __init__(self, cfg: BertConfig, *, rngs: nnx.Rngs):
-    self.dense = _dense(cfg, cfg.intermediate_size, cfg.hidden_size, rngs)
-    self.LayerNorm = _layer_norm(cfg, rngs)  # pylint: disable=invalid-name
-    self.dropout = nnx.Dropout(cfg.hidden_dropout_prob, rngs=rngs)
-    self.dtype = cfg.dtype
-
-  def __call__(self, h, residual):
-    h = self.dropout(self.dense(h))
-    return self.LayerNorm(h + residual).astype(self.dtype)
-
-
 class BertLayer(nnx.Module):
 
   def __init__(self, cfg: BertConfig, *, rngs: nnx.Rngs):
     self.attention = BertAttention(cfg, rngs=rngs)
     self.intermediate = BertIntermediate(cfg, rngs=rngs)
-    self.output = BertOutput(cfg, rngs=rngs)
+    self.output = BertResidualOutput(cfg, cfg.intermediate_size, rngs=rngs)
 
   def __call__(self, x, attention_bias):
     a = self.attention(x, attention_bias)
