@@ -18,22 +18,26 @@ one fused pass over each leaf that returns an integer, so the leaves are never
 concatenated and, under ``jax.sharding``, ``C`` is a plain reduction that XLA
 turns into a ``psum``.
 
-Fast path (inputs of at least ``2**18`` scores), four passes, unrolled:
+Fast path (inputs of at least ``2**18`` scores), four passes (rarely five or
+six), unrolled:
 
 1. a sorted random sample of ``2**14`` scores gives a first estimate; pass 1
    counts it exactly and pass 2 corrects it with the sample's local density;
 2. pass 3 probes the secant of passes 1-2 (in order-preserving integer key
    space, roughly logarithmic in the value); pass 4 probes the next secant
    shifted by a safety margin to the far side of the k-th value, so that
-   passes 3-4 bracket it. Passes 3-4 also return per-row counts (rows of 128
-   consecutive scores of a leaf);
-3. the rows whose counts differ hold every candidate in the bracket (a few
-   hundred at BERT-base size); up to 1024 of them are gathered and the exact
-   answer is found among those few values.
+   passes 3-4 bracket it. Passes 3-4 also return per-column counts (each
+   leaf seen as a ``(256, n / 256)`` array); when they do not bracket it
+   closely enough (heavy-tailed scores) one or two more such passes, each
+   under a ``lax.cond`` that runs only when needed, aim past the k-th value
+   from the nearest probe;
+3. the columns whose counts differ between the tightest bracketing pair hold
+   every candidate (a few hundred at BERT-base size); up to 1024 of them are
+   gathered and the exact answer is found among those few values.
 
-When passes 3-4 do not bracket the answer within 1024 rows (heavy ties, ``k``
-at the very ends, odd distributions) the general search below resumes from
-the tightest bracket the four passes found. It keeps ``lo < hi`` keys with
+When six passes do not bracket the answer within 1024 columns (heavy ties,
+``k`` at the very ends, odd distributions) the general search below resumes
+from the tightest bracket the passes found. It keeps ``lo < hi`` keys with
 ``G(lo) >= k > G(hi)`` (``G(key) = #{s >= value(key)}``), interpolates the
 counts inside the bracket (alternating just below and above the estimate) and
 bisects when interpolation stops paying, so it terminates for any input.
@@ -46,9 +50,10 @@ Exactness and speed of the counts. XLA on CPU vectorises float reductions far
 better than integer or boolean ones, so ``C`` is computed in float32 with the
 division-free indicator ``min(max(s - u, 0) * 2**124, 1)``, exact for
 *canonical* scores (finite, and either 0 or at least ``1e-30`` in magnitude;
-see :func:`canonicalize_scores`), with partial sums kept below :math:`2^{24}`
-so they are exact integers. Each leaf's reduction sits behind an
-``optimization_barrier`` so that XLA cannot share one materialised broadcast
+see :func:`canonicalize_scores`). Every leaf is reduced as a ``(groups,
+columns)`` array with at most 256 groups, first over the groups, so each
+column sum is an exact float32 integer; columns are added in int32. Each
+leaf's reduction sits behind an ``optimization_barrier`` so that XLA cannot share one materialised broadcast
 of ``u`` between all leaves of the same shape (that sharing made every pass
 3-5x slower than a plain ``jnp.sum``).
 """
@@ -78,15 +83,15 @@ _FLOAT32_MAX = np.float32(np.finfo(np.float32).max)
 # 0.0 -> 0, +TINY -> 1, ..., +FLOAT32_MAX -> _MAX_KEY, +inf -> _MAX_KEY + 1.
 _TINY_BITS = int(np.array(TINY, np.float32).view(np.int32))
 _MAX_KEY = int(np.array(_FLOAT32_MAX, np.float32).view(np.int32)) - _TINY_BITS + 1
-# Partial sums of 0/1 values stay exact integers in float32 up to 2**24.
-_EXACT_CHUNK = 1 << 24
 _DEFAULT_SAMPLE = 1 << 14
-# Fast path: row width of the per-row counts, how many candidate rows may be
-# gathered for the exact finish, and the input size from which it pays.
-_ROW = 128
-_ROW_CAPACITY = 1024
+# Fast path: entries per column of the per-column counts, how many candidate
+# columns may be gathered for the exact finish (capacity x group values), and
+# the input size from which it pays.
+_GROUP = 256
+_CAPACITY = 1024
 _FAST_MIN = 1 << 18
-_FAST_PASSES = 4
+# Conditional column-counted passes after the four (run only when needed).
+_EXTRA_PASSES = 2
 
 
 def canonicalize_scores(scores: jax.Array) -> jax.Array:
@@ -127,34 +132,40 @@ def _from_key(key: jax.Array) -> jax.Array:
 _SCALE = np.float32(2.0 ** 124)
 
 
-def _indicator_sum(leaf, u, take, axis=None):
-  """Sums the exact 0/1 indicator ``s > u`` over ``take(leaf)``.
+def _indicator(leaf: jax.Array, block: "_Block", u: jax.Array) -> jax.Array:
+  """The exact 0/1 indicator ``s > u`` over one block, as a float32
+  ``(groups, columns)`` array (fused into the reduction that consumes it).
 
-  ``lax.optimization_barrier`` gives every leaf its own copy of the scalars:
+  ``lax.optimization_barrier`` gives every block its own copy of the scalars:
   without it XLA shares one broadcast of ``u`` (and of the constants) between
   all leaves of the same shape and materialises it as a full-size array, which
-  made every probe 3-5x slower than a plain ``jnp.sum``.
+  made every probe 3-5x slower than a plain ``jnp.sum``. The barrier goes
+  after the reshape when the block is the whole leaf (a free view; measured
+  1.5x faster than reshaping behind the barrier) and before the slice
+  otherwise (a barrier after a slice would materialise it).
   """
-  leaf, u, scale, zero, one = lax.optimization_barrier(
-      (leaf, u, _SCALE, np.float32(0), np.float32(1)))
-  x = take(leaf)
-  return jnp.sum(jnp.minimum(jnp.maximum(x - u, zero) * scale, one), axis=axis)
+  consts = (_SCALE, np.float32(0), np.float32(1))
+  if block.groups * block.columns == leaf.size:
+    x, u, (scale, zero, one) = lax.optimization_barrier(
+        (_block_view(leaf, block), u, consts))
+  else:
+    leaf, u, (scale, zero, one) = lax.optimization_barrier((leaf, u, consts))
+    x = _block_view(leaf, block)
+  return jnp.minimum(jnp.maximum(x - u, zero) * scale, one)
 
 
 def _count_greater(leaves: Sequence[jax.Array], u: jax.Array) -> jax.Array:
   """Exact ``#{s > u}`` over all leaves, as int32, for canonical s and u.
 
-  Partial sums of 0/1 values are exact integers in float32 below 2**24, so
-  each leaf is reduced in chunks of at most that many entries.
+  Each leaf is reduced as ``(groups, columns)`` blocks, first over the
+  groups: every column sum is at most ``groups`` (an exact float32 integer),
+  and columns are added in int32, so counts are exact at any leaf size.
   """
-  total = jnp.zeros((), jnp.int32)
   u = jnp.asarray(u, jnp.float32)
-  for leaf in leaves:
-    n = int(leaf.size)
-    for start in range(0, n, _EXACT_CHUNK):
-      stop = min(n, start + _EXACT_CHUNK)
-      take = lambda x, a=start, b=stop: x.reshape(-1)[a:b]
-      total = total + _indicator_sum(leaf, u, take).astype(jnp.int32)
+  total = jnp.zeros((), jnp.int32)
+  for b in _plan_blocks([int(leaf.size) for leaf in leaves], _GROUP):
+    per_column = jnp.sum(_indicator(leaves[b.leaf], b, u), axis=0)
+    total = total + jnp.sum(per_column.astype(jnp.int32))
   return total
 
 
@@ -217,8 +228,8 @@ def threshold_and_passes(
     sample_size: int = _DEFAULT_SAMPLE,
     max_passes: int = 128,
     seed: int = 0,
-    row: int = _ROW,
-    row_capacity: int = _ROW_CAPACITY,
+    group: int = _GROUP,
+    capacity: int = _CAPACITY,
     fast_min: int = _FAST_MIN,
 ) -> tuple[jax.Array, jax.Array]:
   """:func:`kth_largest_threshold` plus the number of full counting passes.
@@ -226,7 +237,7 @@ def threshold_and_passes(
   Inputs of at least ``fast_min`` scores take the four-probe path
   (:func:`_four_probe_select`), which falls back to the general search
   (:func:`_loop_select`) when it cannot prove its answer; smaller inputs use
-  the general search directly. ``row`` and ``row_capacity`` size the
+  the general search directly. ``group`` and ``capacity`` size the
   candidate gather of the fast path (exposed for tests and benchmarks).
   """
   leaves = [jnp.asarray(leaf, jnp.float32) for leaf in leaves]
@@ -240,65 +251,104 @@ def threshold_and_passes(
   if total < fast_min:
     tau, passes = _loop_select(leaves, k, total, sample_size, max_passes, seed)
   else:
-    fast_tau, ok, bracket = _four_probe_select(
-        leaves, k, total, sample_size, seed, row, row_capacity)
+    fast_tau, ok, bracket, fast_passes = _four_probe_select(
+        leaves, k, total, sample_size, seed, group, capacity)
     # The fallback runs only when the fast path failed (a ``cond``, not both),
     # and resumes from the tightest bracket the four passes found.
     tau, extra = lax.cond(
         ok, lambda: (fast_tau, jnp.int32(0)),
         lambda: _loop_select(leaves, k, total, sample_size, max_passes, seed,
                              bracket))
-    passes = _FAST_PASSES + extra
+    passes = fast_passes + extra
   return jnp.where(k <= 0, jnp.float32(jnp.inf), tau), passes
 
 
 class _Block(NamedTuple):
-  """A static view of part of one leaf as rows of ``row`` scores."""
+  """A static view of part of one leaf as a ``(groups, columns)`` array.
+
+  Entries ``start .. start + groups * columns`` of the flattened leaf, row
+  major: column ``j`` holds the ``groups`` entries ``start + g * columns + j``
+  (strided). Per-column counts are then a sum over axis 0, which XLA's CPU
+  backend vectorises as well as a plain sum (a sum over the last axis of
+  short rows was 2-4x slower, and erratically so across row widths).
+  """
   leaf: int
-  start: int  # flat offset of the first entry in the leaf
-  rows: int
-  tail: int   # 0: ``rows`` full rows; else one row of ``tail`` entries, padded
+  start: int
+  groups: int
+  columns: int
 
 
-def _plan_blocks(sizes: Sequence[int], row: int) -> list[_Block]:
+def _plan_blocks(sizes: Sequence[int], group: int) -> list[_Block]:
+  """Splits every leaf into ``(groups, columns)`` blocks with ``groups <= group``.
+
+  A leaf of at most ``group`` entries is one column. A larger leaf is one
+  block when ``n`` has a divisor in ``[group / 4, group]`` (always for
+  Transformer weight shapes: a free reshape); otherwise a ``(group, n //
+  group)`` block plus a one-column block of the ``n % group`` entries left
+  over. Every column holds at most ``group`` entries, so its float32 count
+  is exact.
+  """
   blocks = []
-  max_rows = max(1, _EXACT_CHUNK // row)  # keeps every block's sum exact
   for i, n in enumerate(sizes):
-    full = n // row
-    for r0 in range(0, full, max_rows):
-      blocks.append(_Block(i, r0 * row, min(max_rows, full - r0), 0))
-    if n % row:
-      blocks.append(_Block(i, full * row, 1, n % row))
+    if n <= group:
+      blocks.append(_Block(i, 0, n, 1))
+      continue
+    divisor = next((g for g in range(group, max(1, group // 4) - 1, -1)
+                    if n % g == 0), None)
+    if divisor is not None:
+      blocks.append(_Block(i, 0, divisor, n // divisor))
+      continue
+    columns = n // group
+    blocks.append(_Block(i, 0, group, columns))
+    blocks.append(_Block(i, columns * group, n % group, 1))
   return blocks
 
 
-def _block_rows(leaf: jax.Array, block: _Block, row: int) -> jax.Array:
-  """The block as a ``(rows, row)`` array (a fused slice; the tail is padded
-  with ``-FLOAT32_MAX``, which no probe ever counts)."""
+def _block_view(leaf: jax.Array, block: _Block) -> jax.Array:
   flat = leaf.reshape(-1)
-  if block.tail:
-    part = flat[block.start:block.start + block.tail]
-    return jnp.pad(part, (0, row - block.tail),
-                   constant_values=-_FLOAT32_MAX)[None]
-  return flat[block.start:block.start + block.rows * row].reshape(block.rows, row)
+  size = block.groups * block.columns
+  if size != flat.shape[0]:
+    flat = flat[block.start:block.start + size]
+  return flat.reshape(block.groups, block.columns)
 
 
-def _row_counts(leaves, blocks, row, u):
-  """Per-row ``#{s > u}`` of every block, concatenated, and their int32 total.
+def _column_counts(leaves, blocks, u):
+  """Per-column ``#{s > u}`` of every block, concatenated, and their int32 total.
 
-  One pass over the scores; the row counts (``D / row`` floats) are what let
-  the fast path find the rows that hold the candidates afterwards.
+  One pass over the scores; the column counts (``D / group`` floats) are what
+  let the fast path find the columns that hold the candidates afterwards.
   """
   counts, total = [], jnp.zeros((), jnp.int32)
   for b in blocks:
-    take = lambda x, b=b: _block_rows(x, b, row)
-    per_row = _indicator_sum(leaves[b.leaf], u, take, axis=1)
-    # Without the barrier XLA folds this sum into a second full reduction of
+    per_column = jnp.sum(_indicator(leaves[b.leaf], b, u), axis=0)
+    # Without the barrier XLA folds the total into a second full reduction of
     # the indicator, which then gets materialised (a copy of the scores).
-    per_row = lax.optimization_barrier(per_row)
-    counts.append(per_row)
-    total = total + jnp.sum(per_row).astype(jnp.int32)
+    per_column = lax.optimization_barrier(per_column)
+    counts.append(per_column)
+    total = total + jnp.sum(per_column.astype(jnp.int32))
   return jnp.concatenate(counts), total
+
+
+def _gather_columns(leaves, blocks, idx, group):
+  """Columns ``idx`` (global, block-major ids) as a ``(len(idx), group)`` array,
+  short columns padded with ``-FLOAT32_MAX`` (never counted by a probe).
+
+  Every block gathers every slot and keeps its own: ``blocks x len(idx) x
+  group`` reads, but no copy of the scores.
+  """
+  cand = jnp.full((idx.shape[0], group), -_FLOAT32_MAX, jnp.float32)
+  offset = 0
+  for b in blocks:
+    view = _block_view(leaves[b.leaf], b)
+    local = jnp.clip(idx - offset, 0, b.columns - 1)
+    mine = (idx >= offset) & (idx < offset + b.columns)
+    cols = view[:, local].T  # (slots, groups)
+    if b.groups < group:
+      cols = jnp.pad(cols, ((0, 0), (0, group - b.groups)),
+                     constant_values=-_FLOAT32_MAX)
+    cand = jnp.where(mine[:, None], cols, cand)
+    offset += b.columns
+  return cand
 
 
 def _key_secant(ka, ca, kb, cb, target):
@@ -320,8 +370,9 @@ def _key_secant(ka, ca, kb, cb, target):
   return jnp.clip(key, -_MAX_KEY, _MAX_KEY)
 
 
-def _four_probe_select(leaves, k, total, sample_size, seed, row, capacity):
-  """Sample, four counting passes, then an exact finish on a few gathered rows.
+def _four_probe_select(leaves, k, total, sample_size, seed, group, capacity):
+  """Sample, four to six counting passes, then an exact finish on a few
+  gathered columns.
 
   All probes are canonical values ``u`` and count ``C(u) = #{s > u}``.
 
@@ -333,23 +384,31 @@ def _four_probe_select(leaves, k, total, sample_size, seed, row, capacity):
      the nearer earlier probe, shifted by a margin of ``3 sqrt(error) + 16``
      entries to the far side of the k-th value, so that passes 3 and 4
      bracket it: ``C(u_lo) >= k > C(u_hi)``. Passes 3 and 4 also return
-     per-row counts (rows of ``row`` consecutive scores of a leaf).
-  4. The rows whose counts differ hold every candidate ``u_lo < s <= u_hi``;
-     up to ``capacity`` of them are gathered and the general search finds
+     per-column counts (each leaf viewed as ``group`` rows; a column is
+     ``group`` strided scores).
+  4. Passes 5 and 6 run (each under a ``lax.cond``) only while no two
+     column-counted passes bracket the k-th value within ``capacity``
+     columns: a secant of the two probes nearest to ``k``, aimed past it from
+     the nearest by the same margin (plus a quarter of its error when the
+     two do not bracket ``k``, as extrapolation is less certain).
+  5. The columns whose counts differ hold every candidate
+     ``u_lo < s <= u_hi``; up to ``capacity`` of them are gathered and the
+     general search finds
      the ``(k - C(u_hi))``-th largest candidate among them (at most
-     ``capacity * row`` values, so its passes are cheap).
+     ``capacity * group`` values, so its passes are cheap).
 
   The passes are unrolled at the top level of the computation: inside a
   ``lax.while_loop`` the same reductions measured ~2x slower on CPU.
 
-  Returns ``(tau, ok, bracket)``: ``ok`` is False (and ``tau`` meaningless)
-  when passes 3-4 do not bracket the k-th value or the bracket spans more
-  than ``capacity`` rows (heavy ties, ``k`` at the very ends, odd
+  Returns ``(tau, ok, bracket, passes)``: ``ok`` is False (and ``tau``
+  meaningless) when no two column-counted passes bracket the k-th value
+  within ``capacity`` columns (heavy ties, ``k`` at the very ends, odd
   distributions); ``bracket = (lo_key, hi_key, G(lo_key), G(hi_key))`` is
-  the tightest bracket of all four passes, in the key form of
-  :func:`_loop_select`, to warm-start the fallback.
+  the tightest bracket of all passes, in the key form of
+  :func:`_loop_select`, to warm-start the fallback; ``passes`` counts the
+  full passes made (4 to 6).
   """
-  blocks = _plan_blocks([int(x.size) for x in leaves], row)
+  blocks = _plan_blocks([int(x.size) for x in leaves], group)
   sample = _to_key(jnp.sort(_sample(leaves, sample_size, seed))[::-1])  # descending
   s = sample.shape[0]
   kf = k.astype(jnp.float32)
@@ -371,39 +430,60 @@ def _four_probe_select(leaves, k, total, sample_size, seed, row, capacity):
   k2 = quantile(j1 - (c1 - k).astype(jnp.float32) * per_score)
   c2 = _count_greater(leaves, value(k2))
   k3 = _key_secant(k1, c1, k2, c2, kf)
-  rc3, c3 = _row_counts(leaves, blocks, row, value(k3))
+  cc3, c3 = _column_counts(leaves, blocks, value(k3))
   near_2 = jnp.abs(c2 - k) <= jnp.abs(c1 - k)
   ka, ca = jnp.where(near_2, k2, k1), jnp.where(near_2, c2, c1)
   margin = 3.0 * jnp.sqrt(jnp.abs(c3 - k).astype(jnp.float32)) + 16.0
   k4 = _key_secant(k3, c3, ka, ca, jnp.where(c3 >= k, kf - margin, kf + margin))
-  rc4, c4 = _row_counts(leaves, blocks, row, value(k4))
+  cc4, c4 = _column_counts(leaves, blocks, value(k4))
 
-  # Passes 3 and 4 must bracket the k-th value.
-  lo_is_3 = c3 >= k
-  ok = (lo_is_3 != (c4 >= k)) & (k >= 1)
-  u_lo = value(jnp.where(lo_is_3, k3, k4))
-  u_hi = value(jnp.where(lo_is_3, k4, k3))
-  c_hi = jnp.where(lo_is_3, c4, c3)
-  diff = jnp.where(lo_is_3, rc3 - rc4, rc4 - rc3)  # candidates per row
-  ok &= jnp.sum(diff > 0) <= capacity
+  # Passes 5 and 6, each only when the column-counted passes so far do not
+  # bracket the k-th value closely enough (heavy-tailed scores, where the
+  # secant of passes 1-2 is poor): a secant of the two passes nearest to k,
+  # aimed past k (beyond the nearest pass) so that the two bracket it.
+  def tight_bracket(col):
+    keys, counts, col_counts = (jnp.stack(x) for x in zip(*col))
+    is_lo = counts >= k
+    lo = jnp.argmax(jnp.where(is_lo, keys, -_MAX_KEY - 1))
+    hi = jnp.argmin(jnp.where(is_lo, _MAX_KEY + 2, keys))
+    diff = col_counts[lo] - col_counts[hi]  # candidates per column
+    ok = jnp.any(is_lo) & ~jnp.all(is_lo) & (k >= 1)
+    ok &= jnp.sum(diff > 0) <= capacity
+    return ok, keys[lo], keys[hi], counts[hi], diff
 
-  # Gather the candidate rows. Row ids are global (block-major); every block
-  # gathers all slots and keeps its own: blocks x capacity x row reads (a few
-  # ms at BERT-base size), but no copy of the scores.
-  capacity = min(capacity, sum(b.rows for b in blocks))
+  def extra_pass(probes):
+    keys, counts = jnp.stack([p[0] for p in probes]), jnp.stack([p[1] for p in probes])
+    err = jnp.abs(counts - k)
+    order = jnp.argsort(err)
+    kn, cn, ko, co = keys[order[0]], counts[order[0]], keys[order[1]], counts[order[1]]
+    brackets = (cn >= k) != (co >= k)
+    # Extrapolating (no bracket yet) is less certain: aim further past k.
+    margin = (3.0 * jnp.sqrt(err[order[0]].astype(jnp.float32)) + 16.0
+              + jnp.where(brackets, 0.0, 0.25 * err[order[0]].astype(jnp.float32)))
+    key = _key_secant(kn, cn, ko, co, jnp.where(cn >= k, kf - margin, kf + margin))
+    cc, c = _column_counts(leaves, blocks, value(key))
+    return key, c, cc
+
+  probes = [(k1, c1), (k2, c2), (k3, c3), (k4, c4)]
+  col = [(k3, c3, cc3), (k4, c4, cc4)]
+  passes = jnp.int32(4)
+  for _ in range(_EXTRA_PASSES):
+    ok = tight_bracket(col)[0]
+    # Skipped, the extra pass repeats pass 3 (which changes no bracket).
+    new = lax.cond(ok, lambda: (k3, c3, cc3), lambda p=tuple(probes): extra_pass(p))
+    passes += jnp.where(ok, 0, 1)
+    probes.append(new[:2])
+    col.append(new)
+  ok, key_lo, key_hi, c_hi, diff = tight_bracket(col)
+  u_lo, u_hi = value(key_lo), value(key_hi)
+
+  capacity = min(capacity, sum(b.columns for b in blocks))
   _, idx = lax.top_k(diff, capacity)
-  cand = jnp.full((capacity, row), -_FLOAT32_MAX, jnp.float32)
-  offset = 0
-  for b in blocks:
-    rows = _block_rows(leaves[b.leaf], b, row)
-    local = jnp.clip(idx - offset, 0, b.rows - 1)
-    mine = (idx >= offset) & (idx < offset + b.rows)
-    cand = jnp.where(mine[:, None], rows[local], cand)
-    offset += b.rows
+  cand = _gather_columns(leaves, blocks, idx, group)
   cand = jnp.where((cand > u_lo) & (cand <= u_hi), cand, -_FLOAT32_MAX)
   # The k-th largest overall is the r-th largest candidate.
   r = k - c_hi
-  tau, _ = _loop_select([cand.reshape(-1)], r, capacity * row,
+  tau, _ = _loop_select([cand.reshape(-1)], r, capacity * group,
                         min(sample_size, 1024), 128, seed)
   # With r equal to the number of candidates the search may return a value
   # below u_lo (the padding is -FLOAT32_MAX); nothing lies in between.
@@ -411,8 +491,8 @@ def _four_probe_select(leaves, k, total, sample_size, seed, row, capacity):
 
   # Tightest bracket of all passes, as keys of G(key) = #{s >= value(key)}:
   # C(value(key)) = G(key + 1).
-  keys = jnp.stack([k1, k2, k3, k4]) + 1
-  counts = jnp.stack([c1, c2, c3, c4])
+  keys = jnp.stack([p[0] for p in probes]) + 1
+  counts = jnp.stack([p[1] for p in probes])
   is_lo = counts >= k
   lo = jnp.argmax(jnp.where(is_lo, keys, -_MAX_KEY - 1))
   hi = jnp.argmin(jnp.where(is_lo, _MAX_KEY + 2, keys))
@@ -422,7 +502,7 @@ def _four_probe_select(leaves, k, total, sample_size, seed, row, capacity):
       jnp.where(jnp.any(is_lo), counts[lo], total),
       jnp.where(jnp.all(is_lo), 0, counts[hi]),
   )
-  return tau, ok, bracket
+  return tau, ok, bracket, passes
 
 
 def _loop_select(leaves, k, total, sample_size, max_passes, seed, bracket=None):

@@ -83,9 +83,9 @@ def test_large_leaf_counts_beyond_float32_integer_range():
 
 
 # The four-probe fast path normally starts at 2**18 scores; these tests force
-# it on small inputs (tiny rows and capacity), so that both its own answer and
+# it on small inputs (tiny columns and capacity), so that both its own answer and
 # its fallback are checked against the sort.
-_FAST = dict(fast_min=0, row=8, row_capacity=32)
+_FAST = dict(fast_min=0, group=8, capacity=32)
 
 
 @pytest.mark.parametrize("kind", ["signed", "nonnegative", "tied", "constant",
@@ -118,10 +118,33 @@ def test_fast_path_answers_in_four_passes_on_continuous_scores():
       np.testing.assert_array_equal(np.asarray(x >= tau), np.asarray(x) >= ref)
 
 
-def test_row_blocks_cover_every_entry_once():
+def test_column_blocks_cover_every_entry_once():
   sizes = [10, 16, 3, 40]
   blocks = th._plan_blocks(sizes, 8)
   covered = {i: 0 for i in range(len(sizes))}
   for b in blocks:
-    covered[b.leaf] += b.tail or b.rows * 8
+    covered[b.leaf] += b.groups * b.columns
   assert covered == dict(enumerate(sizes))
+
+
+def test_fast_path_extra_passes_and_fallback_are_exact_on_heavy_tails():
+  # Log-normal-like scores (SEVEN's |w g m/sqrt(v)| spans decades) with a
+  # small sample: the secants are poor, so the conditional passes 5-6 and the
+  # general fallback all run; every answer must still equal the sort's.
+  rng = np.random.default_rng(0)
+  shapes = [(300, 40), (7,), (100, 30), (1,), (50, 5, 4)]
+  select = jax.jit(lambda ls, k: th.threshold_and_passes(
+      ls, k, fast_min=0, group=8, capacity=32, sample_size=512))
+  seen = set()
+  for _ in range(2):
+    leaves = [jnp.asarray(np.abs(rng.standard_normal(s) * np.exp(3 * rng.standard_normal(s)))
+                          .astype(np.float32)) for s in shapes]
+    total = sum(x.size for x in leaves)
+    for k in np.linspace(1, total - 1, 25).astype(int):
+      tau, passes = select(leaves, jnp.int32(k))
+      seen.add(int(passes))
+      ref = th.sort_reference_threshold(leaves, int(k))
+      for x in leaves:
+        np.testing.assert_array_equal(np.asarray(x >= tau), np.asarray(x) >= ref,
+                                      err_msg=f"k={k}")
+  assert 4 in seen and ({5, 6} & seen) and max(seen) > 6, seen
