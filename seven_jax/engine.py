@@ -16,7 +16,7 @@ import numpy as np
 import optax
 from jax import lax
 
-from seven_jax import schedules, selection, transform
+from seven_jax import schedules, selection, storage, transform
 from seven_jax.prunable import PrunableSpec, path_str, resolve_prunable
 from seven_jax.scores import ScoreInputs, ScoreRule, get_rule, resolve_hparams
 from seven_jax.threshold import canonicalize_scores
@@ -31,10 +31,13 @@ class PruningState(NamedTuple):
 
   Attributes:
     count: int32, number of ``update`` calls so far.
-    masks: bool, shaped like params; ``True`` = kept.
-    stats: tuple of the rule's statistics, each a params-shaped tree (float32
-      for prunable leaves, a 0-d placeholder for the others).
-    scores: float32 scores, same layout.
+    masks: bool, shaped like params for prunable leaves (``True`` = kept);
+      for the others an empty ``(0, *shape)`` array that records the shape at
+      no cost (:func:`seven_jax.masks` returns it as all ``True``).
+    stats: tuple of the rule's statistics, each a params-shaped tree
+      (``stats_dtype`` for prunable leaves, a 0-d float32 placeholder for the
+      others).
+    scores: scores, same layout and dtype.
     inner_state: state of the wrapped optimizer.
   """
   count: jax.Array
@@ -74,6 +77,7 @@ def build_transform(
     nm: Optional[tuple[int, int]] = None,
     schedule: str = "cubic",
     threshold: Optional[float] = None,
+    stats_dtype=jnp.float32,
     pack: Optional[Callable] = None,
     unpack: Optional[Callable] = None,
     name: str = "pruning_mask",
@@ -86,6 +90,7 @@ def build_transform(
   unpack = unpack or (lambda s: (s.count, s.masks, s.stats, s.scores, s.inner_state))
   num_stats = rule.num_stats
   final_keep = 1.0 - sparsity
+  stats_dtype = storage.check_stats_dtype(stats_dtype)
 
   def init_fn(params):
     if type(params).__name__ == "_ParamsPlaceholder":
@@ -99,11 +104,15 @@ def build_transform(
       selection.check_pattern_shapes(
           nm, [p for (_, p), s in zip(flat, flat_spec) if s],
           [path_str(k) for (k, _), s in zip(flat, flat_spec) if s])
-    stat = lambda p, s: jnp.zeros(jnp.shape(p) if s else (), jnp.float32)
+    stat = lambda p, s: (jnp.zeros(jnp.shape(p), stats_dtype) if s
+                         else jnp.zeros((), jnp.float32))
     zeros = lambda: jax.tree.map(stat, params, spec)
+    # Non-prunable leaves are never masked: an empty array keeps their shape
+    # (for seven_jax.masks) without a byte per weight.
+    keep = lambda p, s: jnp.ones(jnp.shape(p) if s else (0,) + jnp.shape(p), jnp.bool_)
     return pack(
         jnp.zeros([], jnp.int32),
-        jax.tree.map(lambda p: jnp.ones(jnp.shape(p), jnp.bool_), params),
+        jax.tree.map(keep, params, spec),
         tuple(zeros() for _ in range(num_stats)),
         zeros(),
         inner.init(params))
@@ -137,6 +146,9 @@ def build_transform(
 
     def prune(operand):
       masks_p, stats_p, s_p = operand
+      # Statistics are stored in stats_dtype and computed in float32.
+      stats_p = [tuple(x.astype(jnp.float32) for x in st) for st in stats_p]
+      s_p = [x.astype(jnp.float32) for x in s_p]
       new_stats, new_s = [], []
       for j, i in enumerate(idx):
         w = flat_params[i].astype(jnp.float32)
@@ -164,7 +176,13 @@ def build_transform(
             resurrect=resurrect, signed=rule.signed, threshold=threshold)
 
       select_now = ((local_step + 1) % update_every == 0) | is_last
+      # The mask is chosen from the float32 scores; only the stored copy is
+      # rounded (stochastically, for bfloat16: see seven_jax.storage).
       new_masks = lax.cond(select_now, select, lambda _: list(masks_p), None)
+      new_stats = [tuple(storage.store(x, stats_dtype, t, (num_stats + 1) * j + n)
+                         for n, x in enumerate(st)) for j, st in enumerate(new_stats)]
+      new_s = [storage.store(x, stats_dtype, t, (num_stats + 1) * j + num_stats)
+               for j, x in enumerate(new_s)]
       return new_masks, new_stats, new_s
 
     flat_stats = [treedef.flatten_up_to(tree) for tree in state_stats]
@@ -204,6 +222,7 @@ def pruning_mask(
     pattern: Optional[str] = None,
     update_every: Optional[int] = None,
     schedule: str = "cubic",
+    stats_dtype=jnp.float32,
     **method_kwargs,
 ) -> optax.GradientTransformationExtraArgs:
   r"""Prunes while fine-tuning with any registered dynamic method.
@@ -245,6 +264,9 @@ def pruning_mask(
     update_every: mask period in window steps; ``None`` takes the method's
       (``delta_t`` for ``platon``, else 1).
     schedule: ``"cubic"`` or ``"exponential"``.
+    stats_dtype: storage of the rule's statistics and scores, ``jnp.float32``
+      or ``jnp.bfloat16`` (half the bytes, stochastically rounded; see
+      :mod:`seven_jax.storage`). Computation is float32 either way.
     **method_kwargs: the method's hyper-parameters, e.g. ``b1``, ``b2`` for
       ``seven`` and ``platon``; unknown names raise. Under
       ``optax.inject_hyperparams`` they are static (``sparsity``,
@@ -307,4 +329,4 @@ def pruning_mask(
       inner, rule, hp, sparsity=sparsity, start_step=start_step,
       pruning_steps=pruning_steps, prunable=prunable, scope=scope,
       resurrect=resurrect, update_every=update_every, nm=nm, schedule=schedule,
-      threshold=threshold)
+      threshold=threshold, stats_dtype=stats_dtype)

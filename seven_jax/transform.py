@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Any, NamedTuple
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 import optax
 
@@ -22,12 +23,14 @@ class SevenMaskState(NamedTuple):
 
   Attributes:
     count: int32, number of ``update`` calls so far (``t``).
-    masks: bool, shaped like params; ``True`` = kept. Non-prunable leaves are
-      all ``True``.
-    grad_ema: float32 EMA of ``|g|`` (``m``) for prunable leaves; a 0-d
-      placeholder for the others, so they cost no memory.
-    sq_grad_ema: float32 EMA of ``g**2`` (``v``), same layout.
-    scores: float32 accumulated SEVEN scores ``S``, same layout.
+    masks: bool, shaped like params for prunable leaves; ``True`` = kept.
+      Non-prunable leaves hold an empty ``(0, *shape)`` array (no memory);
+      :func:`masks` returns them as all ``True``.
+    grad_ema: EMA of ``|g|`` (``m``) for prunable leaves, in ``stats_dtype``
+      (float32 by default); a 0-d placeholder for the others, so they cost no
+      memory.
+    sq_grad_ema: EMA of ``g**2`` (``v``), same layout.
+    scores: accumulated SEVEN scores ``S``, same layout.
     inner_state: state of the wrapped optimizer.
   """
   count: jax.Array
@@ -69,6 +72,7 @@ def seven_mask(
     scope: str = "global",
     resurrect: bool = False,
     signed_first_moment: bool = False,
+    stats_dtype=jnp.float32,
 ) -> optax.GradientTransformationExtraArgs:
   r"""Prunes while fine-tuning with SEVEN (SEVEN_dyn), wrapping an optimizer.
 
@@ -129,6 +133,10 @@ def seven_mask(
     signed_first_moment: use the EMA of the signed gradient for ``m`` (the
       Balles & Hennig sign-aware variant, ``|m_hat|`` in the score) instead
       of the official EMA of ``|g|``.
+    stats_dtype: storage of ``m``, ``v`` and ``S``: ``jnp.float32`` (12 bytes
+      per prunable weight, plus 1 for the mask) or ``jnp.bfloat16`` (6 + 1),
+      stochastically rounded so that the accumulated score stays unbiased
+      (:mod:`seven_jax.storage`). Every step computes in float32.
 
   Returns:
     An :class:`optax.GradientTransformationExtraArgs`. Read the masks with
@@ -170,7 +178,7 @@ def seven_mask(
       inner, scores.get_rule("seven"), hp, sparsity=sparsity,
       start_step=start_step, pruning_steps=pruning_steps, prunable=prunable,
       scope=scope, resurrect=resurrect, update_every=update_every,
-      pack=lambda c, m, st, s, i: SevenMaskState(c, m, st[0], st[1], s, i),
+      stats_dtype=stats_dtype, pack=lambda c, m, st, s, i: SevenMaskState(c, m, st[0], st[1], s, i),
       unpack=lambda s: (s.count, s.masks, (s.grad_ema, s.sq_grad_ema),
                         s.scores, s.inner_state),
       name="seven_mask")
@@ -208,5 +216,18 @@ def masks(opt_state) -> Any:
   ``TrainState`` (``state.opt_state``) and of ``nnx.Optimizer.opt_state``.
   """
   state = find_state(opt_state)
-  return jax.tree.map(_unwrap_variable, state.masks,
-                      is_leaf=lambda x: hasattr(x, "value"))
+  is_box = lambda x: hasattr(x, "value")
+  kept = jax.tree.map(_unwrap_variable, state.masks, is_leaf=is_box)
+  scores = getattr(state, "scores", None)
+  if scores is None:  # fixed_mask: full masks for every leaf
+    return kept
+  scores = jax.tree.map(_unwrap_variable, scores, is_leaf=is_box)
+  return jax.tree.map(_expand_mask, kept, scores)
+
+
+def _expand_mask(mask, score):
+  """A non-prunable leaf (0-d score placeholder) stores its mask as an empty
+  ``(0, *shape)`` array: it is all ``True`` with that shape."""
+  if np.ndim(score) == 0 and np.ndim(mask) >= 1 and np.shape(mask)[0] == 0:
+    return jnp.ones(np.shape(mask)[1:], jnp.bool_)
+  return mask

@@ -303,7 +303,26 @@ def test_state_has_no_none_and_skips_memory_for_non_prunable_leaves():
   state = seven_jax.seven_mask(optax.sgd(0.1), prunable=PRUNABLE).init(params)
   assert all(x is not None for x in jax.tree.leaves(state, is_leaf=lambda x: x is None))
   assert state.scores["c"].shape == () and state.scores["a"].shape == SHAPES["a"]
-  assert state.masks["c"].shape == SHAPES["c"]
+  # Non-prunable masks cost nothing in the state; masks() still returns them
+  # params-shaped and all True.
+  assert state.masks["c"].shape == (0,) + SHAPES["c"] and state.masks["c"].size == 0
+  m = seven_jax.masks(state)
+  assert m["c"].shape == SHAPES["c"] and bool(np.all(m["c"]))
+  assert m["a"].shape == SHAPES["a"]
+
+
+@pytest.mark.parametrize("dtype, budget", [(jnp.float32, 13), (jnp.bfloat16, 7)])
+def test_state_bytes_per_prunable_weight(dtype, budget):
+  # m, v, S in stats_dtype plus a bool mask; everything else is O(1) per leaf.
+  params = {"w1": jnp.ones((64, 32)), "b1": jnp.ones(32), "w2": jnp.ones((32, 48)),
+            "ln": {"scale": jnp.ones(48), "bias": jnp.ones(48)}}
+  prunable = {"w1": True, "b1": False, "w2": True, "ln": {"scale": False, "bias": False}}
+  tx = seven_jax.seven_mask(optax.sgd(0.1), prunable=prunable, stats_dtype=dtype)
+  state = tx.init(params)
+  nbytes = lambda tree: sum(x.nbytes for x in jax.tree.leaves(tree))
+  per_weight = (nbytes(state) - nbytes(state.inner_state)) / (64 * 32 + 32 * 48)
+  assert budget <= per_weight <= budget + 0.02, per_weight
+  assert state.scores["w1"].dtype == dtype and state.grad_ema["w2"].dtype == dtype
 
 
 def test_non_finite_gradients_never_reach_scores_or_masks():
