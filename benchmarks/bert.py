@@ -189,14 +189,15 @@ def optimizer_state_bytes(plain_state, seven_state, prunable, params) -> dict:
   num_prunable = sum(int(np.prod(p.shape)) for p, s in zip(
       jax.tree.leaves(params), jax.tree.leaves(prunable)) if s)
   st = seven_jax.find_state(seven_state)
-  flat_spec = jax.tree.leaves(prunable)
-  masks = jax.tree.leaves(st.masks)
+  treedef = jax.tree.structure(params)
+  masks = treedef.flatten_up_to(st.masks)  # AllKept (no bytes) where not prunable
   parts = {
       "grad_ema_m": tree_bytes(st.grad_ema),
       "sq_grad_ema_v": tree_bytes(st.sq_grad_ema),
       "scores_S": tree_bytes(st.scores),
-      "masks_prunable": int(sum(m.nbytes for m, s in zip(masks, flat_spec) if s)),
-      "masks_non_prunable": int(sum(m.nbytes for m, s in zip(masks, flat_spec) if not s)),
+      "masks_prunable": int(sum(tree_bytes(m) for m, s in zip(masks, jax.tree.leaves(prunable)) if s)),
+      "masks_non_prunable": int(sum(tree_bytes(m) for m, s in zip(masks, jax.tree.leaves(prunable))
+                                    if not s)),
       "count": tree_bytes(st.count),
   }
   extra = tree_bytes(seven_state) - tree_bytes(plain_state)

@@ -32,8 +32,8 @@ class PruningState(NamedTuple):
   Attributes:
     count: int32, number of ``update`` calls so far.
     masks: bool, shaped like params for prunable leaves (``True`` = kept);
-      for the others an empty ``(0, *shape)`` array that records the shape at
-      no cost (:func:`seven_jax.masks` returns it as all ``True``).
+      for the others a static :class:`seven_jax.transform.AllKept` that
+      records the shape at no cost (:func:`seven_jax.masks` expands it).
     stats: tuple of the rule's statistics, each a params-shaped tree
       (``stats_dtype`` for prunable leaves, a 0-d float32 placeholder for the
       others).
@@ -107,9 +107,10 @@ def build_transform(
     stat = lambda p, s: (jnp.zeros(jnp.shape(p), stats_dtype) if s
                          else jnp.zeros((), jnp.float32))
     zeros = lambda: jax.tree.map(stat, params, spec)
-    # Non-prunable leaves are never masked: an empty array keeps their shape
-    # (for seven_jax.masks) without a byte per weight.
-    keep = lambda p, s: jnp.ones(jnp.shape(p) if s else (0,) + jnp.shape(p), jnp.bool_)
+    # Non-prunable leaves are never masked: a static AllKept records their
+    # shape (for seven_jax.masks) without a byte per weight.
+    keep = lambda p, s: (jnp.ones(jnp.shape(p), jnp.bool_) if s
+                         else transform.AllKept(tuple(jnp.shape(p))))
     return pack(
         jnp.zeros([], jnp.int32),
         jax.tree.map(keep, params, spec),

@@ -314,9 +314,8 @@ def soft_movement_penalty(scores, penalty: float = 1.0, total: Optional[int] = N
   except ValueError:  # not an optimizer state: the scores themselves
     state = None
   if isinstance(state, PruningState):
-    leaves = [s for s, m in zip(jax.tree.leaves(state.scores),
-                                jax.tree.leaves(state.masks))
-              if np.ndim(s) > 0 and np.shape(s) == np.shape(m)]
+    # Prunable leaves hold full-size scores; the others a 0-d placeholder.
+    leaves = [s for s in jax.tree.leaves(state.scores) if np.ndim(s) > 0]
   else:
     leaves = jax.tree.leaves(scores)
   d = total if total is not None else sum(int(np.size(s)) for s in leaves)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Any, NamedTuple
 
 import jax
@@ -11,7 +12,7 @@ import optax
 
 from seven_jax.prunable import PrunableSpec
 
-__all__ = ["seven_mask", "SevenMaskState", "masks", "find_state"]
+__all__ = ["seven_mask", "SevenMaskState", "AllKept", "masks", "find_state"]
 
 _NO_PARAMS_MSG = ("seven_mask needs the current parameters: call "
                   "tx.update(grads, state, params).")
@@ -24,8 +25,8 @@ class SevenMaskState(NamedTuple):
   Attributes:
     count: int32, number of ``update`` calls so far (``t``).
     masks: bool, shaped like params for prunable leaves; ``True`` = kept.
-      Non-prunable leaves hold an empty ``(0, *shape)`` array (no memory);
-      :func:`masks` returns them as all ``True``.
+      Non-prunable leaves hold an :class:`AllKept` (no memory); :func:`masks`
+      returns them as all-``True`` arrays.
     grad_ema: EMA of ``|g|`` (``m``) for prunable leaves, in ``stats_dtype``
       (float32 by default); a 0-d placeholder for the others, so they cost no
       memory.
@@ -216,18 +217,22 @@ def masks(opt_state) -> Any:
   ``TrainState`` (``state.opt_state``) and of ``nnx.Optimizer.opt_state``.
   """
   state = find_state(opt_state)
-  is_box = lambda x: hasattr(x, "value")
-  kept = jax.tree.map(_unwrap_variable, state.masks, is_leaf=is_box)
-  scores = getattr(state, "scores", None)
-  if scores is None:  # fixed_mask: full masks for every leaf
-    return kept
-  scores = jax.tree.map(_unwrap_variable, scores, is_leaf=is_box)
-  return jax.tree.map(_expand_mask, kept, scores)
+  is_leaf = lambda x: hasattr(x, "value") or isinstance(x, AllKept)
+  return jax.tree.map(lambda x: _expand_mask(_unwrap_variable(x)), state.masks,
+                      is_leaf=is_leaf)
 
 
-def _expand_mask(mask, score):
-  """A non-prunable leaf (0-d score placeholder) stores its mask as an empty
-  ``(0, *shape)`` array: it is all ``True`` with that shape."""
-  if np.ndim(score) == 0 and np.ndim(mask) >= 1 and np.shape(mask)[0] == 0:
-    return jnp.ones(np.shape(mask)[1:], jnp.bool_)
-  return mask
+@jax.tree_util.register_static
+@dataclasses.dataclass(frozen=True)
+class AllKept:
+  """The mask of a leaf that is never pruned: all ``True``, of this shape.
+
+  A static pytree node (no array leaves), so a non-prunable leaf costs no
+  memory in the optimizer state, no bytes in a checkpoint and no transfer
+  under sharding; :func:`masks` turns it into an array.
+  """
+  shape: tuple
+
+
+def _expand_mask(mask):
+  return jnp.ones(mask.shape, jnp.bool_) if isinstance(mask, AllKept) else mask

@@ -305,7 +305,8 @@ def test_state_has_no_none_and_skips_memory_for_non_prunable_leaves():
   assert state.scores["c"].shape == () and state.scores["a"].shape == SHAPES["a"]
   # Non-prunable masks cost nothing in the state; masks() still returns them
   # params-shaped and all True.
-  assert state.masks["c"].shape == (0,) + SHAPES["c"] and state.masks["c"].size == 0
+  assert state.masks["c"] == seven_jax.transform.AllKept(SHAPES["c"])
+  assert len(jax.tree.leaves(state.masks)) == 3
   m = seven_jax.masks(state)
   assert m["c"].shape == SHAPES["c"] and bool(np.all(m["c"]))
   assert m["a"].shape == SHAPES["a"]
