@@ -250,7 +250,12 @@ def threshold_and_passes(
   k = jnp.clip(jnp.asarray(k, jnp.int32), 0, total)
   if total < fast_min:
     tau, passes = _loop_select(leaves, k, total, sample_size, max_passes, seed)
-  else:
+    return jnp.where(k <= 0, jnp.float32(jnp.inf), tau), passes
+
+  blocks = _plan_blocks([int(x.size) for x in leaves], group)
+  capacity = min(capacity, sum(b.columns for b in blocks))
+
+  def middle():
     fast_tau, ok, bracket, fast_passes = _four_probe_select(
         leaves, k, total, sample_size, seed, group, capacity)
     # The fallback runs only when the fast path failed (a ``cond``, not both),
@@ -259,8 +264,47 @@ def threshold_and_passes(
         ok, lambda: (fast_tau, jnp.int32(0)),
         lambda: _loop_select(leaves, k, total, sample_size, max_passes, seed,
                              bracket))
-    passes = fast_passes + extra
+    return tau, fast_passes + extra
+
+  # Near either end (keep at most ``capacity``, or drop fewer than
+  # ``capacity``: the first steps of every pruning window) a sample cannot
+  # resolve the k-th value, but one pass of per-column extremes finds it.
+  branch = jnp.where(k <= capacity, 0, jnp.where(total - k < capacity, 1, 2))
+  tau, passes = lax.switch(branch, [
+      lambda: _extreme_select(leaves, blocks, k, total, group, capacity, True),
+      lambda: _extreme_select(leaves, blocks, k, total, group, capacity, False),
+      middle])
   return jnp.where(k <= 0, jnp.float32(jnp.inf), tau), passes
+
+
+def _extreme_select(leaves, blocks, k, total, group, capacity, largest):
+  """The k-th largest value when ``k`` or ``total - k`` is below ``capacity``.
+
+  One pass computes every column's maximum (``largest``) or minimum. For
+  ``k <= capacity`` the k-th largest value lies in one of the ``k`` columns
+  with the largest maxima (those ``k`` maxima are ``k`` distinct entries, so
+  the k-th largest overall is at least the k-th largest maximum, and every
+  larger entry sits in a column whose maximum is larger), so it is the k-th
+  largest among the gathered ``capacity`` columns with the largest maxima.
+  Symmetrically, the k-th largest is the ``r = total - k + 1``-th smallest,
+  found among the columns with the smallest minima. Returns ``(tau, 1)``.
+  """
+  extremes = []
+  for b in blocks:
+    view = _block_view(leaves[b.leaf], b)
+    extremes.append(jnp.max(view, axis=0) if largest else jnp.min(view, axis=0))
+  extremes = jnp.concatenate(extremes)
+  _, idx = lax.top_k(extremes if largest else -extremes, capacity)
+  cand, real = _gather_columns(leaves, blocks, idx, group)
+  # Padding (-FLOAT32_MAX) is never above a real entry, so the r-th smallest
+  # of the ``real`` gathered entries is their (real - r + 1)-th largest.
+  rank = k if largest else real - (total - k)
+  tau, _ = _loop_select([cand.reshape(-1)], rank, capacity * group,
+                        min(_DEFAULT_SAMPLE, 1024), 128, 0)
+  # The search may return any value between the k-th and (k+1)-th gathered
+  # entries, but entries that were not gathered can lie in that gap: snap to
+  # the k-th value itself.
+  return jnp.min(jnp.where(cand >= tau, cand, jnp.inf)), jnp.int32(1)
 
 
 class _Block(NamedTuple):
@@ -331,12 +375,14 @@ def _column_counts(leaves, blocks, u):
 
 def _gather_columns(leaves, blocks, idx, group):
   """Columns ``idx`` (global, block-major ids) as a ``(len(idx), group)`` array,
-  short columns padded with ``-FLOAT32_MAX`` (never counted by a probe).
+  short columns padded with ``-FLOAT32_MAX`` (never counted by a probe), and
+  the number of real (unpadded) entries gathered.
 
   Every block gathers every slot and keeps its own: ``blocks x len(idx) x
   group`` reads, but no copy of the scores.
   """
   cand = jnp.full((idx.shape[0], group), -_FLOAT32_MAX, jnp.float32)
+  real = jnp.zeros((), jnp.int32)
   offset = 0
   for b in blocks:
     view = _block_view(leaves[b.leaf], b)
@@ -347,8 +393,9 @@ def _gather_columns(leaves, blocks, idx, group):
       cols = jnp.pad(cols, ((0, 0), (0, group - b.groups)),
                      constant_values=-_FLOAT32_MAX)
     cand = jnp.where(mine[:, None], cols, cand)
+    real = real + jnp.sum(mine.astype(jnp.int32)) * b.groups
     offset += b.columns
-  return cand
+  return cand, real
 
 
 def _key_secant(ka, ca, kb, cb, target):
@@ -477,9 +524,8 @@ def _four_probe_select(leaves, k, total, sample_size, seed, group, capacity):
   ok, key_lo, key_hi, c_hi, diff = tight_bracket(col)
   u_lo, u_hi = value(key_lo), value(key_hi)
 
-  capacity = min(capacity, sum(b.columns for b in blocks))
   _, idx = lax.top_k(diff, capacity)
-  cand = _gather_columns(leaves, blocks, idx, group)
+  cand, _ = _gather_columns(leaves, blocks, idx, group)
   cand = jnp.where((cand > u_lo) & (cand <= u_hi), cand, -_FLOAT32_MAX)
   # The k-th largest overall is the r-th largest candidate.
   r = k - c_hi

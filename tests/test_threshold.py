@@ -148,3 +148,25 @@ def test_fast_path_extra_passes_and_fallback_are_exact_on_heavy_tails():
         np.testing.assert_array_equal(np.asarray(x >= tau), np.asarray(x) >= ref,
                                       err_msg=f"k={k}")
   assert 4 in seen and ({5, 6} & seen) and max(seen) > 6, seen
+
+
+@pytest.mark.parametrize("kind", ["signed", "tied", "constant", "huge_range"])
+def test_extreme_k_paths_are_exact_and_take_one_pass(kind, monkeypatch):
+  # Keep at most `capacity` or drop fewer than `capacity`: one pass of
+  # per-column maxima/minima (the first steps of every pruning window).
+  monkeypatch.setattr(
+      "tests.test_threshold.SHAPES", [(300, 40), (7,), (100, 30), (1,), (50, 5, 4)])
+  rng = np.random.default_rng(hash(kind) % 2**32 + 2)
+  leaves = _leaves(rng, kind)
+  total = sum(x.size for x in leaves)
+  cap = _FAST["capacity"]
+  select = jax.jit(lambda ls, k: th.threshold_and_passes(ls, k, **_FAST))
+  for k in [1, 2, 17, cap, total - cap + 1, total - 5, total - 1, total]:
+    tau, passes = select(leaves, jnp.int32(k))
+    assert int(passes) == 1, k
+    ref = th.sort_reference_threshold(leaves, k)
+    for x in leaves:
+      np.testing.assert_array_equal(np.asarray(x >= tau), np.asarray(x) >= ref,
+                                    err_msg=f"{kind}, k={k}")
+  _, passes = select(leaves, jnp.int32(cap + 1))
+  assert int(passes) >= 4  # the general fast path
