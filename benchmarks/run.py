@@ -60,7 +60,8 @@ def markdown(results: dict) -> str:
           f"| {r['model']} ({r['batch_seq'][0]}x{r['batch_seq'][1]}) | {r['prunable'] / 1e6:.2f}M "
           f"| {_ms(r['plain_adamw'])} | {_ms(r['seven_in_window'])} | {r['ratio_in_window']:.3f} "
           f"| {_ms(r['seven_after_window'])} | {r['ratio_after_window']:.3f} "
-          f"| {r['optimizer_state']['extra_bytes_per_prunable_weight']:.2f} |")
+          f"| {r['optimizer_state']['extra_bytes_per_prunable_weight']:.2f} (bf16 stats: "
+          f"{r['optimizer_state_bf16']['extra_bytes_per_prunable_weight']:.2f}) |")
     out.append("")
     out += ["Optimizer update alone (fixed gradients), medians in ms: "
             + "; ".join(f"{r['model']}: adamw {r['update_only']['plain_adamw']['median_ms']:.1f}, "
