@@ -88,13 +88,36 @@ def _kind(pre) -> str:
 
 
 # ----------------------------------------------- per-step bodies (restated)
+#
+# The library jits each runner's step (score and selection) as one function.
+# Here the score part and the selection are two jitted calls, and the
+# selection is shared by every recipe with the same (resurrect, signed): the
+# selection is the same code on the same shapes, and sharing it keeps the
+# compile time of the tiny smoke run small. The scores are an output of the
+# library's step as well, so the split adds a dispatch, not a pass over memory.
 
-def _rule_step(ctx):
-  """``_run_rule``'s jitted step without an optimizer (weights frozen)."""
+class _Shared:
+  """Jitted functions every recipe of one model uses (compiled once)."""
+
+  def __init__(self, grad_fn):
+    self.grad_fn = grad_fn
+    self._select = {}
+
+  def select(self, ctx, signed=False):
+    key = (ctx.resurrect, signed)
+    if key not in self._select:
+      self._select[key] = jax.jit(
+          lambda scores, masks, ratio, is_last: ctx.select(
+              scores, masks, ratio, is_last, signed=signed))
+    return self._select[key]
+
+
+def _rule_score(ctx):
+  """``_run_rule``'s step without an optimizer, up to the selection."""
   rule = DYNAMIC_RULES[ctx.rule]
 
   @jax.jit
-  def step(params, masks, stats, scores, grads, p):
+  def score(params, masks, stats, scores, grads, p):
     flat_g = ctx.prunable_leaves(grads)
     flat_g = [jnp.where(m, g, jnp.zeros_like(g)) for g, m in zip(flat_g, masks)]
     is_last = p == ctx.steps - 1
@@ -105,43 +128,42 @@ def _rule_step(ctx):
       st, s = rule.update(ctx.hp, x, stats[j], scores[j])
       s = canonicalize_scores(s)
       if not ctx.resurrect and not rule.signed:
-        s = jnp.where(masks[j], s, 0.0)
+        s = jnp.where(masks[j], s, 0.0)  # SEVEN's (E7)
       new_stats.append(tuple(st))
       new_scores.append(s)
     ratio = schedules.cubic_keep_ratio(p, ctx.steps, ctx.final_keep)
-    new_masks = ctx.select(new_scores, masks, ratio, is_last, signed=rule.signed)
-    return ctx.apply_masks(params, new_masks), new_masks, new_stats, new_scores
+    return new_stats, new_scores, ratio, is_last
 
   zeros = [jnp.zeros(jnp.shape(w), jnp.float32) for w in ctx.prunable_leaves(ctx.params)]
   state = (ctx.params, ctx.ones(),
            [tuple(jnp.zeros_like(z) for _ in range(rule.num_stats)) for z in zeros], zeros)
-  return step, state
+  return score, state, rule.signed
 
 
-def _force_step(ctx, dense):
-  """``_run_force_like``'s jitted step (FORCE: dense weights; else Iterative SNIP)."""
+def _force_score(ctx, dense):
+  """``_run_force_like``'s step up to the selection (FORCE if ``dense``)."""
   @jax.jit
-  def step(params, masks, grads, k):
+  def score(params, masks, grads, k):
     weights = ctx.prunable_leaves(params)
-    if not dense:
+    if not dense:  # Iterative SNIP scores the masked weights
       weights = [jnp.where(m, w, jnp.zeros_like(w)) for w, m in zip(weights, masks)]
     scores = [jnp.abs(w.astype(jnp.float32) * g.astype(jnp.float32))
               for w, g in zip(weights, ctx.prunable_leaves(grads))]
-    ratio = schedules.exponential_keep_ratio(k, ctx.steps, ctx.final_keep)
-    return ctx.select(scores, masks, ratio, k == ctx.steps - 1)
-  return step
+    return scores, schedules.exponential_keep_ratio(k, ctx.steps, ctx.final_keep), \
+        k == ctx.steps - 1
+  return score
 
 
-def _synflow_step(ctx):
-  """``_run_synflow``'s jitted iteration (all-ones input, ``|W|`` weights)."""
+def _synflow_score(ctx):
+  """``_run_synflow``'s iteration up to the selection (all-ones input, ``|W|``)."""
   @jax.jit
-  def step(params, masks, k):
+  def score(params, masks, k):
     masked = ctx.apply_masks(params, masks)
     scores = prepruning.synflow_scores(ctx.apply_fn, masked, ctx.prunable_leaves,
                                        tuple(ctx.input_shape), ctx.input_dtype)
-    ratio = schedules.exponential_keep_ratio(k, ctx.steps, ctx.final_keep)
-    return ctx.select(scores, masks, ratio, k == ctx.steps - 1)
-  return step
+    return scores, schedules.exponential_keep_ratio(k, ctx.steps, ctx.final_keep), \
+        k == ctx.steps - 1
+  return score
 
 
 def _hvp(loss_fn):
@@ -157,98 +179,121 @@ class _Recipe:
 
   ``batch_step(state, p)`` does what the library does for mini-batch (or
   iteration) ``p`` and returns the new state; ``finish(state)`` returns the
-  prunable masks. Replaying ``S`` steps must give the masks of
+  prunable masks. Replaying ``S`` steps gives the masks of
   ``prune_before_finetuning(steps=S)`` (see :func:`check_against_library`).
+  ``timed_batch(state)`` (SNIP, GraSP) and ``fixed(state)`` are what is timed
+  for the methods whose batches only accumulate.
   """
 
-  def __init__(self, kind, ctx, grad_fn):
-    self.kind, self.ctx, self.grad_fn = kind, ctx, grad_fn
+  def __init__(self, kind, ctx, shared: _Shared):
+    self.kind, self.ctx = kind, ctx
+    grad_fn = shared.grad_fn
     mean_grad = prepruning._mean_grad  # pylint: disable=protected-access
+    apply_masks = jax.jit(ctx.apply_masks)
     if kind == "rule":
-      step, self.init = _rule_step(ctx)
+      score, self.init, signed = _rule_score(ctx)
+      select = shared.select(ctx, signed)
 
       def batch_step(state, p):
         params, masks, stats, scores = state
         grads, _ = mean_grad(ctx, grad_fn, ctx.apply_masks(params, masks), 1)
-        return step(ctx.apply_masks(params, masks), masks, stats, scores, grads,
-                    jnp.int32(p))
+        stats, scores, ratio, is_last = score(ctx.apply_masks(params, masks), masks, stats,
+                                              scores, grads, jnp.int32(p))
+        new_masks = select(scores, masks, ratio, is_last)
+        return apply_masks(params, new_masks), new_masks, stats, scores
       self.batch_step, self.finish = batch_step, lambda s: s[1]
     elif kind in ("force", "iter_snip"):
-      step = _force_step(ctx, dense=kind == "force")
+      score = _force_score(ctx, dense=kind == "force")
+      select = shared.select(ctx)
       self.init = ctx.ones()
 
       def batch_step(masks, k):
+        # The gradient at the effective weights W * M (FORCE can resurrect).
         grads, _ = mean_grad(ctx, grad_fn, ctx.apply_masks(ctx.params, masks), 1)
-        return step(ctx.params, masks, grads, jnp.int32(k))
+        return _select_scored(select, score(ctx.params, masks, grads, jnp.int32(k)), masks)
       self.batch_step, self.finish = batch_step, lambda s: s
     elif kind == "synflow":
-      step = _synflow_step(ctx)
+      score = _synflow_score(ctx)
+      select = shared.select(ctx)
       self.init = ctx.ones()
-      self.batch_step = lambda masks, k: step(ctx.params, masks, jnp.int32(k))
+      self.batch_step = lambda masks, k: _select_scored(
+          select, score(ctx.params, masks, jnp.int32(k)), masks)
       self.finish = lambda s: s
     elif kind in ("snip", "grasp"):
       hvp = _hvp(ctx.loss_fn) if kind == "grasp" else None
+      select = shared.select(ctx, signed=kind == "grasp")
       self.init = None
 
       def batch_step(state, p):
-        # snip_scores / grasp_scores: one gradient per batch (summed), and for
-        # GraSP one Hessian-gradient product per batch at the mean gradient.
-        # Timed on its own, the product is evaluated at this batch's gradient.
+        del p
         batch = ctx.batches.next()
         g = grad_fn(ctx.params, batch)
-        out = {"g": g if state is None else jax.tree.map(jnp.add, state["g"], g),
-               "batches": ([] if state is None else state["batches"]) + [batch]}
-        if hvp is not None:
-          tangent = ctx.with_prunable(jax.tree.map(jnp.zeros_like, ctx.params),
-                                      ctx.prunable_leaves(g))
-          out["hg"] = hvp(ctx.params, tangent, batch)
-        return out
+        return {"g": g if state is None else jax.tree.map(jnp.add, state["g"], g),
+                "batches": ([] if state is None else state["batches"]) + [batch]}
       self.batch_step = batch_step
+
+      def tangent_of(g):
+        return ctx.with_prunable(jax.tree.map(jnp.zeros_like, ctx.params),
+                                 ctx.prunable_leaves(g))
 
       def timed_batch(state):
         # What the library repeats per batch: one gradient, and for GraSP one
-        # product (its tangent, built once from the mean gradient, is reused).
+        # Hessian-gradient product (its tangent, built once from the mean
+        # gradient, is reused across batches).
         g = grad_fn(ctx.params, state["batches"][0])
         if hvp is None:
           return g
         if "tangent" not in state:
-          state["tangent"] = ctx.with_prunable(
-              jax.tree.map(jnp.zeros_like, ctx.params), ctx.prunable_leaves(state["g"]))
+          state["tangent"] = tangent_of(state["g"])
         return g, hvp(ctx.params, state["tangent"], state["batches"][0])
       self.timed_batch = timed_batch
 
       @jax.jit
-      def select(params, g, hg):
+      def final_scores(params, v):
         w = [x.astype(jnp.float32) for x in ctx.prunable_leaves(params)]
-        if hg is None:  # SNIP: |W * g|
-          s = [jnp.abs(x * y.astype(jnp.float32)) for x, y in zip(w, ctx.prunable_leaves(g))]
-          return ctx.select(s, ctx.ones(), ctx.final_keep, True)
+        v = [y.astype(jnp.float32) for y in ctx.prunable_leaves(v)]
+        if hvp is None:  # SNIP: |W * g|
+          return [jnp.abs(x * y) for x, y in zip(w, v)]
         # GraSP prunes the highest -W * (H g): keep the top-k of W * (H g).
-        s = [x * y.astype(jnp.float32) for x, y in zip(w, ctx.prunable_leaves(hg))]
-        return ctx.select(s, ctx.ones(), ctx.final_keep, True, signed=True)
+        return [x * y for x, y in zip(w, v)]
 
-      def finish(state):
+      def finish(state, hg=None):
         n = len(state["batches"])
         g = jax.tree.map(lambda x: x / n, state["g"])
-        hg = None
-        if hvp is not None:  # the library's product at the mean gradient
-          tangent = ctx.with_prunable(jax.tree.map(jnp.zeros_like, ctx.params),
-                                      ctx.prunable_leaves(g))
-          hg = None
-          for batch in state["batches"]:
-            hb = hvp(ctx.params, tangent, batch)
-            hg = hb if hg is None else jax.tree.map(jnp.add, hg, hb)
-          hg = jax.tree.map(lambda x: x / n, hg)
-        return select(ctx.params, g, hg)
+        v = g
+        if hvp is not None:
+          tangent = tangent_of(g)
+          if hg is None:  # the library's product at the mean gradient, per batch
+            for batch in state["batches"]:
+              hb = hvp(ctx.params, tangent, batch)
+              hg = hb if hg is None else jax.tree.map(jnp.add, hg, hb)
+            hg = jax.tree.map(lambda x: x / n, hg)
+          v = hg
+        return select(final_scores(ctx.params, v), ctx.ones(), ctx.final_keep, True)
       self.finish = finish
-      self.fixed = lambda state: select(ctx.params, state["g"], state.get("hg"))
+      # The one-off part, without the per-batch products: mean gradient,
+      # (tangent), score formula and global selection.
+      self.fixed = lambda state: finish(state, hg=state.get("hg"))
     elif kind in ("magnitude", "random"):
-      run = prepruning._run_magnitude if kind == "magnitude" else prepruning._run_random  # pylint: disable=protected-access
-      one_off = jax.jit(lambda params: run(ctx._replace(params=params))[0])
+      select = shared.select(ctx)
+
+      @jax.jit
+      def scores(params):  # _run_magnitude / _run_random's scores
+        leaves = ctx.prunable_leaves(params)
+        if kind == "magnitude":
+          return [jnp.abs(w.astype(jnp.float32)) for w in leaves]
+        key = jax.random.PRNGKey(ctx.seed)
+        return [jax.random.uniform(jax.random.fold_in(key, j), jnp.shape(w))
+                for j, w in enumerate(leaves)]
       self.init, self.batch_step = None, None
-      self.finish = lambda s: one_off(ctx.params)
+      self.finish = lambda s: select(scores(ctx.params), ctx.ones(), ctx.final_keep, True)
     else:
       raise ValueError(kind)
+
+
+def _select_scored(select, scored, masks):
+  scores, ratio, is_last = scored
+  return select(scores, masks, ratio, is_last)
 
 
 def _setup(name: str):
@@ -261,14 +306,14 @@ def _setup(name: str):
   return model, batch, loss_fn, apply_fn, (1, seq)
 
 
-def _recipe(method, model, batch, loss_fn, apply_fn, input_shape, grad_fn, steps=None):
+def _recipe(method, model, batch, loss_fn, apply_fn, input_shape, shared, steps=None):
   prunable = bert.bert_prunable(model.params)
   pre = prepruning._lookup(method)  # pylint: disable=protected-access
   kind = _kind(pre)
   ctx_steps = steps if steps is not None else max(pre.default_steps, 1)
   pre, ctx = _context(method, loss_fn, model.params, prunable, batch, steps=ctx_steps,
                       apply_fn=apply_fn, input_shape=input_shape, input_dtype=jnp.int32)
-  return pre, kind, _Recipe(kind, ctx, grad_fn)
+  return pre, kind, _Recipe(kind, ctx, shared)
 
 
 def check_against_library(name: str = "tiny-bert", steps: int = 2,
@@ -279,11 +324,11 @@ def check_against_library(name: str = "tiny-bert", steps: int = 2,
   """
   model, batch, loss_fn, apply_fn, input_shape = _setup(name)
   prunable = bert.bert_prunable(model.params)
-  grad_fn = jax.jit(jax.grad(loss_fn))
+  shared = _Shared(jax.jit(jax.grad(loss_fn)))
   out = {}
   for method in methods or seven_jax.methods("pre"):
     pre, kind, rec = _recipe(method, model, batch, loss_fn, apply_fn, input_shape,
-                             grad_fn, steps=steps)
+                             shared, steps=steps)
     state = rec.init
     n = 0 if kind in ("magnitude", "random") else steps
     for p in range(n):
@@ -311,10 +356,10 @@ def prepruning_cost(name: str, *, repeats: int, warmup: int = 1, methods=None) -
   model, batch, loss_fn, apply_fn, input_shape = _setup(name)
   train = bert._Runner(model, batch, optax.adamw(2e-5), 0)  # pylint: disable=protected-access
   before = time_calls(train, repeats=repeats, warmup=warmup)
-  grad_fn = jax.jit(jax.grad(loss_fn))
+  shared = _Shared(jax.jit(jax.grad(loss_fn)))
   rows, done = [], {}
   for method in methods or seven_jax.methods("pre"):
-    pre, kind, rec = _recipe(method, model, batch, loss_fn, apply_fn, input_shape, grad_fn)
+    pre, kind, rec = _recipe(method, model, batch, loss_fn, apply_fn, input_shape, shared)
     key = (pre.run, pre.rule, pre.resurrect)
     row = {"method": method, "kind": kind, "default_steps": pre.default_steps,
            "default_batches": pre.batches(pre.default_steps, 1)}
@@ -325,9 +370,11 @@ def prepruning_cost(name: str, *, repeats: int, warmup: int = 1, methods=None) -
     if kind in ("magnitude", "random"):
       row["per_batch"] = None
       row["fixed"] = time_calls(lambda: rec.finish(None), repeats=repeats, warmup=warmup)
-      row["how"] = f"one-off: jitted _run_{kind} (score + global select), no batches"
+      row["how"] = "one-off: score + global select, no batches"
     elif kind in ("snip", "grasp"):
       state = rec.batch_step(None, 0)
+      if kind == "grasp":  # a product to feed the one-off part
+        state["hg"] = rec.timed_batch(state)[1]
       row["per_batch"] = time_calls(lambda: rec.timed_batch(state), repeats=repeats,
                                     warmup=warmup)
       row["fixed"] = time_calls(lambda: rec.fixed(state), repeats=repeats, warmup=warmup)
