@@ -34,6 +34,7 @@ same runner and rule) are measured once and reported on both rows.
 from __future__ import annotations
 
 import itertools
+import sys
 
 import jax
 import jax.numpy as jnp
@@ -358,7 +359,9 @@ def prepruning_cost(name: str, *, repeats: int, warmup: int = 1, methods=None) -
   before = time_calls(train, repeats=repeats, warmup=warmup)
   shared = _Shared(jax.jit(jax.grad(loss_fn)))
   rows, done = [], {}
-  for method in methods or seven_jax.methods("pre"):
+  names = list(methods or seven_jax.methods("pre"))
+  # Measure seven_pre / magnitude_pre first: their short names are the aliases.
+  for method in sorted(names, key=lambda m: not m.endswith("_pre")):
     pre, kind, rec = _recipe(method, model, batch, loss_fn, apply_fn, input_shape, shared)
     key = (pre.run, pre.rule, pre.resurrect)
     row = {"method": method, "kind": kind, "default_steps": pre.default_steps,
@@ -388,13 +391,15 @@ def prepruning_cost(name: str, *, repeats: int, warmup: int = 1, methods=None) -
       row["fixed"] = None
       row["how"] = {
           "rule": "per batch: masked gradient + rule statistics/score + global select",
-          "force": "per iteration (1 batch): masked gradient + |W_dense g| + global select",
-          "iter_snip": "per iteration (1 batch): masked gradient + |W M g| + global select",
+          "force": "per iteration (1 batch): masked gradient + abs(W_dense g) + global select",
+          "iter_snip": "per iteration (1 batch): masked gradient + abs(W M g) + global select",
           "synflow": (f"per iteration (no data): grad of 1'f(1) at |W|, input "
                       f"{input_shape} token ids 1, + global select"),
       }[kind]
     done[key] = row
     rows.append(row)
+    print(f"[prepruning] {name} {method}: {row['how']}", file=sys.stderr, flush=True)
+  rows.sort(key=lambda r: names.index(r["method"]))
   after = time_calls(train, repeats=repeats, warmup=0)
   # Pool the training-step calls for the reference median.
   ref = float(np.median([before["median_ms"], after["median_ms"]]))
