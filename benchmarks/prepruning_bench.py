@@ -393,7 +393,7 @@ def prepruning_cost(name: str, *, repeats: int, warmup: int = 1, methods=None) -
           "rule": "per batch: masked gradient + rule statistics/score + global select",
           "force": "per iteration (1 batch): masked gradient + abs(W_dense g) + global select",
           "iter_snip": "per iteration (1 batch): masked gradient + abs(W M g) + global select",
-          "synflow": (f"per iteration (no data): grad of 1'f(1) at |W|, input "
+          "synflow": (f"per iteration (no data): grad of 1'f(1) at abs(W), input "
                       f"{input_shape} token ids 1, + global select"),
       }[kind]
     done[key] = row
