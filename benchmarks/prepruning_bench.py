@@ -16,16 +16,18 @@ own pieces and timed after warm-up (compilation excluded):
   eager, as in the library loop);
 * the jitted per-step bodies of ``_run_rule`` (SEVEN_pre and every dynamic
   rule), ``_run_force_like`` (FORCE, Iterative SNIP) and ``_run_synflow`` are
-  local functions of those runners, so they are restated here line for line
-  (``_rule_step``, ``_force_step``, ``_synflow_step``) on the library's
-  ``ScoreRule.update``, ``_Context.select``, schedules and
-  ``synflow_scores``; :func:`check_against_library` replays S steps with them
-  and compares the masks with ``prune_before_finetuning(steps=S)``;
+  local functions of those runners, so they are restated here
+  (``_rule_score``, ``_force_score``, ``_synflow_score``) on the library's
+  ``ScoreRule.update``, schedules and ``synflow_scores``, followed by a
+  jitted ``_Context.select`` (the global top-k) shared between methods;
+  :func:`check_against_library` replays S steps with them and compares the
+  masks with ``prune_before_finetuning(steps=S)``;
 * GraSP's per-batch work is one gradient plus one Hessian-gradient product
   (``jax.jvp`` of ``jax.grad``, the formula of ``grasp_scores``);
-* SNIP and GraSP have a one-off part after the batches (score formula and
-  global selection), reported as ``fixed``; magnitude and random only have a
-  one-off part (the library's ``_run_magnitude`` / ``_run_random`` jitted).
+* SNIP and GraSP have a one-off part after the batches (mean gradient, score
+  formula and global selection), reported as ``fixed``; magnitude and random
+  only have a one-off part (``|W|`` or the seeded uniform scores of
+  ``_run_magnitude`` / ``_run_random``, then the selection).
 
 Aliases (``seven`` = ``seven_pre``, ``magnitude`` = ``magnitude_pre``: the
 same runner and rule) are measured once and reported on both rows.
