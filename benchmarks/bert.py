@@ -62,12 +62,18 @@ def make_model(name: str):
   return model, batch_data
 
 
-def _make_step(model, tx):
+def loss_fn_of(model):
+  """``(params, batch) -> mean cross-entropy`` of the classifier (no dropout)."""
   def loss_fn(params, batch):
     logits = model(batch["input_ids"], attention_mask=batch["attention_mask"],
                    params=params, train=False).logits
     return optax.softmax_cross_entropy_with_integer_labels(
         logits, batch["labels"]).mean()
+  return loss_fn
+
+
+def _make_step(model, tx):
+  loss_fn = loss_fn_of(model)
 
   def step(params, opt_state, batch):
     loss, grads = jax.value_and_grad(loss_fn)(params, batch)

@@ -21,6 +21,9 @@ PRESETS = {
     "small": (["minilm"], 20, ["1M", "10.8M"], 20),
     "full": (["minilm", "bert-base"], 20, ["1M", "10.8M", "85.5M", "303M"], 20),
 }
+# Pre-pruning scoring: model, timed calls per method (each call is about one
+# gradient, seconds on MiniLM on 2 cores).
+PREPRUNING_PRESETS = {"tiny": ("tiny-bert", 2), "small": ("minilm", 3), "full": ("minilm", 3)}
 # Huge threshold sizes: fewer timed calls (each baseline call takes minutes).
 _HUGE_REPEATS = {"303M": 5}
 
@@ -88,9 +91,37 @@ def markdown(results: dict) -> str:
           f"| {_ms(r['floor_sum'])} | {r['ours_over_floor']:.1f} | {_ms(r.get('sort'))} "
           f"| {_mb(r.get('sort'))} | {ratio} | {_ms(r.get('top_k'))} | {r.get('exact', '-')} |")
     out.append("")
-  out.append("Pre-pruning scoring (SEVEN_pre, baselines): "
-             + results.get("pre_pruning", "not measured"))
+  if results.get("prepruning"):
+    out += prepruning_markdown(results["prepruning"])
   return "\n".join(out)
+
+
+def _cell(entry, ratio) -> str:
+  if not entry:
+    return "-", "-"
+  return _ms(entry), f"{ratio:.3f}"
+
+
+def prepruning_markdown(r: dict) -> list:
+  """The pre-pruning table: per-batch (or per-iteration) time / training step."""
+  out = [f"Pre-pruning scoring, {r['model']} ({r['batch_seq'][0]}x{r['batch_seq'][1]}, "
+         f"{r['prunable'] / 1e6:.2f}M prunable): training step (adamw) "
+         f"{r['train_step_ms']:.1f} ms (before the methods "
+         f"{r['train_step_before']['median_ms']:.1f}, after "
+         f"{r['train_step_after']['median_ms']:.1f}).", "",
+         "| method | per batch ms | / train step | one-off ms | / train step "
+         "| default batches (iterations) | default scoring ~ s | how measured |",
+         "|---|---|---|---|---|---|---|---|"]
+  for m in r["methods"]:
+    per, per_ratio = _cell(m["per_batch"], m["ratio_per_batch"] or 0.0)
+    fixed, fixed_ratio = _cell(m["fixed"], m["ratio_fixed"] or 0.0)
+    how = m["how"] + (f" (alias of {m['alias_of']}: same runner, same numbers)"
+                      if m.get("alias_of") else "")
+    out.append(f"| {m['method']} | {per} | {per_ratio} | {fixed} | {fixed_ratio} "
+               f"| {m['default_batches']} ({m['default_steps']}) "
+               f"| {m['default_total_ms'] / 1e3:.2f} | {how} |")
+  out.append("")
+  return out
 
 
 def main(argv=None) -> int:
@@ -99,6 +130,10 @@ def main(argv=None) -> int:
   parser.add_argument("--out", default=None, help="write all results to this JSON file")
   parser.add_argument("--skip-steps", action="store_true", help="skip the training-step benchmark")
   parser.add_argument("--skip-threshold", action="store_true", help="skip the threshold benchmark")
+  parser.add_argument("--skip-prepruning", action="store_true",
+                      help="skip the pre-pruning scoring benchmark")
+  parser.add_argument("--prepruning-model", default=None,
+                      help="override the preset's pre-pruning model")
   parser.add_argument("--models", nargs="*", default=None, help="override the preset's models")
   parser.add_argument("--threshold-sizes", nargs="*", default=None,
                       help="override the preset's threshold sizes")
@@ -107,16 +142,14 @@ def main(argv=None) -> int:
                       help="score distribution for the threshold benchmark")
   args = parser.parse_args(argv)
 
-  from benchmarks import bert, threshold_bench
+  from benchmarks import bert, prepruning_bench, threshold_bench
 
   models, model_reps, sizes, thr_reps = PRESETS[args.size]
   models = args.models if args.models is not None else models
   sizes = args.threshold_sizes if args.threshold_sizes is not None else sizes
   results = {"size": args.size, "machine": _machine(),
              "started": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-             "steps": [], "threshold": [],
-             "pre_pruning": ("not measured: the pre-pruning methods (SEVEN_pre, SNIP, "
-                             "GraSP, ...) are not on this branch")}
+             "steps": [], "threshold": [], "prepruning": None}
   if not args.skip_steps:
     for name in models:
       results["steps"].append(bert.step_overhead(
@@ -128,6 +161,12 @@ def main(argv=None) -> int:
       results["threshold"].append(threshold_bench.threshold_cost(
           name, repeats=reps, dist=args.dist))
       print(f"[threshold] {name} done", file=sys.stderr, flush=True)
+  if not args.skip_prepruning:
+    pre_model, pre_reps = PREPRUNING_PRESETS[args.size]
+    pre_model = args.prepruning_model or pre_model
+    results["prepruning"] = prepruning_bench.prepruning_cost(
+        pre_model, repeats=args.repeats or pre_reps, warmup=1)
+    print(f"[prepruning] {pre_model} done", file=sys.stderr, flush=True)
   table = markdown(results)
   results["markdown"] = table
   print(table)
