@@ -98,13 +98,17 @@ def _fast_forward(state, step: int):
 class _Runner:
   """One optimizer's training loop: params and state live here, donated."""
 
-  def __init__(self, model, batch, tx, skip_steps, start_at=0):
+  def __init__(self, model, batch, tx, skip_steps, start_at=0, freeze=False):
     self.params = jax.tree.map(jnp.copy, model.params)
     self.opt_state = _fast_forward(tx.init(self.params), start_at)
     self.batch = batch
     self.step = _make_step(model, tx)
     for _ in range(skip_steps):  # e.g. leave the pruning window first
       jax.block_until_ready(self())
+    if freeze:  # continue with fixed_mask on the frozen state
+      tx = seven_jax.fixed_mask(_INNER(), seven_jax.masks(self.opt_state))
+      self.opt_state = seven_jax.freeze(self.opt_state)
+      self.step = _make_step(model, tx)
 
   def __call__(self):
     self.params, self.opt_state, loss = self.step(self.params, self.opt_state, self.batch)
@@ -114,12 +118,16 @@ class _Runner:
 class _UpdateRunner:
   """``tx.update`` alone on fixed gradients (state carried, params fixed)."""
 
-  def __init__(self, tx, params, grads, skip_steps, start_at=0):
+  def __init__(self, tx, params, grads, skip_steps, start_at=0, freeze=False):
     self.params, self.grads = params, grads
     self.state = _fast_forward(tx.init(params), start_at)
     self.update = jax.jit(lambda g, s, p: tx.update(g, s, p), donate_argnums=(1,))
     for _ in range(skip_steps):
       jax.block_until_ready(self())
+    if freeze:
+      tx = seven_jax.fixed_mask(_INNER(), seven_jax.masks(self.state))
+      self.state = seven_jax.freeze(self.state)
+      self.update = jax.jit(lambda g, s, p: tx.update(g, s, p), donate_argnums=(1,))
 
   def __call__(self):
     updates, self.state = self.update(self.grads, self.state, self.params)
@@ -147,6 +155,7 @@ def _interleaved(runners: dict, *, repeats: int, warmup: int) -> dict:
 
 
 _WINDOW_STEP = 40
+_INNER = lambda: optax.adamw(2e-5)
 
 
 def step_overhead(name: str, *, repeats: int, warmup: int = 2) -> dict:
@@ -173,6 +182,8 @@ def step_overhead(name: str, *, repeats: int, warmup: int = 2) -> dict:
       "plain_adamw": _Runner(model, batch, plain, 0),
       "seven_in_window": _Runner(model, batch, inside, 0, start_at=_WINDOW_STEP),
       "seven_after_window": _Runner(model, batch, after, 2),
+      # After the window, frozen: fixed_mask on seven_jax.freeze(state).
+      "seven_frozen": _Runner(model, batch, after, 2, freeze=True),
   }
   timing = _interleaved(runners, repeats=repeats, warmup=warmup)
   # The optimizer update alone (fixed gradients): its difference is the
@@ -181,8 +192,10 @@ def step_overhead(name: str, *, repeats: int, warmup: int = 2) -> dict:
   updates = {}
   for key, tx, skip, start in [("plain_adamw", plain, 0, 0),
                                ("seven_in_window", inside, 0, _WINDOW_STEP),
-                               ("seven_after_window", after, 2, 0)]:
-    updates[key] = _UpdateRunner(tx, model.params, grads, skip, start_at=start)
+                               ("seven_after_window", after, 2, 0),
+                               ("seven_frozen", after, 2, 0)]:
+    updates[key] = _UpdateRunner(tx, model.params, grads, skip, start_at=start,
+                                 freeze=key == "seven_frozen")
   update_timing = _interleaved(updates, repeats=repeats, warmup=warmup)
   memory = optimizer_state_bytes(runners["plain_adamw"].opt_state,
                                  runners["seven_in_window"].opt_state,
@@ -200,11 +213,14 @@ def step_overhead(name: str, *, repeats: int, warmup: int = 2) -> dict:
       **timing,
       "ratio_in_window": timing["seven_in_window"]["median_ms"] / base,
       "ratio_after_window": timing["seven_after_window"]["median_ms"] / base,
+      "ratio_frozen": timing["seven_frozen"]["median_ms"] / base,
       "update_only": update_timing,
       "update_overhead_ms_in_window": (update_timing["seven_in_window"]["median_ms"]
                                        - update_timing["plain_adamw"]["median_ms"]),
       "update_overhead_ms_after_window": (update_timing["seven_after_window"]["median_ms"]
                                           - update_timing["plain_adamw"]["median_ms"]),
+      "update_overhead_ms_frozen": (update_timing["seven_frozen"]["median_ms"]
+                                    - update_timing["plain_adamw"]["median_ms"]),
       "optimizer_state": memory,
       "optimizer_state_bf16": memory_bf16,
   }

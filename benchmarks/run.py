@@ -56,13 +56,15 @@ def markdown(results: dict) -> str:
          f"({results['machine']['backend']}). Medians of wall time in ms.", ""]
   if results.get("steps"):
     out += ["| model (batch x seq) | prunable | adamw ms | seven in window ms | ratio "
-            "| seven after window ms | ratio | extra opt-state B/prunable weight |",
-            "|---|---|---|---|---|---|---|---|"]
+            "| seven after window ms | ratio | frozen (fixed_mask) ms | ratio "
+            "| extra opt-state B/prunable weight |",
+            "|---|---|---|---|---|---|---|---|---|---|"]
     for r in results["steps"]:
       out.append(
           f"| {r['model']} ({r['batch_seq'][0]}x{r['batch_seq'][1]}) | {r['prunable'] / 1e6:.2f}M "
           f"| {_ms(r['plain_adamw'])} | {_ms(r['seven_in_window'])} | {r['ratio_in_window']:.3f} "
           f"| {_ms(r['seven_after_window'])} | {r['ratio_after_window']:.3f} "
+          f"| {_ms(r['seven_frozen'])} | {r['ratio_frozen']:.3f} "
           f"| {r['optimizer_state']['extra_bytes_per_prunable_weight']:.2f} (bf16 stats: "
           f"{r['optimizer_state_bf16']['extra_bytes_per_prunable_weight']:.2f}) |")
     out.append("")
@@ -71,7 +73,9 @@ def markdown(results: dict) -> str:
                         f"seven in window {r['update_only']['seven_in_window']['median_ms']:.1f} "
                         f"(+{r['update_overhead_ms_in_window']:.1f}), after "
                         f"{r['update_only']['seven_after_window']['median_ms']:.1f} "
-                        f"(+{r['update_overhead_ms_after_window']:.1f}); overhead / adamw step "
+                        f"(+{r['update_overhead_ms_after_window']:.1f}), frozen "
+                        f"{r['update_only']['seven_frozen']['median_ms']:.1f} "
+                        f"(+{r['update_overhead_ms_frozen']:.1f}); overhead / adamw step "
                         f"{1 + r['update_overhead_ms_in_window'] / r['plain_adamw']['median_ms']:.3f}x in, "
                         f"{1 + r['update_overhead_ms_after_window'] / r['plain_adamw']['median_ms']:.3f}x after"
                         for r in results["steps"]), ""]

@@ -15,7 +15,7 @@ from seven_jax.transform import SevenMaskState, find_state, masks, seven_mask
 from seven_jax.scores import (ScoreInputs, ScoreRule, method_kind, methods,
                               register_rule, soft_movement_penalty)
 from seven_jax.engine import PruningState, pruning_mask
-from seven_jax.prepruning import FixedMaskState, fixed_mask, prune_before_finetuning
+from seven_jax.prepruning import FixedMaskState, fixed_mask, freeze, prune_before_finetuning
 from seven_jax import data, metrics, models  # subpackages, cheap to import
 from seven_jax.checkpoint import CheckpointManager
 from seven_jax.export import export_pruned, sparse_memory_report
@@ -30,6 +30,6 @@ __all__ = [
     "canonicalize_scores", "default_prunable", "resolve_prunable", "SevenStats",
     "pruning_mask", "PruningState", "methods", "method_kind", "register_rule", "ScoreRule",
     "ScoreInputs", "soft_movement_penalty",
-    "prune_before_finetuning", "fixed_mask", "FixedMaskState",
+    "prune_before_finetuning", "fixed_mask", "FixedMaskState", "freeze",
     "CheckpointManager", "export_pruned", "sparse_memory_report",
 ]

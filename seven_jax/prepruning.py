@@ -70,7 +70,8 @@ from seven_jax.scores import (DYNAMIC_RULES, PRE_METHODS, ScoreInputs,
                               methods, resolve_hparams)
 from seven_jax.threshold import canonicalize_scores
 
-__all__ = ["prune_before_finetuning", "fixed_mask", "FixedMaskState", "PreMethod"]
+__all__ = ["prune_before_finetuning", "fixed_mask", "FixedMaskState", "freeze",
+           "PreMethod"]
 
 
 # ---------------------------------------------------------------- fixed mask
@@ -129,6 +130,33 @@ def fixed_mask(inner: optax.GradientTransformation, masks: Any
                                  inner_state)
 
   return optax.GradientTransformationExtraArgs(init_fn, update_fn)
+
+
+def freeze(opt_state: Any) -> Any:
+  """Swaps every pruning state in ``opt_state`` for a :class:`FixedMaskState`.
+
+  After the pruning window the masks never change, yet ``seven_mask`` (and
+  every ``pruning_mask``) still carries its statistics, 12 bytes per prunable
+  weight, through a ``lax.cond`` every step. Freezing keeps the masks, the
+  step count and the inner optimizer's state (so Adam's moments carry on)
+  and drops the rest; continue with :func:`fixed_mask` in the same place of
+  the optimizer, which gives the same updates (up to float rounding)::
+
+    tx = seven_jax.fixed_mask(optax.adamw(2e-5), seven_jax.masks(opt_state))
+    opt_state = seven_jax.freeze(opt_state)
+
+  The optimizer changes, so the training step is traced and compiled again.
+  """
+  types = tuple(t for t in transform._MASK_STATE_TYPES if t is not FixedMaskState)
+  is_mask_state = lambda x: isinstance(x, types)
+  transform.find_state(opt_state)  # a clear error when there is none
+
+  def to_fixed(x):
+    if not is_mask_state(x):
+      return x
+    return FixedMaskState(x.count, transform.masks(x), x.inner_state)
+
+  return jax.tree.map(to_fixed, opt_state, is_leaf=is_mask_state)
 
 
 # ---------------------------------------------------------- pre-pruning core

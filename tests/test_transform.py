@@ -404,3 +404,38 @@ def test_bad_prunable_trees_name_the_path():
   with pytest.raises(ValueError, match="NO|needs the current parameters"):
     tx = seven_jax.seven_mask(optax.sgd(0.1))
     tx.update(params, tx.init(params))
+
+
+def test_freeze_after_the_window_gives_identical_updates():
+  # Continue with fixed_mask on the frozen state: the same params as
+  # continuing with seven_mask (whose masks no longer change), up to float
+  # rounding (two different XLA programs), and exact zeros where pruned.
+  params = _params()
+  grads = _grad_sequence(14)
+  tx = seven_jax.seven_mask(optax.adamw(0.05, weight_decay=0.1), sparsity=0.5,
+                            start_step=1, pruning_steps=5, prunable=PRUNABLE)
+  step = jax.jit(lambda tx_, g, s, p: (lambda u, s2: (optax.apply_updates(p, u), s2))(
+      *tx_.update(g, s, p)), static_argnums=0)
+  state = tx.init(params)
+  for g in grads[:8]:  # the window ends at step 5
+    params, state = step(tx, g, state, params)
+  frozen_tx = seven_jax.fixed_mask(optax.adamw(0.05, weight_decay=0.1),
+                                   seven_jax.masks(state))
+  frozen = seven_jax.freeze(state)
+  assert isinstance(frozen, seven_jax.FixedMaskState)
+  assert sum(x.size for x in jax.tree.leaves(frozen)) < sum(
+      x.size for x in jax.tree.leaves(state))
+  p_seven, p_frozen = params, params
+  for g in grads[8:]:
+    p_seven, state = step(tx, g, state, p_seven)
+    p_frozen, frozen = step(frozen_tx, g, frozen, p_frozen)
+  jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6),
+               p_seven, p_frozen)
+  jax.tree.map(np.testing.assert_array_equal, seven_jax.masks(state), seven_jax.masks(frozen))
+  for k in ("a", "b", "d"):
+    assert np.all(np.asarray(p_frozen[k])[~np.asarray(frozen.masks[k])] == 0)
+  # Inside a chain too; and a state without a pruning state is an error.
+  chained = (optax.EmptyState(), state)
+  assert isinstance(seven_jax.freeze(chained)[1], seven_jax.FixedMaskState)
+  with pytest.raises(ValueError, match="No seven_mask state"):
+    seven_jax.freeze(optax.adamw(0.1).init(params))
