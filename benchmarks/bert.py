@@ -186,6 +186,11 @@ def step_overhead(name: str, *, repeats: int, warmup: int = 2) -> dict:
       "seven_frozen": _Runner(model, batch, after, 2, freeze=True),
   }
   timing = _interleaved(runners, repeats=repeats, warmup=warmup)
+  memory = optimizer_state_bytes(runners["plain_adamw"].opt_state,
+                                 runners["seven_in_window"].opt_state,
+                                 prunable, model.params)
+  plain_state = runners["plain_adamw"].opt_state
+  del runners  # BERT-base: four models' states at once plus the next four OOM in 24 GiB
   # The optimizer update alone (fixed gradients): its difference is the
   # overhead in ms, far less noisy than a difference of whole steps.
   grads = jax.tree.map(lambda p: jnp.full_like(p, 1e-3), model.params)
@@ -197,12 +202,9 @@ def step_overhead(name: str, *, repeats: int, warmup: int = 2) -> dict:
     updates[key] = _UpdateRunner(tx, model.params, grads, skip, start_at=start,
                                  freeze=key == "seven_frozen")
   update_timing = _interleaved(updates, repeats=repeats, warmup=warmup)
-  memory = optimizer_state_bytes(runners["plain_adamw"].opt_state,
-                                 runners["seven_in_window"].opt_state,
-                                 prunable, model.params)
   bf16_state = seven_jax.seven_mask(optax.adamw(2e-5), prunable=prunable,
                                     stats_dtype=jnp.bfloat16).init(model.params)
-  memory_bf16 = optimizer_state_bytes(runners["plain_adamw"].opt_state, bf16_state,
+  memory_bf16 = optimizer_state_bytes(plain_state, bf16_state,
                                       prunable, model.params)
   base = timing["plain_adamw"]["median_ms"]
   return {

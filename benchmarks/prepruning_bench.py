@@ -147,11 +147,7 @@ def _force_score(ctx, dense):
   """``_run_force_like``'s step up to the selection (FORCE if ``dense``)."""
   @jax.jit
   def score(params, masks, grads, k):
-    weights = ctx.prunable_leaves(params)
-    if not dense:  # Iterative SNIP scores the masked weights
-      weights = [jnp.where(m, w, jnp.zeros_like(w)) for w, m in zip(weights, masks)]
-    scores = [jnp.abs(w.astype(jnp.float32) * g.astype(jnp.float32))
-              for w, g in zip(weights, ctx.prunable_leaves(grads))]
+    scores = prepruning.force_like_scores(ctx, params, masks, grads, dense=dense)
     return scores, schedules.exponential_keep_ratio(k, ctx.steps, ctx.final_keep), \
         k == ctx.steps - 1
   return score

@@ -382,17 +382,23 @@ def _run_grasp(ctx: _Context):
   return ctx.select(keep_scores, ctx.ones(), ctx.final_keep, True, signed=True), ctx.params
 
 
+def force_like_scores(ctx: _Context, params, masks, grads, *, dense: bool):
+  """``|W g|`` per prunable leaf: FORCE scores the dense weights (``dense``),
+  Iterative SNIP the masked ones."""
+  weights = ctx.prunable_leaves(params)
+  if not dense:
+    weights = [jnp.where(m, w, jnp.zeros_like(w)) for w, m in zip(weights, masks)]
+  return [jnp.abs(w.astype(jnp.float32) * g.astype(jnp.float32))
+          for w, g in zip(weights, ctx.prunable_leaves(grads))]
+
+
 def _run_force_like(ctx: _Context, *, dense: bool):
   grad_fn = jax.jit(jax.grad(ctx.loss_fn))
   masks = ctx.ones()
 
   @jax.jit
   def step(params, masks, grads, k):
-    weights = ctx.prunable_leaves(params)
-    if not dense:  # Iterative SNIP scores the masked weights
-      weights = [jnp.where(m, w, jnp.zeros_like(w)) for w, m in zip(weights, masks)]
-    scores = [jnp.abs(w.astype(jnp.float32) * g.astype(jnp.float32))
-              for w, g in zip(weights, ctx.prunable_leaves(grads))]
+    scores = force_like_scores(ctx, params, masks, grads, dense=dense)
     ratio = schedules.exponential_keep_ratio(k, ctx.steps, ctx.final_keep)
     return ctx.select(scores, masks, ratio, k == ctx.steps - 1)
 
