@@ -95,6 +95,12 @@ def _fast_forward(state, step: int):
   return state._replace(count=jnp.asarray(step, jnp.int32))
 
 
+def _frozen(state):
+  """After the window: ``fixed_mask`` and the frozen state to continue with."""
+  return (seven_jax.fixed_mask(_INNER(), seven_jax.masks(state)),
+          seven_jax.freeze(state))
+
+
 class _Runner:
   """One optimizer's training loop: params and state live here, donated."""
 
@@ -105,9 +111,8 @@ class _Runner:
     self.step = _make_step(model, tx)
     for _ in range(skip_steps):  # e.g. leave the pruning window first
       jax.block_until_ready(self())
-    if freeze:  # continue with fixed_mask on the frozen state
-      tx = seven_jax.fixed_mask(_INNER(), seven_jax.masks(self.opt_state))
-      self.opt_state = seven_jax.freeze(self.opt_state)
+    if freeze:
+      tx, self.opt_state = _frozen(self.opt_state)
       self.step = _make_step(model, tx)
 
   def __call__(self):
@@ -125,8 +130,7 @@ class _UpdateRunner:
     for _ in range(skip_steps):
       jax.block_until_ready(self())
     if freeze:
-      tx = seven_jax.fixed_mask(_INNER(), seven_jax.masks(self.state))
-      self.state = seven_jax.freeze(self.state)
+      tx, self.state = _frozen(self.state)
       self.update = jax.jit(lambda g, s, p: tx.update(g, s, p), donate_argnums=(1,))
 
   def __call__(self):
