@@ -25,50 +25,65 @@ from benchmarks.common import tree_bytes
 from seven_jax.prunable import path_str
 
 CONFIGS = {
-    # name: (layers, hidden, heads, intermediate, vocab, batch, seq)
-    "tiny-bert": (2, 32, 2, 64, 128, 4, 16),
-    "minilm": (6, 384, 12, 1536, 30522, 32, 64),
-    "bert-base": (12, 768, 12, 3072, 30522, 32, 64),
+  # name: (layers, hidden, heads, intermediate, vocab, batch, seq)
+  "tiny-bert": (2, 32, 2, 64, 128, 4, 16),
+  "minilm": (6, 384, 12, 1536, 30522, 32, 64),
+  "bert-base": (12, 768, 12, 3072, 30522, 32, 64),
 }
 
 _PRUNABLE_SUFFIXES = (
-    "attention/self/query/kernel", "attention/self/key/kernel",
-    "attention/self/value/kernel", "attention/output/dense/kernel",
-    "intermediate/dense/kernel", "output/dense/kernel", "pooler/dense/kernel",
+  "attention/self/query/kernel",
+  "attention/self/key/kernel",
+  "attention/self/value/kernel",
+  "attention/output/dense/kernel",
+  "intermediate/dense/kernel",
+  "output/dense/kernel",
+  "pooler/dense/kernel",
 )
 
 
 def bert_prunable(params):
   """Bool pytree: the kernels the official code prunes (see module doc)."""
+
   def is_prunable(path, _):
     p = path_str(path)
     return bool(p.startswith("bert/") and p.endswith(_PRUNABLE_SUFFIXES))
+
   return jax.tree_util.tree_map_with_path(is_prunable, params)
 
 
 def make_model(name: str):
   from transformers import BertConfig, FlaxBertForSequenceClassification
+
   layers, hidden, heads, inter, vocab, batch, seq = CONFIGS[name]
-  config = BertConfig(vocab_size=vocab, hidden_size=hidden, num_hidden_layers=layers,
-                      num_attention_heads=heads, intermediate_size=inter,
-                      max_position_embeddings=max(512, seq), num_labels=2)
+  config = BertConfig(
+    vocab_size=vocab,
+    hidden_size=hidden,
+    num_hidden_layers=layers,
+    num_attention_heads=heads,
+    intermediate_size=inter,
+    max_position_embeddings=max(512, seq),
+    num_labels=2,
+  )
   model = FlaxBertForSequenceClassification(config, seed=0, input_shape=(1, seq))
   rng = np.random.default_rng(0)
   batch_data = {
-      "input_ids": jnp.asarray(rng.integers(0, vocab, (batch, seq)), jnp.int32),
-      "attention_mask": jnp.ones((batch, seq), jnp.int32),
-      "labels": jnp.asarray(rng.integers(0, 2, (batch,)), jnp.int32),
+    "input_ids": jnp.asarray(rng.integers(0, vocab, (batch, seq)), jnp.int32),
+    "attention_mask": jnp.ones((batch, seq), jnp.int32),
+    "labels": jnp.asarray(rng.integers(0, 2, (batch,)), jnp.int32),
   }
   return model, batch_data
 
 
 def loss_fn_of(model):
   """``(params, batch) -> mean cross-entropy`` of the classifier (no dropout)."""
+
   def loss_fn(params, batch):
-    logits = model(batch["input_ids"], attention_mask=batch["attention_mask"],
-                   params=params, train=False).logits
-    return optax.softmax_cross_entropy_with_integer_labels(
-        logits, batch["labels"]).mean()
+    logits = model(
+      batch["input_ids"], attention_mask=batch["attention_mask"], params=params, train=False
+    ).logits
+    return optax.softmax_cross_entropy_with_integer_labels(logits, batch["labels"]).mean()
+
   return loss_fn
 
 
@@ -97,8 +112,7 @@ def _fast_forward(state, step: int):
 
 def _frozen(state):
   """After the window: ``fixed_mask`` and the frozen state to continue with."""
-  return (seven_jax.fixed_mask(_INNER(), seven_jax.masks(state)),
-          seven_jax.freeze(state))
+  return (seven_jax.fixed_mask(_INNER(), seven_jax.masks(state)), seven_jax.freeze(state))
 
 
 class _Runner:
@@ -154,8 +168,10 @@ def _interleaved(runners: dict, *, repeats: int, warmup: int) -> dict:
       t0 = time.perf_counter()
       jax.block_until_ready(run())
       times[name].append((time.perf_counter() - t0) * 1e3)
-  return {name: {"median_ms": statistics.median(v), "min_ms": min(v), "max_ms": max(v),
-                 "repeats": len(v)} for name, v in times.items()}
+  return {
+    name: {"median_ms": statistics.median(v), "min_ms": min(v), "max_ms": max(v), "repeats": len(v)}
+    for name, v in times.items()
+  }
 
 
 _WINDOW_STEP = 40
@@ -166,8 +182,13 @@ def step_overhead(name: str, *, repeats: int, warmup: int = 2) -> dict:
   """Plain adamw vs seven_mask(adamw) inside and after the pruning window."""
   model, batch = make_model(name)
   prunable = bert_prunable(model.params)
-  num_prunable = int(sum(int(np.prod(p.shape)) for p, s in zip(
-      jax.tree.leaves(model.params), jax.tree.leaves(prunable)) if s))
+  num_prunable = int(
+    sum(
+      int(np.prod(p.shape))
+      for p, s in zip(jax.tree.leaves(model.params), jax.tree.leaves(prunable))
+      if s
+    )
+  )
   num_params = int(sum(int(np.prod(p.shape)) for p in jax.tree.leaves(model.params)))
 
   plain = optax.adamw(2e-5)
@@ -176,59 +197,67 @@ def step_overhead(name: str, *, repeats: int, warmup: int = 2) -> dict:
   # 200-step window, where the keep ratio falls from 0.70 to about 0.6 over
   # the timed steps: the typical case of the threshold (not the first few
   # steps, which drop fewer than 1024 weights and take a cheaper one-pass path).
-  inside = seven_jax.seven_mask(optax.adamw(2e-5), sparsity=0.6, start_step=0,
-                                pruning_steps=200, prunable=prunable)
+  inside = seven_jax.seven_mask(
+    optax.adamw(2e-5), sparsity=0.6, start_step=0, pruning_steps=200, prunable=prunable
+  )
   # After the window: pruning_steps=2 means one mask update at step 0; the
   # timed steps only enforce the frozen masks.
-  after = seven_jax.seven_mask(optax.adamw(2e-5), sparsity=0.6, start_step=0,
-                               pruning_steps=2, prunable=prunable)
+  after = seven_jax.seven_mask(
+    optax.adamw(2e-5), sparsity=0.6, start_step=0, pruning_steps=2, prunable=prunable
+  )
   runners = {
-      "plain_adamw": _Runner(model, batch, plain, 0),
-      "seven_in_window": _Runner(model, batch, inside, 0, start_at=_WINDOW_STEP),
-      "seven_after_window": _Runner(model, batch, after, 2),
-      # After the window, frozen: fixed_mask on seven_jax.freeze(state).
-      "seven_frozen": _Runner(model, batch, after, 2, freeze=True),
+    "plain_adamw": _Runner(model, batch, plain, 0),
+    "seven_in_window": _Runner(model, batch, inside, 0, start_at=_WINDOW_STEP),
+    "seven_after_window": _Runner(model, batch, after, 2),
+    # After the window, frozen: fixed_mask on seven_jax.freeze(state).
+    "seven_frozen": _Runner(model, batch, after, 2, freeze=True),
   }
   timing = _interleaved(runners, repeats=repeats, warmup=warmup)
-  memory = optimizer_state_bytes(runners["plain_adamw"].opt_state,
-                                 runners["seven_in_window"].opt_state,
-                                 prunable, model.params)
+  memory = optimizer_state_bytes(
+    runners["plain_adamw"].opt_state, runners["seven_in_window"].opt_state, prunable, model.params
+  )
   plain_state = runners["plain_adamw"].opt_state
   del runners  # BERT-base: four models' states at once plus the next four OOM in 24 GiB
   # The optimizer update alone (fixed gradients): its difference is the
   # overhead in ms, far less noisy than a difference of whole steps.
   grads = jax.tree.map(lambda p: jnp.full_like(p, 1e-3), model.params)
   updates = {}
-  for key, tx, skip, start in [("plain_adamw", plain, 0, 0),
-                               ("seven_in_window", inside, 0, _WINDOW_STEP),
-                               ("seven_after_window", after, 2, 0),
-                               ("seven_frozen", after, 2, 0)]:
-    updates[key] = _UpdateRunner(tx, model.params, grads, skip, start_at=start,
-                                 freeze=key == "seven_frozen")
+  for key, tx, skip, start in [
+    ("plain_adamw", plain, 0, 0),
+    ("seven_in_window", inside, 0, _WINDOW_STEP),
+    ("seven_after_window", after, 2, 0),
+    ("seven_frozen", after, 2, 0),
+  ]:
+    updates[key] = _UpdateRunner(
+      tx, model.params, grads, skip, start_at=start, freeze=key == "seven_frozen"
+    )
   update_timing = _interleaved(updates, repeats=repeats, warmup=warmup)
-  bf16_state = seven_jax.seven_mask(optax.adamw(2e-5), prunable=prunable,
-                                    stats_dtype=jnp.bfloat16).init(model.params)
-  memory_bf16 = optimizer_state_bytes(plain_state, bf16_state,
-                                      prunable, model.params)
+  bf16_state = seven_jax.seven_mask(
+    optax.adamw(2e-5), prunable=prunable, stats_dtype=jnp.bfloat16
+  ).init(model.params)
+  memory_bf16 = optimizer_state_bytes(plain_state, bf16_state, prunable, model.params)
   base = timing["plain_adamw"]["median_ms"]
   return {
-      "model": name,
-      "batch_seq": list(CONFIGS[name][5:]),
-      "params": num_params,
-      "prunable": num_prunable,
-      **timing,
-      "ratio_in_window": timing["seven_in_window"]["median_ms"] / base,
-      "ratio_after_window": timing["seven_after_window"]["median_ms"] / base,
-      "ratio_frozen": timing["seven_frozen"]["median_ms"] / base,
-      "update_only": update_timing,
-      "update_overhead_ms_in_window": (update_timing["seven_in_window"]["median_ms"]
-                                       - update_timing["plain_adamw"]["median_ms"]),
-      "update_overhead_ms_after_window": (update_timing["seven_after_window"]["median_ms"]
-                                          - update_timing["plain_adamw"]["median_ms"]),
-      "update_overhead_ms_frozen": (update_timing["seven_frozen"]["median_ms"]
-                                    - update_timing["plain_adamw"]["median_ms"]),
-      "optimizer_state": memory,
-      "optimizer_state_bf16": memory_bf16,
+    "model": name,
+    "batch_seq": list(CONFIGS[name][5:]),
+    "params": num_params,
+    "prunable": num_prunable,
+    **timing,
+    "ratio_in_window": timing["seven_in_window"]["median_ms"] / base,
+    "ratio_after_window": timing["seven_after_window"]["median_ms"] / base,
+    "ratio_frozen": timing["seven_frozen"]["median_ms"] / base,
+    "update_only": update_timing,
+    "update_overhead_ms_in_window": (
+      update_timing["seven_in_window"]["median_ms"] - update_timing["plain_adamw"]["median_ms"]
+    ),
+    "update_overhead_ms_after_window": (
+      update_timing["seven_after_window"]["median_ms"] - update_timing["plain_adamw"]["median_ms"]
+    ),
+    "update_overhead_ms_frozen": (
+      update_timing["seven_frozen"]["median_ms"] - update_timing["plain_adamw"]["median_ms"]
+    ),
+    "optimizer_state": memory,
+    "optimizer_state_bf16": memory_bf16,
   }
 
 
@@ -238,23 +267,27 @@ def optimizer_state_bytes(plain_state, seven_state, prunable, params) -> dict:
   Counted from the state pytrees themselves, so anything the transformation
   stores (including masks of non-prunable leaves) shows up.
   """
-  num_prunable = sum(int(np.prod(p.shape)) for p, s in zip(
-      jax.tree.leaves(params), jax.tree.leaves(prunable)) if s)
+  num_prunable = sum(
+    int(np.prod(p.shape)) for p, s in zip(jax.tree.leaves(params), jax.tree.leaves(prunable)) if s
+  )
   st = seven_jax.find_state(seven_state)
   treedef = jax.tree.structure(params)
   masks = treedef.flatten_up_to(st.masks)  # AllKept (no bytes) where not prunable
   parts = {
-      "grad_ema_m": tree_bytes(st.grad_ema),
-      "sq_grad_ema_v": tree_bytes(st.sq_grad_ema),
-      "scores_S": tree_bytes(st.scores),
-      "masks_prunable": int(sum(tree_bytes(m) for m, s in zip(masks, jax.tree.leaves(prunable)) if s)),
-      "masks_non_prunable": int(sum(tree_bytes(m) for m, s in zip(masks, jax.tree.leaves(prunable))
-                                    if not s)),
-      "count": tree_bytes(st.count),
+    "grad_ema_m": tree_bytes(st.grad_ema),
+    "sq_grad_ema_v": tree_bytes(st.sq_grad_ema),
+    "scores_S": tree_bytes(st.scores),
+    "masks_prunable": int(
+      sum(tree_bytes(m) for m, s in zip(masks, jax.tree.leaves(prunable)) if s)
+    ),
+    "masks_non_prunable": int(
+      sum(tree_bytes(m) for m, s in zip(masks, jax.tree.leaves(prunable)) if not s)
+    ),
+    "count": tree_bytes(st.count),
   }
   extra = tree_bytes(seven_state) - tree_bytes(plain_state)
   return {
-      "extra_bytes": int(extra),
-      "extra_bytes_per_prunable_weight": extra / num_prunable,
-      "per_prunable_weight": {k: v / num_prunable for k, v in parts.items()},
+    "extra_bytes": int(extra),
+    "extra_bytes_per_prunable_weight": extra / num_prunable,
+    "per_prunable_weight": {k: v / num_prunable for k, v in parts.items()},
   }

@@ -54,8 +54,18 @@ from seven_jax.threshold import canonicalize_scores
 SPARSITY = 0.6
 
 
-def _context(method, loss_fn, params, prunable, batch, *, steps, apply_fn=None,
-             input_shape=None, input_dtype=jnp.float32):
+def _context(
+  method,
+  loss_fn,
+  params,
+  prunable,
+  batch,
+  *,
+  steps,
+  apply_fn=None,
+  input_shape=None,
+  input_dtype=jnp.float32,
+):
   """The library's runner context for ``method``, fed the same batch forever."""
   pre = prepruning._lookup(method)  # pylint: disable=protected-access
   spec = resolve_prunable(prunable, params)
@@ -64,13 +74,30 @@ def _context(method, loss_fn, params, prunable, batch, *, steps, apply_fn=None,
   total = int(sum(np.prod(np.shape(flat[i][1]), dtype=np.int64) for i in idx))
   hp = resolve_hparams(DYNAMIC_RULES[pre.rule], {}) if pre.rule else {}
   batches = prepruning._Batches(  # pylint: disable=protected-access
-      itertools.repeat(batch), 1, method, "benchmark")
+    itertools.repeat(batch), 1, method, "benchmark"
+  )
   ctx = prepruning._Context(  # pylint: disable=protected-access
-      method=method, loss_fn=loss_fn, params=params, treedef=treedef, idx=idx,
-      total=total, final_keep=1.0 - SPARSITY, steps=steps, per_step=1,
-      batches=batches, scope="global", nm=None, resurrect=pre.resurrect,
-      optimizer=None, seed=0, apply_fn=apply_fn, input_shape=input_shape,
-      input_dtype=input_dtype, hp=hp, rule=pre.rule)
+    method=method,
+    loss_fn=loss_fn,
+    params=params,
+    treedef=treedef,
+    idx=idx,
+    total=total,
+    final_keep=1.0 - SPARSITY,
+    steps=steps,
+    per_step=1,
+    batches=batches,
+    scope="global",
+    nm=None,
+    resurrect=pre.resurrect,
+    optimizer=None,
+    seed=0,
+    apply_fn=apply_fn,
+    input_shape=input_shape,
+    input_dtype=input_dtype,
+    hp=hp,
+    rule=pre.rule,
+  )
   return pre, ctx
 
 
@@ -78,11 +105,13 @@ def _kind(pre) -> str:
   run = pre.run
   if run is prepruning._run_rule:  # pylint: disable=protected-access
     return "rule"
-  for kind, fn in [("magnitude", prepruning._run_magnitude),  # pylint: disable=protected-access
-                   ("random", prepruning._run_random),  # pylint: disable=protected-access
-                   ("snip", prepruning._run_snip),  # pylint: disable=protected-access
-                   ("grasp", prepruning._run_grasp),  # pylint: disable=protected-access
-                   ("synflow", prepruning._run_synflow)]:  # pylint: disable=protected-access
+  for kind, fn in [
+    ("magnitude", prepruning._run_magnitude),  # pylint: disable=protected-access
+    ("random", prepruning._run_random),  # pylint: disable=protected-access
+    ("snip", prepruning._run_snip),  # pylint: disable=protected-access
+    ("grasp", prepruning._run_grasp),  # pylint: disable=protected-access
+    ("synflow", prepruning._run_synflow),
+  ]:  # pylint: disable=protected-access
     if run is fn:
       return kind
   if pre.name in ("force", "iter_snip"):
@@ -99,6 +128,7 @@ def _kind(pre) -> str:
 # compile time of the tiny smoke run small. The scores are an output of the
 # library's step as well, so the split adds a dispatch, not a pass over memory.
 
+
 class _Shared:
   """Jitted functions every recipe of one model uses (compiled once)."""
 
@@ -110,8 +140,10 @@ class _Shared:
     key = (ctx.resurrect, signed)
     if key not in self._select:
       self._select[key] = jax.jit(
-          lambda scores, masks, ratio, is_last: ctx.select(
-              scores, masks, ratio, is_last, signed=signed))
+        lambda scores, masks, ratio, is_last: ctx.select(
+          scores, masks, ratio, is_last, signed=signed
+        )
+      )
     return self._select[key]
 
 
@@ -138,38 +170,55 @@ def _rule_score(ctx):
     return new_stats, new_scores, ratio, is_last
 
   zeros = [jnp.zeros(jnp.shape(w), jnp.float32) for w in ctx.prunable_leaves(ctx.params)]
-  state = (ctx.params, ctx.ones(),
-           [tuple(jnp.zeros_like(z) for _ in range(rule.num_stats)) for z in zeros], zeros)
+  state = (
+    ctx.params,
+    ctx.ones(),
+    [tuple(jnp.zeros_like(z) for _ in range(rule.num_stats)) for z in zeros],
+    zeros,
+  )
   return score, state, rule.signed
 
 
 def _force_score(ctx, dense):
   """``_run_force_like``'s step up to the selection (FORCE if ``dense``)."""
+
   @jax.jit
   def score(params, masks, grads, k):
     scores = prepruning.force_like_scores(ctx, params, masks, grads, dense=dense)
-    return scores, schedules.exponential_keep_ratio(k, ctx.steps, ctx.final_keep), \
-        k == ctx.steps - 1
+    return (
+      scores,
+      schedules.exponential_keep_ratio(k, ctx.steps, ctx.final_keep),
+      k == ctx.steps - 1,
+    )
+
   return score
 
 
 def _synflow_score(ctx):
   """``_run_synflow``'s iteration up to the selection (all-ones input, ``|W|``)."""
+
   @jax.jit
   def score(params, masks, k):
     masked = ctx.apply_masks(params, masks)
-    scores = prepruning.synflow_scores(ctx.apply_fn, masked, ctx.prunable_leaves,
-                                       tuple(ctx.input_shape), ctx.input_dtype)
-    return scores, schedules.exponential_keep_ratio(k, ctx.steps, ctx.final_keep), \
-        k == ctx.steps - 1
+    scores = prepruning.synflow_scores(
+      ctx.apply_fn, masked, ctx.prunable_leaves, tuple(ctx.input_shape), ctx.input_dtype
+    )
+    return (
+      scores,
+      schedules.exponential_keep_ratio(k, ctx.steps, ctx.final_keep),
+      k == ctx.steps - 1,
+    )
+
   return score
 
 
 def _hvp(loss_fn):
   """GraSP's Hessian-gradient product on one batch (forward over reverse)."""
+
   @jax.jit
   def hvp(params, tangent, batch):
     return jax.jvp(jax.grad(lambda q: loss_fn(q, batch)), (params,), (tangent,))[1]
+
   return hvp
 
 
@@ -196,10 +245,12 @@ class _Recipe:
       def batch_step(state, p):
         params, masks, stats, scores = state
         grads, _ = mean_grad(ctx, grad_fn, ctx.apply_masks(params, masks), 1)
-        stats, scores, ratio, is_last = score(ctx.apply_masks(params, masks), masks, stats,
-                                              scores, grads, jnp.int32(p))
+        stats, scores, ratio, is_last = score(
+          ctx.apply_masks(params, masks), masks, stats, scores, grads, jnp.int32(p)
+        )
         new_masks = select(scores, masks, ratio, is_last)
         return apply_masks(params, new_masks), new_masks, stats, scores
+
       self.batch_step, self.finish = batch_step, lambda s: s[1]
     elif kind in ("force", "iter_snip"):
       score = _force_score(ctx, dense=kind == "force")
@@ -210,13 +261,15 @@ class _Recipe:
         # The gradient at the effective weights W * M (FORCE can resurrect).
         grads, _ = mean_grad(ctx, grad_fn, ctx.apply_masks(ctx.params, masks), 1)
         return _select_scored(select, score(ctx.params, masks, grads, jnp.int32(k)), masks)
+
       self.batch_step, self.finish = batch_step, lambda s: s
     elif kind == "synflow":
       score = _synflow_score(ctx)
       select = shared.select(ctx)
       self.init = ctx.ones()
       self.batch_step = lambda masks, k: _select_scored(
-          select, score(ctx.params, masks, jnp.int32(k)), masks)
+        select, score(ctx.params, masks, jnp.int32(k)), masks
+      )
       self.finish = lambda s: s
     elif kind in ("snip", "grasp"):
       hvp = _hvp(ctx.loss_fn) if kind == "grasp" else None
@@ -227,13 +280,15 @@ class _Recipe:
         del p
         batch = ctx.batches.next()
         g = grad_fn(ctx.params, batch)
-        return {"g": g if state is None else jax.tree.map(jnp.add, state["g"], g),
-                "batches": ([] if state is None else state["batches"]) + [batch]}
+        return {
+          "g": g if state is None else jax.tree.map(jnp.add, state["g"], g),
+          "batches": ([] if state is None else state["batches"]) + [batch],
+        }
+
       self.batch_step = batch_step
 
       def tangent_of(g):
-        return ctx.with_prunable(jax.tree.map(jnp.zeros_like, ctx.params),
-                                 ctx.prunable_leaves(g))
+        return ctx.with_prunable(jax.tree.map(jnp.zeros_like, ctx.params), ctx.prunable_leaves(g))
 
       def timed_batch(state):
         # What the library repeats per batch: one gradient, and for GraSP one
@@ -245,6 +300,7 @@ class _Recipe:
         if "tangent" not in state:
           state["tangent"] = tangent_of(state["g"])
         return g, hvp(ctx.params, state["tangent"], state["batches"][0])
+
       self.timed_batch = timed_batch
 
       @jax.jit
@@ -269,6 +325,7 @@ class _Recipe:
             hg = jax.tree.map(lambda x: x / n, hg)
           v = hg
         return select(final_scores(ctx.params, v), ctx.ones(), ctx.final_keep, True)
+
       self.finish = finish
       # The one-off part, without the per-batch products: mean gradient,
       # (tangent), score formula and global selection.
@@ -282,8 +339,10 @@ class _Recipe:
         if kind == "magnitude":
           return [jnp.abs(w.astype(jnp.float32)) for w in leaves]
         key = jax.random.PRNGKey(ctx.seed)
-        return [jax.random.uniform(jax.random.fold_in(key, j), jnp.shape(w))
-                for j, w in enumerate(leaves)]
+        return [
+          jax.random.uniform(jax.random.fold_in(key, j), jnp.shape(w)) for j, w in enumerate(leaves)
+        ]
+
       self.init, self.batch_step = None, None
       self.finish = lambda s: select(scores(ctx.params), ctx.ones(), ctx.final_keep, True)
     else:
@@ -302,6 +361,7 @@ def _setup(name: str):
 
   def apply_fn(params, x):  # SynFlow's f(1): all token ids 1, one sequence
     return model(x, params=params, train=False).logits
+
   return model, batch, loss_fn, apply_fn, (1, seq)
 
 
@@ -310,13 +370,21 @@ def _recipe(method, model, batch, loss_fn, apply_fn, input_shape, shared, steps=
   pre = prepruning._lookup(method)  # pylint: disable=protected-access
   kind = _kind(pre)
   ctx_steps = steps if steps is not None else max(pre.default_steps, 1)
-  pre, ctx = _context(method, loss_fn, model.params, prunable, batch, steps=ctx_steps,
-                      apply_fn=apply_fn, input_shape=input_shape, input_dtype=jnp.int32)
+  pre, ctx = _context(
+    method,
+    loss_fn,
+    model.params,
+    prunable,
+    batch,
+    steps=ctx_steps,
+    apply_fn=apply_fn,
+    input_shape=input_shape,
+    input_dtype=jnp.int32,
+  )
   return pre, kind, _Recipe(kind, ctx, shared)
 
 
-def check_against_library(name: str = "tiny-bert", steps: int = 2,
-                          methods=None) -> dict:
+def check_against_library(name: str = "tiny-bert", steps: int = 2, methods=None) -> dict:
   """Replays ``steps`` steps of each recipe; True where the masks equal the library's.
 
   Slow (``prune_before_finetuning`` compiles on every call): run it by hand.
@@ -326,8 +394,9 @@ def check_against_library(name: str = "tiny-bert", steps: int = 2,
   shared = _Shared(jax.jit(jax.grad(loss_fn)))
   out = {}
   for method in methods or seven_jax.methods("pre"):
-    pre, kind, rec = _recipe(method, model, batch, loss_fn, apply_fn, input_shape,
-                             shared, steps=steps)
+    pre, kind, rec = _recipe(
+      method, model, batch, loss_fn, apply_fn, input_shape, shared, steps=steps
+    )
     state = rec.init
     n = 0 if kind in ("magnitude", "random") else steps
     for p in range(n):
@@ -337,8 +406,14 @@ def check_against_library(name: str = "tiny-bert", steps: int = 2,
     if kind == "synflow":
       kw.update(apply_fn=apply_fn, input_shape=input_shape, input_dtype=jnp.int32)
     lib = seven_jax.prune_before_finetuning(
-        loss_fn, model.params, itertools.repeat(batch), sparsity=SPARSITY, method=method,
-        prunable=prunable, **kw)
+      loss_fn,
+      model.params,
+      itertools.repeat(batch),
+      sparsity=SPARSITY,
+      method=method,
+      prunable=prunable,
+      **kw,
+    )
     lib = [m for m, s in zip(jax.tree.leaves(lib), jax.tree.leaves(prunable)) if s]
     out[method] = all(bool(jnp.array_equal(a, b)) for a, b in zip(mine, lib))
   return out
@@ -362,11 +437,20 @@ def prepruning_cost(name: str, *, repeats: int, warmup: int = 1, methods=None) -
   for method in sorted(names, key=lambda m: not m.endswith("_pre")):
     pre, kind, rec = _recipe(method, model, batch, loss_fn, apply_fn, input_shape, shared)
     key = (pre.run, pre.rule, pre.resurrect)
-    row = {"method": method, "kind": kind, "default_steps": pre.default_steps,
-           "default_batches": pre.batches(pre.default_steps, 1)}
+    row = {
+      "method": method,
+      "kind": kind,
+      "default_steps": pre.default_steps,
+      "default_batches": pre.batches(pre.default_steps, 1),
+    }
     if key in done:
-      rows.append({**row, **{k: v for k, v in done[key].items() if k in (
-          "per_batch", "fixed", "how")}, "alias_of": done[key]["method"]})
+      rows.append(
+        {
+          **row,
+          **{k: v for k, v in done[key].items() if k in ("per_batch", "fixed", "how")},
+          "alias_of": done[key]["method"],
+        }
+      )
       continue
     if kind in ("magnitude", "random"):
       row["per_batch"] = None
@@ -376,23 +460,27 @@ def prepruning_cost(name: str, *, repeats: int, warmup: int = 1, methods=None) -
       state = rec.batch_step(None, 0)
       if kind == "grasp":  # a product to feed the one-off part
         state["hg"] = rec.timed_batch(state)[1]
-      row["per_batch"] = time_calls(lambda: rec.timed_batch(state), repeats=repeats,
-                                    warmup=warmup)
+      row["per_batch"] = time_calls(lambda: rec.timed_batch(state), repeats=repeats, warmup=warmup)
       row["fixed"] = time_calls(lambda: rec.fixed(state), repeats=repeats, warmup=warmup)
-      row["how"] = ("per batch: gradient" + (" + Hessian-gradient product (jvp of grad)"
-                                             if kind == "grasp" else "")
-                    + "; fixed: score + global select")
+      row["how"] = (
+        "per batch: gradient"
+        + (" + Hessian-gradient product (jvp of grad)" if kind == "grasp" else "")
+        + "; fixed: score + global select"
+      )
     else:
       # One step from the initial state (all weights kept, p = 0).
-      row["per_batch"] = time_calls(lambda: rec.batch_step(rec.init, 0), repeats=repeats,
-                                    warmup=warmup)
+      row["per_batch"] = time_calls(
+        lambda: rec.batch_step(rec.init, 0), repeats=repeats, warmup=warmup
+      )
       row["fixed"] = None
       row["how"] = {
-          "rule": "per batch: masked gradient + rule statistics/score + global select",
-          "force": "per iteration (1 batch): masked gradient + abs(W_dense g) + global select",
-          "iter_snip": "per iteration (1 batch): masked gradient + abs(W M g) + global select",
-          "synflow": (f"per iteration (no data): grad of 1'f(1) at abs(W), input "
-                      f"{input_shape} token ids 1, + global select"),
+        "rule": "per batch: masked gradient + rule statistics/score + global select",
+        "force": "per iteration (1 batch): masked gradient + abs(W_dense g) + global select",
+        "iter_snip": "per iteration (1 batch): masked gradient + abs(W M g) + global select",
+        "synflow": (
+          f"per iteration (no data): grad of 1'f(1) at abs(W), input "
+          f"{input_shape} token ids 1, + global select"
+        ),
       }[kind]
     done[key] = row
     rows.append(row)
@@ -409,10 +497,18 @@ def prepruning_cost(name: str, *, repeats: int, warmup: int = 1, methods=None) -
     row["default_total_ms"] = (per or 0.0) * row["default_steps"] + fixed
   prunable = bert.bert_prunable(model.params)
   return {
-      "model": name, "batch_seq": list(bert.CONFIGS[name][5:]),
-      "prunable": int(sum(int(np.prod(p.shape)) for p, s in zip(
-          jax.tree.leaves(model.params), jax.tree.leaves(prunable)) if s)),
-      "sparsity": SPARSITY,
-      "train_step_before": before, "train_step_after": after, "train_step_ms": ref,
-      "methods": rows,
+    "model": name,
+    "batch_seq": list(bert.CONFIGS[name][5:]),
+    "prunable": int(
+      sum(
+        int(np.prod(p.shape))
+        for p, s in zip(jax.tree.leaves(model.params), jax.tree.leaves(prunable))
+        if s
+      )
+    ),
+    "sparsity": SPARSITY,
+    "train_step_before": before,
+    "train_step_after": after,
+    "train_step_ms": ref,
+    "methods": rows,
   }

@@ -16,10 +16,10 @@ import time
 import jax
 
 PRESETS = {
-    # models, model repeats, threshold sizes, threshold repeats
-    "tiny": (["tiny-bert"], 3, ["10k", "100k"], 3),
-    "small": (["minilm"], 20, ["1M", "10.8M"], 20),
-    "full": (["minilm", "bert-base"], 20, ["1M", "10.8M", "85.5M", "303M"], 20),
+  # models, model repeats, threshold sizes, threshold repeats
+  "tiny": (["tiny-bert"], 3, ["10k", "100k"], 3),
+  "small": (["minilm"], 20, ["1M", "10.8M"], 20),
+  "full": (["minilm", "bert-base"], 20, ["1M", "10.8M", "85.5M", "303M"], 20),
 }
 # Pre-pruning scoring: model, timed calls per method (each call is about one
 # gradient, seconds on MiniLM on 2 cores).
@@ -36,8 +36,13 @@ def _machine() -> dict:
     cpu = f"{len(names)} x {names[0]}" if names else cpu
   except OSError:
     pass
-  return {"cpu": cpu, "jax": jax.__version__, "backend": jax.default_backend(),
-          "devices": [str(d) for d in jax.devices()], "python": sys.version.split()[0]}
+  return {
+    "cpu": cpu,
+    "jax": jax.__version__,
+    "backend": jax.default_backend(),
+    "devices": [str(d) for d in jax.devices()],
+    "python": sys.version.split()[0],
+  }
 
 
 def _ms(entry) -> str:
@@ -52,48 +57,66 @@ def _mb(entry) -> str:
 
 
 def markdown(results: dict) -> str:
-  out = [f"Machine: {results['machine']['cpu']}, jax {results['machine']['jax']} "
-         f"({results['machine']['backend']}). Medians of wall time in ms.", ""]
+  out = [
+    f"Machine: {results['machine']['cpu']}, jax {results['machine']['jax']} "
+    f"({results['machine']['backend']}). Medians of wall time in ms.",
+    "",
+  ]
   if results.get("steps"):
-    out += ["| model (batch x seq) | prunable | adamw ms | seven in window ms | ratio "
-            "| seven after window ms | ratio | frozen (fixed_mask) ms | ratio "
-            "| extra opt-state B/prunable weight |",
-            "|---|---|---|---|---|---|---|---|---|---|"]
+    out += [
+      "| model (batch x seq) | prunable | adamw ms | seven in window ms | ratio "
+      "| seven after window ms | ratio | frozen (fixed_mask) ms | ratio "
+      "| extra opt-state B/prunable weight |",
+      "|---|---|---|---|---|---|---|---|---|---|",
+    ]
     for r in results["steps"]:
       out.append(
-          f"| {r['model']} ({r['batch_seq'][0]}x{r['batch_seq'][1]}) | {r['prunable'] / 1e6:.2f}M "
-          f"| {_ms(r['plain_adamw'])} | {_ms(r['seven_in_window'])} | {r['ratio_in_window']:.3f} "
-          f"| {_ms(r['seven_after_window'])} | {r['ratio_after_window']:.3f} "
-          f"| {_ms(r['seven_frozen'])} | {r['ratio_frozen']:.3f} "
-          f"| {r['optimizer_state']['extra_bytes_per_prunable_weight']:.2f} (bf16 stats: "
-          f"{r['optimizer_state_bf16']['extra_bytes_per_prunable_weight']:.2f}) |")
+        f"| {r['model']} ({r['batch_seq'][0]}x{r['batch_seq'][1]}) | {r['prunable'] / 1e6:.2f}M "
+        f"| {_ms(r['plain_adamw'])} | {_ms(r['seven_in_window'])} | {r['ratio_in_window']:.3f} "
+        f"| {_ms(r['seven_after_window'])} | {r['ratio_after_window']:.3f} "
+        f"| {_ms(r['seven_frozen'])} | {r['ratio_frozen']:.3f} "
+        f"| {r['optimizer_state']['extra_bytes_per_prunable_weight']:.2f} (bf16 stats: "
+        f"{r['optimizer_state_bf16']['extra_bytes_per_prunable_weight']:.2f}) |"
+      )
     out.append("")
-    out += ["Optimizer update alone (fixed gradients), medians in ms: "
-            + "; ".join(f"{r['model']}: adamw {r['update_only']['plain_adamw']['median_ms']:.1f}, "
-                        f"seven in window {r['update_only']['seven_in_window']['median_ms']:.1f} "
-                        f"(+{r['update_overhead_ms_in_window']:.1f}), after "
-                        f"{r['update_only']['seven_after_window']['median_ms']:.1f} "
-                        f"(+{r['update_overhead_ms_after_window']:.1f}), frozen "
-                        f"{r['update_only']['seven_frozen']['median_ms']:.1f} "
-                        f"(+{r['update_overhead_ms_frozen']:.1f}); overhead / adamw step "
-                        f"{1 + r['update_overhead_ms_in_window'] / r['plain_adamw']['median_ms']:.3f}x in, "
-                        f"{1 + r['update_overhead_ms_after_window'] / r['plain_adamw']['median_ms']:.3f}x after"
-                        for r in results["steps"]), ""]
-    out.append("Extra optimizer-state bytes per prunable weight, by field: " + "; ".join(
-        f"{r['model']}: " + ", ".join(f"{k} {v:.2f}" for k, v in
-                                      r["optimizer_state"]["per_prunable_weight"].items())
-        for r in results["steps"]))
+    out += [
+      "Optimizer update alone (fixed gradients), medians in ms: "
+      + "; ".join(
+        f"{r['model']}: adamw {r['update_only']['plain_adamw']['median_ms']:.1f}, "
+        f"seven in window {r['update_only']['seven_in_window']['median_ms']:.1f} "
+        f"(+{r['update_overhead_ms_in_window']:.1f}), after "
+        f"{r['update_only']['seven_after_window']['median_ms']:.1f} "
+        f"(+{r['update_overhead_ms_after_window']:.1f}), frozen "
+        f"{r['update_only']['seven_frozen']['median_ms']:.1f} "
+        f"(+{r['update_overhead_ms_frozen']:.1f}); overhead / adamw step "
+        f"{1 + r['update_overhead_ms_in_window'] / r['plain_adamw']['median_ms']:.3f}x in, "
+        f"{1 + r['update_overhead_ms_after_window'] / r['plain_adamw']['median_ms']:.3f}x after"
+        for r in results["steps"]
+      ),
+      "",
+    ]
+    out.append(
+      "Extra optimizer-state bytes per prunable weight, by field: "
+      + "; ".join(
+        f"{r['model']}: "
+        + ", ".join(f"{k} {v:.2f}" for k, v in r["optimizer_state"]["per_prunable_weight"].items())
+        for r in results["steps"]
+      )
+    )
     out.append("")
   if results.get("threshold"):
-    out += ["| scores | passes | ours ms | ours temp MiB | floor (1 sum) ms | ours / floor "
-            "| sort ms | sort temp MiB | sort / ours | top_k ms | exact |",
-            "|---|---|---|---|---|---|---|---|---|---|---|"]
+    out += [
+      "| scores | passes | ours ms | ours temp MiB | floor (1 sum) ms | ours / floor "
+      "| sort ms | sort temp MiB | sort / ours | top_k ms | exact |",
+      "|---|---|---|---|---|---|---|---|---|---|---|",
+    ]
     for r in results["threshold"]:
       ratio = f"{r['sort_over_ours']:.0f}x" if "sort_over_ours" in r else "-"
       out.append(
-          f"| {r['size']} ({r['scores']:,}) | {r['passes']} | {_ms(r['ours'])} | {_mb(r['ours'])} "
-          f"| {_ms(r['floor_sum'])} | {r['ours_over_floor']:.1f} | {_ms(r.get('sort'))} "
-          f"| {_mb(r.get('sort'))} | {ratio} | {_ms(r.get('top_k'))} | {r.get('exact', '-')} |")
+        f"| {r['size']} ({r['scores']:,}) | {r['passes']} | {_ms(r['ours'])} | {_mb(r['ours'])} "
+        f"| {_ms(r['floor_sum'])} | {r['ours_over_floor']:.1f} | {_ms(r.get('sort'))} "
+        f"| {_mb(r.get('sort'))} | {ratio} | {_ms(r.get('top_k'))} | {r.get('exact', '-')} |"
+      )
     out.append("")
   if results.get("prepruning"):
     out += prepruning_markdown(results["prepruning"])
@@ -108,22 +131,28 @@ def _cell(entry, ratio) -> str:
 
 def prepruning_markdown(r: dict) -> list:
   """The pre-pruning table: per-batch (or per-iteration) time / training step."""
-  out = [f"Pre-pruning scoring, {r['model']} ({r['batch_seq'][0]}x{r['batch_seq'][1]}, "
-         f"{r['prunable'] / 1e6:.2f}M prunable): training step (adamw) "
-         f"{r['train_step_ms']:.1f} ms (before the methods "
-         f"{r['train_step_before']['median_ms']:.1f}, after "
-         f"{r['train_step_after']['median_ms']:.1f}).", "",
-         "| method | per batch ms | / train step | one-off ms | / train step "
-         "| default batches (iterations) | default scoring ~ s | how measured |",
-         "|---|---|---|---|---|---|---|---|"]
+  out = [
+    f"Pre-pruning scoring, {r['model']} ({r['batch_seq'][0]}x{r['batch_seq'][1]}, "
+    f"{r['prunable'] / 1e6:.2f}M prunable): training step (adamw) "
+    f"{r['train_step_ms']:.1f} ms (before the methods "
+    f"{r['train_step_before']['median_ms']:.1f}, after "
+    f"{r['train_step_after']['median_ms']:.1f}).",
+    "",
+    "| method | per batch ms | / train step | one-off ms | / train step "
+    "| default batches (iterations) | default scoring ~ s | how measured |",
+    "|---|---|---|---|---|---|---|---|",
+  ]
   for m in r["methods"]:
     per, per_ratio = _cell(m["per_batch"], m["ratio_per_batch"] or 0.0)
     fixed, fixed_ratio = _cell(m["fixed"], m["ratio_fixed"] or 0.0)
-    how = m["how"] + (f" (alias of {m['alias_of']}: same runner, same numbers)"
-                      if m.get("alias_of") else "")
-    out.append(f"| {m['method']} | {per} | {per_ratio} | {fixed} | {fixed_ratio} "
-               f"| {m['default_batches']} ({m['default_steps']}) "
-               f"| {m['default_total_ms'] / 1e3:.2f} | {how} |")
+    how = m["how"] + (
+      f" (alias of {m['alias_of']}: same runner, same numbers)" if m.get("alias_of") else ""
+    )
+    out.append(
+      f"| {m['method']} | {per} | {per_ratio} | {fixed} | {fixed_ratio} "
+      f"| {m['default_batches']} ({m['default_steps']}) "
+      f"| {m['default_total_ms'] / 1e3:.2f} | {how} |"
+    )
   out.append("")
   return out
 
@@ -134,16 +163,23 @@ def main(argv=None) -> int:
   parser.add_argument("--out", default=None, help="write all results to this JSON file")
   parser.add_argument("--skip-steps", action="store_true", help="skip the training-step benchmark")
   parser.add_argument("--skip-threshold", action="store_true", help="skip the threshold benchmark")
-  parser.add_argument("--skip-prepruning", action="store_true",
-                      help="skip the pre-pruning scoring benchmark")
-  parser.add_argument("--prepruning-model", default=None,
-                      help="override the preset's pre-pruning model")
+  parser.add_argument(
+    "--skip-prepruning", action="store_true", help="skip the pre-pruning scoring benchmark"
+  )
+  parser.add_argument(
+    "--prepruning-model", default=None, help="override the preset's pre-pruning model"
+  )
   parser.add_argument("--models", nargs="*", default=None, help="override the preset's models")
-  parser.add_argument("--threshold-sizes", nargs="*", default=None,
-                      help="override the preset's threshold sizes")
+  parser.add_argument(
+    "--threshold-sizes", nargs="*", default=None, help="override the preset's threshold sizes"
+  )
   parser.add_argument("--repeats", type=int, default=None, help="timed calls per measurement")
-  parser.add_argument("--dist", default="uniform", choices=["uniform", "heavy"],
-                      help="score distribution for the threshold benchmark")
+  parser.add_argument(
+    "--dist",
+    default="uniform",
+    choices=["uniform", "heavy"],
+    help="score distribution for the threshold benchmark",
+  )
   args = parser.parse_args(argv)
 
   from benchmarks import bert, prepruning_bench, threshold_bench
@@ -151,25 +187,35 @@ def main(argv=None) -> int:
   models, model_reps, sizes, thr_reps = PRESETS[args.size]
   models = args.models if args.models is not None else models
   sizes = args.threshold_sizes if args.threshold_sizes is not None else sizes
-  results = {"size": args.size, "machine": _machine(),
-             "started": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-             "steps": [], "threshold": [], "prepruning": None}
+  results = {
+    "size": args.size,
+    "machine": _machine(),
+    "started": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+    "steps": [],
+    "threshold": [],
+    "prepruning": None,
+  }
   if not args.skip_steps:
     for name in models:
-      results["steps"].append(bert.step_overhead(
-          name, repeats=args.repeats or model_reps, warmup=1 if args.size == "tiny" else 2))
+      results["steps"].append(
+        bert.step_overhead(
+          name, repeats=args.repeats or model_reps, warmup=1 if args.size == "tiny" else 2
+        )
+      )
       print(f"[steps] {name} done", file=sys.stderr, flush=True)
   if not args.skip_threshold:
     for name in sizes:
       reps = args.repeats or _HUGE_REPEATS.get(name, thr_reps)
-      results["threshold"].append(threshold_bench.threshold_cost(
-          name, repeats=reps, dist=args.dist))
+      results["threshold"].append(
+        threshold_bench.threshold_cost(name, repeats=reps, dist=args.dist)
+      )
       print(f"[threshold] {name} done", file=sys.stderr, flush=True)
   if not args.skip_prepruning:
     pre_model, pre_reps = PREPRUNING_PRESETS[args.size]
     pre_model = args.prepruning_model or pre_model
     results["prepruning"] = prepruning_bench.prepruning_cost(
-        pre_model, repeats=args.repeats or pre_reps, warmup=1)
+      pre_model, repeats=args.repeats or pre_reps, warmup=1
+    )
     print(f"[prepruning] {pre_model} done", file=sys.stderr, flush=True)
   table = markdown(results)
   results["markdown"] = table

@@ -33,12 +33,12 @@ def _layer_shapes(hidden, inter, layers):
 # Named sizes use the prunable shapes of real models (leaves of realistic
 # sizes matter: the counting select makes one reduction per leaf).
 SIZES = {
-    "10k": [(100, 100)],
-    "100k": [(100, 500), (500, 100)],
-    "1M": [(1024, 1024)],
-    "10.8M": _layer_shapes(384, 1536, 6),      # MiniLM (6 x 384)
-    "85.5M": _layer_shapes(768, 3072, 12),     # BERT-base
-    "303M": _layer_shapes(1024, 4096, 24),     # BERT-large
+  "10k": [(100, 100)],
+  "100k": [(100, 500), (500, 100)],
+  "1M": [(1024, 1024)],
+  "10.8M": _layer_shapes(384, 1536, 6),  # MiniLM (6 x 384)
+  "85.5M": _layer_shapes(768, 3072, 12),  # BERT-base
+  "303M": _layer_shapes(1024, 4096, 24),  # BERT-large
 }
 
 
@@ -62,9 +62,16 @@ def _concat(leaves):
   return jnp.concatenate([x.reshape(-1) for x in leaves])
 
 
-def threshold_cost(name: str, *, keep: float = 0.4, repeats: int = 20,
-                   baseline_max: float = 1.1e8, baseline_budget_s: float = 60.0,
-                   dist: str = "uniform", check: bool = True) -> dict:
+def threshold_cost(
+  name: str,
+  *,
+  keep: float = 0.4,
+  repeats: int = 20,
+  baseline_max: float = 1.1e8,
+  baseline_budget_s: float = 60.0,
+  dist: str = "uniform",
+  check: bool = True,
+) -> dict:
   """Times ours, the sort/top-k baselines (up to ``baseline_max`` scores) and the floor."""
   leaves = make_scores(name, dist)
   total = sum(int(x.size) for x in leaves)
@@ -98,14 +105,20 @@ def threshold_cost(name: str, *, keep: float = 0.4, repeats: int = 20,
     memory = compiled_memory(sort, leaves, k_arr)
     sort = sort.lower(leaves, k_arr).compile()
     warm = 0 if total > 5e7 else 1  # a 85.5M sort takes about a minute here
-    row["sort"] = time_calls(lambda: sort(leaves, k_arr), repeats=repeats, warmup=warm,
-                             budget_s=baseline_budget_s, min_repeats=1)
+    row["sort"] = time_calls(
+      lambda: sort(leaves, k_arr),
+      repeats=repeats,
+      warmup=warm,
+      budget_s=baseline_budget_s,
+      min_repeats=1,
+    )
     row["sort"].update(memory)
     if total <= 1.2e7:  # top_k with k ~ 0.4 D is a partial sort: as slow
       memory = compiled_memory(topk, leaves)
       topk = topk.lower(leaves).compile()
-      row["top_k"] = time_calls(lambda: topk(leaves), repeats=repeats,
-                                budget_s=baseline_budget_s, min_repeats=1)
+      row["top_k"] = time_calls(
+        lambda: topk(leaves), repeats=repeats, budget_s=baseline_budget_s, min_repeats=1
+      )
       row["top_k"].update(memory)
   base = row["floor_sum"]["median_ms"]
   row["ours_over_floor"] = row["ours"]["median_ms"] / base

@@ -34,12 +34,13 @@ DENSE = "dense"
 @dataclasses.dataclass
 class ExperimentConfig:
   """Everything a run depends on; printed at start and saved beside the results."""
+
   task: str = "rotten_tomatoes"
   method: str = "seven"
-  model: Optional[str] = None          # checkpoint directory; None = the task's default
+  model: Optional[str] = None  # checkpoint directory; None = the task's default
   sparsity: float = 0.6
-  start_step: int = 20                 # t_i: dense steps before pruning starts
-  pruning_steps: int = 80              # N: cubic ramp length
+  start_step: int = 20  # t_i: dense steps before pruning starts
+  pruning_steps: int = 80  # N: cubic ramp length
   b1: float = 0.8
   b2: float = 0.9
   update_every: int = 1
@@ -48,14 +49,14 @@ class ExperimentConfig:
   batch_size: int = 32
   max_len: int = 32
   steps: int = 120
-  eval_every: int = 0                  # 0: only at the end
-  eval_examples: int = 0               # 0: the whole evaluation split
+  eval_every: int = 0  # 0: only at the end
+  eval_examples: int = 0  # 0: the whole evaluation split
   eval_split: str = "test"
   seed: int = 0
   out: str = "runs"
-  checkpoint_every: int = 0            # 0: only on interrupt and at the end
+  checkpoint_every: int = 0  # 0: only on interrupt and at the end
   resume: bool = False
-  prune_before_steps: int = 16         # batches scored by pre-pruning methods
+  prune_before_steps: int = 16  # batches scored by pre-pruning methods
 
   @property
   def run_name(self) -> str:
@@ -73,7 +74,8 @@ class EpochConfig(ExperimentConfig):
   ``epochs`` into ``steps`` (and ``eval_every=-1`` into one epoch) unless the
   command line gave ``--steps`` / ``--eval-every`` explicitly.
   """
-  epochs: float = 0.0                  # > 0: steps = ceil(epochs * steps per epoch)
+
+  epochs: float = 0.0  # > 0: steps = ceil(epochs * steps per epoch)
 
 
 def steps_per_epoch(num_examples: int, batch_size: int) -> int:
@@ -95,7 +97,7 @@ def resolve_epochs(cfg: EpochConfig, num_train: int, *, explicit=()) -> EpochCon
   if cfg.epochs > 0 and "steps" not in explicit:
     changes["steps"] = max(1, math.ceil(cfg.epochs * per_epoch))
   if cfg.eval_every < 0 and "eval_every" not in explicit:
-    changes["eval_every"] = per_epoch    # -1 in a preset: evaluate once per epoch
+    changes["eval_every"] = per_epoch  # -1 in a preset: evaluate once per epoch
   return dataclasses.replace(cfg, **changes)
 
 
@@ -111,8 +113,9 @@ def check_method(method: str) -> None:
     raise ValueError(f"unknown method {method!r}; valid methods: {', '.join(valid)}")
 
 
-def make_optimizer(cfg: ExperimentConfig, prunable, *, params=None,
-                   prepruning: Optional[Callable[[], Any]] = None):
+def make_optimizer(
+  cfg: ExperimentConfig, prunable, *, params=None, prepruning: Optional[Callable[[], Any]] = None
+):
   """The optax transformation for ``cfg.method`` around AdamW.
 
   Dynamic methods prune while fine-tuning with the cubic schedule
@@ -124,17 +127,30 @@ def make_optimizer(cfg: ExperimentConfig, prunable, *, params=None,
   if cfg.method == DENSE:
     return inner
   if cfg.method == "seven":
-    return seven_jax.seven_mask(inner, sparsity=cfg.sparsity, start_step=cfg.start_step,
-                                pruning_steps=cfg.pruning_steps, b1=cfg.b1, b2=cfg.b2,
-                                update_every=cfg.update_every, prunable=prunable)
+    return seven_jax.seven_mask(
+      inner,
+      sparsity=cfg.sparsity,
+      start_step=cfg.start_step,
+      pruning_steps=cfg.pruning_steps,
+      b1=cfg.b1,
+      b2=cfg.b2,
+      update_every=cfg.update_every,
+      prunable=prunable,
+    )
   kind = seven_jax.method_kind(cfg.method) if hasattr(seven_jax, "method_kind") else "dynamic"
   if kind == "pre":
     if prepruning is None:
       raise ValueError(f"method {cfg.method!r} prunes before fine-tuning and needs batches")
     return seven_jax.fixed_mask(inner, prepruning())
-  return seven_jax.pruning_mask(inner, method=cfg.method, sparsity=cfg.sparsity,
-                                start_step=cfg.start_step, pruning_steps=cfg.pruning_steps,
-                                update_every=cfg.update_every, prunable=prunable)
+  return seven_jax.pruning_mask(
+    inner,
+    method=cfg.method,
+    sparsity=cfg.sparsity,
+    start_step=cfg.start_step,
+    pruning_steps=cfg.pruning_steps,
+    update_every=cfg.update_every,
+    prunable=prunable,
+  )
 
 
 # ---------------------------------------------------------------- devices ----
@@ -151,8 +167,7 @@ def data_mesh() -> Optional[jax.sharding.Mesh]:
     return None
   # Auto axes: XLA propagates shardings (replicated params, batch-sharded data
   # and the gradient all-reduce) without annotations inside the models.
-  return jax.make_mesh((jax.device_count(),), ("data",),
-                       axis_types=(jax.sharding.AxisType.Auto,))
+  return jax.make_mesh((jax.device_count(),), ("data",), axis_types=(jax.sharding.AxisType.Auto,))
 
 
 def shard_batch(batch: dict, mesh) -> dict:
@@ -182,10 +197,14 @@ class RunLog:
     self.jsonl = open(self.dir / "log.jsonl", "a" if resume else "w")
     self.records: list[dict] = []
     if resume and (self.dir / "log.jsonl").exists():
-      self.records = [json.loads(line) for line in (self.dir / "log.jsonl").read_text().splitlines()
-                      if line.strip()]
+      self.records = [
+        json.loads(line)
+        for line in (self.dir / "log.jsonl").read_text().splitlines()
+        if line.strip()
+      ]
     try:
       from tensorboardX import SummaryWriter
+
       self.tb = SummaryWriter(str(self.dir / "tensorboard"))
     except ImportError:  # optional: pip install tensorboardX
       self.tb = None
@@ -205,8 +224,10 @@ class RunLog:
 
   def plot(self, metric_keys):
     import matplotlib
+
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+
     keys = ["loss", "sparsity"] + [k for k in metric_keys if self.series(k)[0]]
     fig, axes = plt.subplots(1, len(keys), figsize=(4.2 * len(keys), 3.2))
     for ax, key in zip(np.atleast_1d(axes), keys):
@@ -239,10 +260,11 @@ def _progress(total: int, initial: int, name: str):
 @dataclasses.dataclass
 class Task:
   """What a task module provides to :func:`run`."""
+
   model: nnx.Module
-  prunable: Any                                  # bool pytree over nnx.Param state
-  train_batches: Any                             # iterator with state()/restore()
-  eval_batches: Callable[[], Iterator[dict]]     # fresh iterator over the eval split
+  prunable: Any  # bool pytree over nnx.Param state
+  train_batches: Any  # iterator with state()/restore()
+  eval_batches: Callable[[], Iterator[dict]]  # fresh iterator over the eval split
   loss_fn: Callable[[nnx.Module, dict], jax.Array]
   predict_fn: Callable[[nnx.Module, dict], jax.Array]
   metric_names: tuple
@@ -268,14 +290,21 @@ def evaluate(task: Task, mesh) -> dict:
   try:
     if task.evaluate is not None:
       return dict(task.evaluate(task.model, mesh))
-    return classification_metrics(task.model, task.eval_batches(), task.predict_fn,
-                                   task.metric_names, mesh, label_key=task.label_key)
+    return classification_metrics(
+      task.model,
+      task.eval_batches(),
+      task.predict_fn,
+      task.metric_names,
+      mesh,
+      label_key=task.label_key,
+    )
   finally:
     task.model.train()
 
 
-def classification_metrics(model, batches, predict_fn, metric_names, mesh, *,
-                           label_key: str = "labels") -> dict:
+def classification_metrics(
+  model, batches, predict_fn, metric_names, mesh, *, label_key: str = "labels"
+) -> dict:
   """Scores ``predict_fn`` over ``batches``; padding rows (``example_mask``) are left out."""
   predictions, labels = [], []
   for batch in batches:
@@ -283,8 +312,9 @@ def classification_metrics(model, batches, predict_fn, metric_names, mesh, *,
     pred = np.asarray(predict(model, batch, predict_fn, mesh))
     predictions.append(pred[valid])
     labels.append(np.asarray(batch[label_key])[valid])
-  return sj_metrics.compute_metrics(metric_names, np.concatenate(predictions),
-                                    np.concatenate(labels))
+  return sj_metrics.compute_metrics(
+    metric_names, np.concatenate(predictions), np.concatenate(labels)
+  )
 
 
 def predict(model, batch: dict, predict_fn, mesh):
@@ -317,12 +347,16 @@ def run(cfg: ExperimentConfig, task: Task) -> dict:
   optimizer = nnx.Optimizer(task.model, tx, wrt=nnx.Param)
   if mesh is not None:
     nnx.update((task.model, optimizer), replicate(nnx.state((task.model, optimizer)), mesh))
-  ckpt = seven_jax.CheckpointManager(out_dir / "checkpoints", max_to_keep=2,
-                                     save_interval_steps=cfg.checkpoint_every or 10**9)
+  ckpt = seven_jax.CheckpointManager(
+    out_dir / "checkpoints", max_to_keep=2, save_interval_steps=cfg.checkpoint_every or 10**9
+  )
   step = 0
   if cfg.resume and ckpt.latest_step() is not None:
-    target = {"train": nnx.state((task.model, optimizer)),
-              "step": jnp.int32(0), "data": {"epoch": jnp.int32(0), "index": jnp.int32(0)}}
+    target = {
+      "train": nnx.state((task.model, optimizer)),
+      "step": jnp.int32(0),
+      "data": {"epoch": jnp.int32(0), "index": jnp.int32(0)},
+    }
     restored = ckpt.restore(jax.eval_shape(lambda: target))
     nnx.update((task.model, optimizer), replicate(restored["train"], mesh))
     step = int(restored["step"])
@@ -332,8 +366,11 @@ def run(cfg: ExperimentConfig, task: Task) -> dict:
 
   def training_state():
     data = task.train_batches.state()
-    return {"train": nnx.state((task.model, optimizer)), "step": jnp.int32(step),
-            "data": {"epoch": jnp.int32(data["epoch"]), "index": jnp.int32(data["index"])}}
+    return {
+      "train": nnx.state((task.model, optimizer)),
+      "step": jnp.int32(step),
+      "data": {"epoch": jnp.int32(data["epoch"]), "index": jnp.int32(data["index"])},
+    }
 
   evals = []
   bar = _progress(cfg.steps, step, cfg.method)
@@ -348,12 +385,19 @@ def run(cfg: ExperimentConfig, task: Task) -> dict:
       step += 1
       sparsity = current_sparsity(optimizer, task.prunable)
       elapsed = time.perf_counter() - start
-      log.log(step, loss=loss, sparsity=sparsity,
-              steps_per_second=(step - first_step) / max(elapsed, 1e-9))
+      log.log(
+        step,
+        loss=loss,
+        sparsity=sparsity,
+        steps_per_second=(step - first_step) / max(elapsed, 1e-9),
+      )
       if bar is not None:
         bar.update(1)
-        bar.set_postfix(loss=f"{loss:.3f}", sparsity=f"{sparsity:.1%}",
-                        steps_s=f"{(step - first_step) / max(elapsed, 1e-9):.2f}")
+        bar.set_postfix(
+          loss=f"{loss:.3f}",
+          sparsity=f"{sparsity:.1%}",
+          steps_s=f"{(step - first_step) / max(elapsed, 1e-9):.2f}",
+        )
       if cfg.eval_every and step % cfg.eval_every == 0 and step < cfg.steps:
         result = evaluate(task, mesh)
         evals.append({"step": step, **result})
@@ -375,26 +419,33 @@ def run(cfg: ExperimentConfig, task: Task) -> dict:
   log.log(step, **result)
   log.plot(task.metric_names)
   log.close()
-  report = (seven_jax.sparsity_report(optimizer.opt_state, prunable=task.prunable)
-            if cfg.method != DENSE else None)
+  report = (
+    seven_jax.sparsity_report(optimizer.opt_state, prunable=task.prunable)
+    if cfg.method != DENSE
+    else None
+  )
   if report is not None:
     # The final masks, by parameter path (load with numpy.load).
     masks = seven_jax.masks(optimizer.opt_state)
-    np.savez_compressed(out_dir / "masks.npz", **{
+    np.savez_compressed(
+      out_dir / "masks.npz",
+      **{
         jax.tree_util.keystr(path): np.asarray(m)
-        for path, m in jax.tree_util.tree_leaves_with_path(masks)})
+        for path, m in jax.tree_util.tree_leaves_with_path(masks)
+      },
+    )
   results = {
-      "config": dataclasses.asdict(cfg),
-      "primary_metric": task.metric_names[0],
-      "evaluations": evals,
-      "final": evals[-1],
-      "sparsity": report.sparsity if report else 0.0,
-      "sparsity_per_layer": report.as_dict()["leaves"] if report else [],
-      "train_seconds": train_seconds,
-      "steps_per_second": (step - first_step) / max(train_seconds, 1e-9),
-      "steps": step,
-      "interrupted": interrupted,
-      "devices": jax.device_count(),
+    "config": dataclasses.asdict(cfg),
+    "primary_metric": task.metric_names[0],
+    "evaluations": evals,
+    "final": evals[-1],
+    "sparsity": report.sparsity if report else 0.0,
+    "sparsity_per_layer": report.as_dict()["leaves"] if report else [],
+    "train_seconds": train_seconds,
+    "steps_per_second": (step - first_step) / max(train_seconds, 1e-9),
+    "steps": step,
+    "interrupted": interrupted,
+    "devices": jax.device_count(),
   }
   (out_dir / "results.json").write_text(json.dumps(results, indent=2))
   if interrupted:
@@ -416,8 +467,7 @@ def add_config_flags(parser, defaults: ExperimentConfig, skip=()):
       parser.add_argument(flag, action="store_true", default=None)
     else:
       kind = {int: int, float: float}.get(type(default), str)
-      parser.add_argument(flag, type=kind, default=None,
-                          help=f"(preset: {default})")
+      parser.add_argument(flag, type=kind, default=None, help=f"(preset: {default})")
 
 
 def config_from_args(args, preset: dict, cls=ExperimentConfig) -> ExperimentConfig:
@@ -444,21 +494,27 @@ def validate(cfg: ExperimentConfig):
   if cfg.pruning_steps < 2 or cfg.start_step < 0:
     raise ValueError("pruning_steps must be >= 2 and start_step >= 0")
   if jax.device_count() > 1 and cfg.batch_size % jax.device_count():
-    raise ValueError(f"batch_size {cfg.batch_size} must be divisible by the "
-                     f"{jax.device_count()} devices")
+    raise ValueError(
+      f"batch_size {cfg.batch_size} must be divisible by the {jax.device_count()} devices"
+    )
 
 
 def markdown_table(rows: list[dict], metric: str) -> str:
-  lines = [f"| method | {metric} | sparsity (prunable) | train time | steps/s |",
-           "|---|---|---|---|---|"]
+  lines = [
+    f"| method | {metric} | sparsity (prunable) | train time | steps/s |",
+    "|---|---|---|---|---|",
+  ]
   for r in rows:
-    lines.append(f"| {r['config']['method']} | {r['final'][metric]:.4f} | {r['sparsity']:.2%} | "
-                 f"{r['train_seconds']:.0f} s | {r['steps_per_second']:.2f} |")
+    lines.append(
+      f"| {r['config']['method']} | {r['final'][metric]:.4f} | {r['sparsity']:.2%} | "
+      f"{r['train_seconds']:.0f} s | {r['steps_per_second']:.2f} |"
+    )
   return "\n".join(lines)
 
 
-def configs_from_cli(argv, description: str, presets: dict, default_methods,
-                     default_preset: str = "cpu-quick") -> list[ExperimentConfig]:
+def configs_from_cli(
+  argv, description: str, presets: dict, default_methods, default_preset: str = "cpu-quick"
+) -> list[ExperimentConfig]:
   """``--preset``, ``--methods`` and one flag per config field; flags win.
 
   Returns one config per method; user mistakes exit with a message naming
@@ -466,16 +522,25 @@ def configs_from_cli(argv, description: str, presets: dict, default_methods,
   """
   import argparse  # pylint: disable=g-import-not-at-top
   from seven_jax import data as sj_data  # pylint: disable=g-import-not-at-top
+
   parser = argparse.ArgumentParser(description=description)
   parser.add_argument("--preset", default=default_preset, choices=sorted(presets))
-  parser.add_argument("--methods", default=None,
-                      help=f"comma-separated methods to run in turn (default: "
-                           f"{','.join(default_methods)}); overrides --method")
+  parser.add_argument(
+    "--methods",
+    default=None,
+    help=f"comma-separated methods to run in turn (default: "
+    f"{','.join(default_methods)}); overrides --method",
+  )
   add_config_flags(parser, ExperimentConfig(**presets[default_preset]))
   args = parser.parse_args(argv)
   base = config_from_args(args, presets[args.preset])
-  methods = (args.methods.split(",") if args.methods
-             else [args.method] if args.method else list(default_methods))
+  methods = (
+    args.methods.split(",")
+    if args.methods
+    else [args.method]
+    if args.method
+    else list(default_methods)
+  )
   try:
     if base.task not in sj_data.datasets():
       raise ValueError(f"unknown task {base.task!r}; valid: {', '.join(sj_data.datasets())}")
@@ -492,8 +557,10 @@ def run_and_report(configs, build_task, *, metrics=None, details: str = "") -> l
   base = configs[0]
   print("config:", json.dumps(dataclasses.asdict(base)))
   rows = [run(cfg, build_task(cfg)) for cfg in configs]
-  print(f"\n{base.task} ({base.eval_split}), {base.steps} steps, batch {base.batch_size}"
-        f"{details}, {jax.device_count()} device(s)")
+  print(
+    f"\n{base.task} ({base.eval_split}), {base.steps} steps, batch {base.batch_size}"
+    f"{details}, {jax.device_count()} device(s)"
+  )
   for metric in metrics or [rows[0]["primary_metric"]]:
     print(markdown_table(rows, metric))
   return rows

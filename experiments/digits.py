@@ -52,7 +52,8 @@ def load_digits_splits(seed: int = 0):
 def prunable_hidden_kernels(params):
   """Prune the hidden Dense kernels; keep biases and the output layer dense."""
   return jax.tree_util.tree_map_with_path(
-      lambda path, _: path[-1].key == "kernel" and path[-2].key != "Dense_2", params)
+    lambda path, _: path[-1].key == "kernel" and path[-2].key != "Dense_2", params
+  )
 
 
 def train(method: str, sparsity: float, steps: int, batch_size: int, lr: float, seed: int):
@@ -64,8 +65,13 @@ def train(method: str, sparsity: float, steps: int, batch_size: int, lr: float, 
     tx = inner
   else:
     # Dense warm-up for 20% of training, prune over the next 50%.
-    tx = seven_jax.seven_mask(inner, sparsity=sparsity, start_step=steps // 5,
-                              pruning_steps=steps // 2, prunable=prunable_hidden_kernels)
+    tx = seven_jax.seven_mask(
+      inner,
+      sparsity=sparsity,
+      start_step=steps // 5,
+      pruning_steps=steps // 2,
+      prunable=prunable_hidden_kernels,
+    )
   state = train_state.TrainState.create(apply_fn=model.apply, params=params, tx=tx)
 
   @jax.jit
@@ -73,6 +79,7 @@ def train(method: str, sparsity: float, steps: int, batch_size: int, lr: float, 
     def loss_fn(p):
       logits = state.apply_fn({"params": p}, xb)
       return optax.softmax_cross_entropy_with_integer_labels(logits, yb).mean()
+
     loss, grads = jax.value_and_grad(loss_fn)(state.params)
     return state.apply_gradients(grads=grads), loss
 
@@ -90,8 +97,13 @@ def train(method: str, sparsity: float, steps: int, batch_size: int, lr: float, 
     achieved = float(sum(int((k == 0).sum()) for k in kernels) / sum(k.size for k in kernels))
   else:
     achieved = seven_jax.sparsity_report(state.opt_state).sparsity
-  return {"method": method, "accuracy": accuracy, "sparsity": achieved,
-          "final_loss": float(loss), "seconds": seconds}
+  return {
+    "method": method,
+    "accuracy": accuracy,
+    "sparsity": achieved,
+    "final_loss": float(loss),
+    "seconds": seconds,
+  }
 
 
 def main(argv=None):
@@ -107,8 +119,10 @@ def main(argv=None):
     parser.error(f"--sparsity must be in [0, 1), got {args.sparsity}")
   if args.steps < 10:
     parser.error(f"--steps must be >= 10, got {args.steps}")
-  rows = [train(m, args.sparsity, args.steps, args.batch_size, args.lr, args.seed)
-          for m in ("dense", "seven")]
+  rows = [
+    train(m, args.sparsity, args.steps, args.batch_size, args.lr, args.seed)
+    for m in ("dense", "seven")
+  ]
   print("| method | test accuracy | sparsity (hidden kernels) | train time |")
   print("|---|---|---|---|")
   for r in rows:

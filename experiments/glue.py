@@ -45,14 +45,14 @@ from seven_jax import data as sj_data
 # Official per-task table (spec 2.5): t_i, N, target sparsity, and the train
 # size that fixes the number of steps per epoch at batch 32.
 OFFICIAL = {
-    "mnli": dict(start_step=5400, pruning_steps=16600, sparsity=0.70, train_size=392_702),
-    "qqp": dict(start_step=5400, pruning_steps=16600, sparsity=0.90, train_size=363_846),
-    "qnli": dict(start_step=2000, pruning_steps=12000, sparsity=0.70, train_size=104_743),
-    "sst2": dict(start_step=1000, pruning_steps=4000, sparsity=0.60, train_size=67_349),
-    "cola": dict(start_step=500, pruning_steps=1000, sparsity=0.50, train_size=8_551),
-    "stsb": dict(start_step=500, pruning_steps=2000, sparsity=0.50, train_size=5_749),
-    "mrpc": dict(start_step=300, pruning_steps=600, sparsity=0.50, train_size=3_668),
-    "rte": dict(start_step=200, pruning_steps=1000, sparsity=0.60, train_size=2_490),
+  "mnli": dict(start_step=5400, pruning_steps=16600, sparsity=0.70, train_size=392_702),
+  "qqp": dict(start_step=5400, pruning_steps=16600, sparsity=0.90, train_size=363_846),
+  "qnli": dict(start_step=2000, pruning_steps=12000, sparsity=0.70, train_size=104_743),
+  "sst2": dict(start_step=1000, pruning_steps=4000, sparsity=0.60, train_size=67_349),
+  "cola": dict(start_step=500, pruning_steps=1000, sparsity=0.50, train_size=8_551),
+  "stsb": dict(start_step=500, pruning_steps=2000, sparsity=0.50, train_size=5_749),
+  "mrpc": dict(start_step=300, pruning_steps=600, sparsity=0.50, train_size=3_668),
+  "rte": dict(start_step=200, pruning_steps=1000, sparsity=0.60, train_size=2_490),
 }
 TASKS = tuple(OFFICIAL)
 # Epochs for the "paper" preset: 10 as the official code, more where the
@@ -81,38 +81,68 @@ def preset(name: str, task: str) -> dict:
 
 def _paper(task: str, epochs: float) -> dict:
   official = {k: v for k, v in OFFICIAL[task].items() if k != "train_size"}
-  return dict(task=f"glue/{task}", method="seven", lr=2e-5, weight_decay=0.0, batch_size=32,
-              max_len=128, b1=0.8, b2=0.9, update_every=1, seed=3404, epochs=epochs,
-              steps=1, eval_every=-1, eval_split=eval_split(task), **official)
+  return dict(
+    task=f"glue/{task}",
+    method="seven",
+    lr=2e-5,
+    weight_decay=0.0,
+    batch_size=32,
+    max_len=128,
+    b1=0.8,
+    b2=0.9,
+    update_every=1,
+    seed=3404,
+    epochs=epochs,
+    steps=1,
+    eval_every=-1,
+    eval_split=eval_split(task),
+    **official,
+  )
 
 
 def _cpu_quick(task: str) -> dict:
   # The official schedule shrunk so the window (start + N - 2) ends at 2/3 of training.
-  return dict(_paper(task, 0), max_len=64, batch_size=16, steps=300, start_step=50,
-              pruning_steps=152, eval_every=100, eval_examples=256, lr=5e-5)
+  return dict(
+    _paper(task, 0),
+    max_len=64,
+    batch_size=16,
+    steps=300,
+    start_step=50,
+    pruning_steps=152,
+    eval_every=100,
+    eval_examples=256,
+    lr=5e-5,
+  )
 
 
 PRESETS = {
-    "paper": lambda task: _paper(task, PAPER_EPOCHS[task]),
-    "paper-10ep": lambda task: _paper(task, 10),
-    "cpu-quick": _cpu_quick,
+  "paper": lambda task: _paper(task, PAPER_EPOCHS[task]),
+  "paper-10ep": lambda task: _paper(task, 10),
+  "cpu-quick": _cpu_quick,
 }
 
 
 def parser() -> argparse.ArgumentParser:
   table = "\n".join(
-      f"  {t:5s} t_i={o['start_step']:<5d} N={o['pruning_steps']:<6d} sparsity={o['sparsity']:.2f} "
-      f"epochs={PAPER_EPOCHS[t]}" for t, o in OFFICIAL.items())
+    f"  {t:5s} t_i={o['start_step']:<5d} N={o['pruning_steps']:<6d} sparsity={o['sparsity']:.2f} "
+    f"epochs={PAPER_EPOCHS[t]}"
+    for t, o in OFFICIAL.items()
+  )
   p = argparse.ArgumentParser(
-      prog="python -m experiments.glue", description=__doc__.splitlines()[0],
-      formatter_class=argparse.RawDescriptionHelpFormatter,
-      epilog="The 'paper' preset per task (the flag help shows MRPC's values; "
-             "lr 2e-5, batch 32, max_len 128 for all):\n" + table)
+    prog="python -m experiments.glue",
+    description=__doc__.splitlines()[0],
+    formatter_class=argparse.RawDescriptionHelpFormatter,
+    epilog="The 'paper' preset per task (the flag help shows MRPC's values; "
+    "lr 2e-5, batch 32, max_len 128 for all):\n" + table,
+  )
   p.add_argument("--task", required=True, choices=TASKS, help="GLUE task")
   p.add_argument("--preset", default="paper", choices=sorted(PRESETS))
-  p.add_argument("--methods", default=None,
-                 help="comma-separated methods to run in turn (default: the preset's "
-                      "method, seven); overrides --method")
+  p.add_argument(
+    "--methods",
+    default=None,
+    help="comma-separated methods to run in turn (default: the preset's "
+    "method, seven); overrides --method",
+  )
   defaults = common.EpochConfig(**preset("paper", "mrpc"))
   # --task is the short GLUE name above, so it is not a config-field flag here.
   common.add_config_flags(p, defaults, skip=("task",))
@@ -131,13 +161,14 @@ def configs_from_args(argv=None):
     if base.epochs > 0 or base.eval_every < 0:
       train_size = len(sj_data.get_dataset(base.task, "train"))
       base = common.resolve_epochs(base, train_size, explicit=explicit)
-    methods = (args.methods.split(",") if args.methods else [base.method])
+    methods = args.methods.split(",") if args.methods else [base.method]
     configs = [dataclasses.replace(base, method=m.strip()) for m in methods]
     spec = sj_data.get_spec(base.task)
     for split in text.eval_splits(base):
       if split not in spec.splits:
-        raise ValueError(f"unknown eval split {split!r} for {base.task}; valid splits: "
-                         f"{', '.join(spec.splits)}")
+        raise ValueError(
+          f"unknown eval split {split!r} for {base.task}; valid splits: {', '.join(spec.splits)}"
+        )
     for cfg in configs:
       common.validate(cfg)
   except (ValueError, sj_data.DatasetUnavailableError) as e:
@@ -147,8 +178,7 @@ def configs_from_args(argv=None):
 
 def main(argv=None):
   configs = configs_from_args(argv)
-  return common.run_and_report(configs, text.build_task,
-                               details=f", max_len {configs[0].max_len}")
+  return common.run_and_report(configs, text.build_task, details=f", max_len {configs[0].max_len}")
 
 
 if __name__ == "__main__":

@@ -51,20 +51,47 @@ TASK_KIND = "extractive_qa"
 @dataclasses.dataclass
 class SquadConfig(common.EpochConfig):
   """:class:`common.ExperimentConfig` plus the SQuAD windowing and decoding settings."""
-  doc_stride: int = 128                # tokens of overlap between windows of one context
-  n_best: int = 20                     # candidate spans kept per window when decoding
-  max_answer_length: int = 30          # longest answer span, in tokens
+
+  doc_stride: int = 128  # tokens of overlap between windows of one context
+  n_best: int = 20  # candidate spans kept per window when decoding
+  max_answer_length: int = 30  # longest answer span, in tokens
 
 
 PRESETS = {
-    "paper": dict(task="squad/v1.1", method="seven", lr=2e-5, weight_decay=0.0, batch_size=32,
-                  max_len=384, doc_stride=128, epochs=2, steps=1, eval_every=-1,
-                  eval_split="validation", start_step=1000, pruning_steps=3000, sparsity=0.5,
-                  seed=3404),
-    "cpu-quick": dict(task="squad/v1.1", method="seven", lr=5e-5, weight_decay=0.0,
-                      batch_size=16, max_len=128, doc_stride=48, steps=300, eval_every=100,
-                      eval_examples=256, eval_split="validation", start_step=50,
-                      pruning_steps=152, sparsity=0.5, seed=3404),
+  "paper": dict(
+    task="squad/v1.1",
+    method="seven",
+    lr=2e-5,
+    weight_decay=0.0,
+    batch_size=32,
+    max_len=384,
+    doc_stride=128,
+    epochs=2,
+    steps=1,
+    eval_every=-1,
+    eval_split="validation",
+    start_step=1000,
+    pruning_steps=3000,
+    sparsity=0.5,
+    seed=3404,
+  ),
+  "cpu-quick": dict(
+    task="squad/v1.1",
+    method="seven",
+    lr=5e-5,
+    weight_decay=0.0,
+    batch_size=16,
+    max_len=128,
+    doc_stride=48,
+    steps=300,
+    eval_every=100,
+    eval_examples=256,
+    eval_split="validation",
+    start_step=50,
+    pruning_steps=152,
+    sparsity=0.5,
+    seed=3404,
+  ),
 }
 
 
@@ -75,6 +102,7 @@ def qa_tasks() -> list:
 
 def _model_path(cfg):
   from seven_jax.models import bert
+
   return str(cfg.model or bert.default_model_path())
 
 
@@ -82,11 +110,13 @@ def _model_path(cfg):
 def _features(task: str, split: str, model: str, max_len: int, doc_stride: int, limit: int):
   """Examples and features of a split; cached so steps/epoch and training share one pass."""
   from seven_jax.models import bert
+
   dataset = sj_data.get_dataset(task, split)
   n = min(limit, len(dataset)) if limit else len(dataset)
   examples = [dataset[i] for i in range(n)]
-  features = sj_data.prepare_squad_features(examples, bert.load_tokenizer(model),
-                                            max_len=max_len, doc_stride=doc_stride)
+  features = sj_data.prepare_squad_features(
+    examples, bert.load_tokenizer(model), max_len=max_len, doc_stride=doc_stride
+  )
   return examples, features
 
 
@@ -97,12 +127,14 @@ def train_features(cfg: SquadConfig):
 def build_task(cfg: SquadConfig) -> common.Task:
   """BERT with a span head; evaluation decodes answers and scores EM and F1."""
   from seven_jax.models import bert
+
   path = _model_path(cfg)
   model = bert.from_pretrained(path, task="question_answering", seed=cfg.seed)
   prunable = bert.prunable(nnx.state(model, nnx.Param))
   train = train_features(cfg)
-  examples, dev = _features(cfg.task, cfg.eval_split, path, cfg.max_len, cfg.doc_stride,
-                            cfg.eval_examples)
+  examples, dev = _features(
+    cfg.task, cfg.eval_split, path, cfg.max_len, cfg.doc_stride, cfg.eval_examples
+  )
   contexts = {e["id"]: e["context"] for e in examples}
   # Real SQuAD v1.1 has >= 1 gold answer per question; tfds mock data may not.
   gold = {e["id"]: e["answers"]["text"] for e in examples if e["answers"]["text"]}
@@ -116,8 +148,7 @@ def build_task(cfg: SquadConfig) -> common.Task:
     return bert.span_loss(start, end, batch["start_positions"], batch["end_positions"])
 
   def eval_batches():
-    return sj_data.squad_batches(dev, 64, shuffle=False, drop_remainder=False,
-                                 pad_final_batch=True)
+    return sj_data.squad_batches(dev, 64, shuffle=False, drop_remainder=False, pad_final_batch=True)
 
   def evaluate(model, mesh):
     outputs = []
@@ -127,7 +158,8 @@ def build_task(cfg: SquadConfig) -> common.Task:
       outputs.append((feature_index, np.asarray(start), np.asarray(end)))
     start, end = sj_data.assemble_logits(outputs, len(dev), dev.max_len)
     predictions = sj_metrics.decode_squad_predictions(
-        start, end, dev, contexts, n_best=cfg.n_best, max_answer_length=cfg.max_answer_length)
+      start, end, dev, contexts, n_best=cfg.n_best, max_answer_length=cfg.max_answer_length
+    )
     scores = sj_metrics.squad_scores(predictions, gold)
     return {"f1": scores["f1"], "exact_match": scores["exact_match"]}
 
@@ -136,26 +168,44 @@ def build_task(cfg: SquadConfig) -> common.Task:
     graphdef, params, rest = nnx.split(model, nnx.Param, ...)
 
     def pure_loss(p, batch):
-      return loss_fn(nnx.merge(graphdef, p, rest, copy=True),
-                     {k: jnp.asarray(v) for k, v in batch.items()})
+      return loss_fn(
+        nnx.merge(graphdef, p, rest, copy=True), {k: jnp.asarray(v) for k, v in batch.items()}
+      )
 
     return seven_jax.prune_before_finetuning(
-        pure_loss, params, batches, sparsity=cfg.sparsity, method=cfg.method,
-        steps=cfg.prune_before_steps, prunable=prunable)
+      pure_loss,
+      params,
+      batches,
+      sparsity=cfg.sparsity,
+      method=cfg.method,
+      steps=cfg.prune_before_steps,
+      prunable=prunable,
+    )
 
-  return common.Task(model=model, prunable=prunable, train_batches=train_batches,
-                     eval_batches=eval_batches, loss_fn=loss_fn, predict_fn=logits,
-                     metric_names=("f1", "exact_match"), prepruning=prepruning,
-                     evaluate=evaluate)
+  return common.Task(
+    model=model,
+    prunable=prunable,
+    train_batches=train_batches,
+    eval_batches=eval_batches,
+    loss_fn=loss_fn,
+    predict_fn=logits,
+    metric_names=("f1", "exact_match"),
+    prepruning=prepruning,
+    evaluate=evaluate,
+  )
 
 
 def parser() -> argparse.ArgumentParser:
-  p = argparse.ArgumentParser(prog="python -m experiments.squad",
-                              description=__doc__.splitlines()[0])
+  p = argparse.ArgumentParser(
+    prog="python -m experiments.squad", description=__doc__.splitlines()[0]
+  )
   p.add_argument("--preset", default="paper", choices=sorted(PRESETS))
-  p.add_argument("--methods", default=None,
-                 help="comma-separated methods to run in turn (default: the preset's "
-                      "method, seven); overrides --method")
+  p.add_argument(
+    "--methods",
+    default=None,
+    help="comma-separated methods to run in turn (default: the preset's "
+    "method, seven); overrides --method",
+  )
   common.add_config_flags(p, SquadConfig(**PRESETS["paper"]))
   return p
 
@@ -171,8 +221,9 @@ def configs_from_args(argv=None):
       raise ValueError(f"unknown task {base.task!r}; valid tasks: {', '.join(valid)}")
     spec = sj_data.get_spec(base.task)
     if base.eval_split not in spec.splits:
-      raise ValueError(f"unknown eval split {base.eval_split!r}; valid splits: "
-                       f"{', '.join(spec.splits)}")
+      raise ValueError(
+        f"unknown eval split {base.eval_split!r}; valid splits: {', '.join(spec.splits)}"
+      )
     if not 0 < base.doc_stride < base.max_len:
       raise ValueError(f"doc_stride must be in (0, max_len={base.max_len}), got {base.doc_stride}")
     if base.n_best < 1 or base.max_answer_length < 1:
@@ -182,8 +233,9 @@ def configs_from_args(argv=None):
       common.check_method(method)
     if base.epochs > 0 or base.eval_every < 0:
       # Steps per epoch count features (windows), not questions.
-      base = common.resolve_epochs(base, len(train_features(base)),
-                                   explicit=common.explicit_fields(args, SquadConfig))
+      base = common.resolve_epochs(
+        base, len(train_features(base)), explicit=common.explicit_fields(args, SquadConfig)
+      )
     configs = [dataclasses.replace(base, method=m) for m in methods]
     for cfg in configs:
       common.validate(cfg)
@@ -196,8 +248,11 @@ def main(argv=None):
   configs = configs_from_args(argv)
   base = configs[0]
   return common.run_and_report(
-      configs, build_task, metrics=("f1", "exact_match"),
-      details=f", max_len {base.max_len}, doc_stride {base.doc_stride}")
+    configs,
+    build_task,
+    metrics=("f1", "exact_match"),
+    details=f", max_len {base.max_len}, doc_stride {base.doc_stride}",
+  )
 
 
 if __name__ == "__main__":

@@ -71,15 +71,20 @@ def load_runs(folder, *, warn=None) -> list[dict]:
       config = results["config"]
       metric = primary_metric(results)
       method = config["method"]
-      runs.append({
-          "path": str(path), "task": config["task"], "method": method,
+      runs.append(
+        {
+          "path": str(path),
+          "task": config["task"],
+          "method": method,
           # Dense runs prune nothing, whatever sparsity their config carries.
           "target": 0.0 if method == DENSE else float(config["sparsity"]),
           "sparsity": float(results.get("sparsity", 0.0)),
-          "metric": metric, "value": float(results["final"][metric]),
+          "metric": metric,
+          "value": float(results["final"][metric]),
           "seed": config.get("seed"),
           "steps_per_second": float(results.get("steps_per_second", float("nan"))),
-      })
+        }
+      )
     except (OSError, ValueError, KeyError, TypeError) as error:
       warn(f"{path}: left out ({type(error).__name__}: {error})")
   if not runs:
@@ -99,13 +104,20 @@ def aggregate(runs: Iterable[dict]) -> list[dict]:
   rows = []
   for (task, method, target, metric), members in groups.items():
     values = [m["value"] for m in members]
-    rows.append({
-        "task": task, "method": method, "target": target, "metric": metric,
-        "mean": float(np.mean(values)), "std": _std(values), "n": len(members),
+    rows.append(
+      {
+        "task": task,
+        "method": method,
+        "target": target,
+        "metric": metric,
+        "mean": float(np.mean(values)),
+        "std": _std(values),
+        "n": len(members),
         "seeds": sorted(m["seed"] for m in members if m["seed"] is not None),
         "sparsity": float(np.mean([m["sparsity"] for m in members])),
         "steps_per_second": float(np.nanmean([m["steps_per_second"] for m in members])),
-    })
+      }
+    )
   # Dense first within a task, then methods alphabetically, then by sparsity.
   rows.sort(key=lambda r: (r["task"], r["method"] != DENSE, r["method"], r["target"]))
   return rows
@@ -117,22 +129,28 @@ def _number(x: float, scale: float) -> str:
 
 
 def markdown(rows: list[dict]) -> str:
-  lines = ["| task | method | target sparsity | achieved sparsity | metric | mean ± std | "
-           "n seeds | steps/s |",
-           "|---|---|---|---|---|---|---|---|"]
+  lines = [
+    "| task | method | target sparsity | achieved sparsity | metric | mean ± std | "
+    "n seeds | steps/s |",
+    "|---|---|---|---|---|---|---|---|",
+  ]
   for r in rows:
     sps = "" if math.isnan(r["steps_per_second"]) else f"{r['steps_per_second']:.2f}"
-    lines.append(f"| {r['task']} | {r['method']} | {r['target']:.0%} | {r['sparsity']:.2%} | "
-                 f"{r['metric']} | {_number(r['mean'], r['mean'])} ± {_number(r['std'], r['mean'])} | {r['n']} | "
-                 f"{sps} |")
+    lines.append(
+      f"| {r['task']} | {r['method']} | {r['target']:.0%} | {r['sparsity']:.2%} | "
+      f"{r['metric']} | {_number(r['mean'], r['mean'])} ± {_number(r['std'], r['mean'])} | {r['n']} | "
+      f"{sps} |"
+    )
   return "\n".join(lines)
 
 
 def plot(rows: list[dict], path) -> None:
   """Primary metric versus target sparsity, one panel per task, one line per method."""
   import matplotlib
+
   matplotlib.use("Agg")
   import matplotlib.pyplot as plt
+
   tasks = sorted({r["task"] for r in rows})
   fig, axes = plt.subplots(1, len(tasks), figsize=(5.0 * len(tasks), 3.8), squeeze=False)
   for ax, task in zip(axes[0], tasks):
@@ -157,12 +175,12 @@ def plot(rows: list[dict], path) -> None:
 
 
 def main(argv: Optional[list] = None) -> list[dict]:
-  parser = argparse.ArgumentParser(prog="python -m experiments.summary",
-                                   description=__doc__.splitlines()[0])
+  parser = argparse.ArgumentParser(
+    prog="python -m experiments.summary", description=__doc__.splitlines()[0]
+  )
   parser.add_argument("folder", help="folder searched recursively for results.json")
   parser.add_argument("--out", default=None, help="markdown file (default: FOLDER/summary.md)")
-  parser.add_argument("--plot", default=None,
-                      help="PNG file (default: the --out path with .png)")
+  parser.add_argument("--plot", default=None, help="PNG file (default: the --out path with .png)")
   args = parser.parse_args(argv)
   try:
     rows = aggregate(load_runs(args.folder))

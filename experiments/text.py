@@ -28,14 +28,32 @@ from experiments import common
 from seven_jax import data as sj_data
 
 PRESETS = {
-    # Short enough for a 2-core CPU: three runs in about 10 minutes.
-    "cpu-quick": dict(task="rotten_tomatoes", max_len=32, batch_size=32, steps=120,
-                      start_step=20, pruning_steps=80, sparsity=0.6, lr=5e-5,
-                      eval_examples=0, eval_split="test"),
-    # The official SST-2 schedule (t_i = 1000, N = 4000, 60%, lr 2e-5), for an accelerator.
-    "paper-sst2": dict(task="rotten_tomatoes", max_len=64, batch_size=32, steps=6000,
-                       start_step=1000, pruning_steps=4000, sparsity=0.6, lr=2e-5,
-                       eval_every=1000, eval_split="validation"),
+  # Short enough for a 2-core CPU: three runs in about 10 minutes.
+  "cpu-quick": dict(
+    task="rotten_tomatoes",
+    max_len=32,
+    batch_size=32,
+    steps=120,
+    start_step=20,
+    pruning_steps=80,
+    sparsity=0.6,
+    lr=5e-5,
+    eval_examples=0,
+    eval_split="test",
+  ),
+  # The official SST-2 schedule (t_i = 1000, N = 4000, 60%, lr 2e-5), for an accelerator.
+  "paper-sst2": dict(
+    task="rotten_tomatoes",
+    max_len=64,
+    batch_size=32,
+    steps=6000,
+    start_step=1000,
+    pruning_steps=4000,
+    sparsity=0.6,
+    lr=2e-5,
+    eval_every=1000,
+    eval_split="validation",
+  ),
 }
 DEFAULT_METHODS = ("dense", "seven", "magnitude")
 TEXT_TASKS = ("text_classification", "text_pair_classification", "text_pair_regression")
@@ -44,29 +62,46 @@ TEXT_TASKS = ("text_classification", "text_pair_classification", "text_pair_regr
 def build_task(cfg: common.ExperimentConfig) -> common.Task:
   """BERT with a sequence-classification head on a text dataset."""
   from seven_jax.models import bert
+
   spec = sj_data.get_spec(cfg.task)
   if spec.task not in TEXT_TASKS:
-    raise ValueError(f"task {cfg.task!r} is {spec.task}; experiments.text handles "
-                     f"{', '.join(TEXT_TASKS)}")
+    raise ValueError(
+      f"task {cfg.task!r} is {spec.task}; experiments.text handles {', '.join(TEXT_TASKS)}"
+    )
   path = cfg.model or bert.default_model_path()
   tokenizer = bert.load_tokenizer(path)
-  model = bert.from_pretrained(path, task="sequence_classification",
-                               num_labels=spec.num_labels, seed=cfg.seed)
+  model = bert.from_pretrained(
+    path, task="sequence_classification", num_labels=spec.num_labels, seed=cfg.seed
+  )
   prunable = bert.prunable(nnx.state(model, nnx.Param))
   train = sj_data.get_dataset(cfg.task, "train")
   splits = eval_splits(cfg)
-  evaluations = [_truncated(sj_data.get_dataset(cfg.task, split), cfg.eval_examples)
-                 for split in splits]
+  evaluations = [
+    _truncated(sj_data.get_dataset(cfg.task, split), cfg.eval_examples) for split in splits
+  ]
   evaluation = evaluations[0]
   # Length grouping pads batches to a few bucket lengths: few compilations.
-  train_batches = sj_data.text_batches(train, tokenizer, batch_size=cfg.batch_size,
-                                       max_len=cfg.max_len, seed=cfg.seed, num_epochs=None,
-                                       group_by_length=True)
+  train_batches = sj_data.text_batches(
+    train,
+    tokenizer,
+    batch_size=cfg.batch_size,
+    max_len=cfg.max_len,
+    seed=cfg.seed,
+    num_epochs=None,
+    group_by_length=True,
+  )
   regression = spec.num_labels == 1
 
   def eval_batches(dataset=evaluation):
-    return sj_data.text_batches(dataset, tokenizer, batch_size=64, max_len=cfg.max_len,
-                                shuffle=False, drop_remainder=False, pad_final_batch=True)
+    return sj_data.text_batches(
+      dataset,
+      tokenizer,
+      batch_size=64,
+      max_len=cfg.max_len,
+      shuffle=False,
+      drop_remainder=False,
+      pad_final_batch=True,
+    )
 
   def loss_fn(model, batch):
     logits = model(batch["input_ids"], batch["attention_mask"], batch["token_type_ids"])
@@ -77,17 +112,30 @@ def build_task(cfg: common.ExperimentConfig) -> common.Task:
     return logits[..., 0] if regression else jnp.argmax(logits, -1)
 
   def prepruning():
-    batches = sj_data.text_batches(train, tokenizer, batch_size=cfg.batch_size,
-                                   max_len=cfg.max_len, seed=cfg.seed + 1, num_epochs=1)
+    batches = sj_data.text_batches(
+      train,
+      tokenizer,
+      batch_size=cfg.batch_size,
+      max_len=cfg.max_len,
+      seed=cfg.seed + 1,
+      num_epochs=1,
+    )
     graphdef, params, rest = nnx.split(model, nnx.Param, ...)
 
     def pure_loss(p, batch):
-      return loss_fn(nnx.merge(graphdef, p, rest, copy=True),
-                     {k: jnp.asarray(v) for k, v in batch.items()})
+      return loss_fn(
+        nnx.merge(graphdef, p, rest, copy=True), {k: jnp.asarray(v) for k, v in batch.items()}
+      )
 
     return seven_jax.prune_before_finetuning(
-        pure_loss, params, batches, sparsity=cfg.sparsity, method=cfg.method,
-        steps=cfg.prune_before_steps, prunable=prunable)
+      pure_loss,
+      params,
+      batches,
+      sparsity=cfg.sparsity,
+      method=cfg.method,
+      steps=cfg.prune_before_steps,
+      prunable=prunable,
+    )
 
   metric_names = tuple(spec.metrics)
   evaluate = None
@@ -99,15 +147,24 @@ def build_task(cfg: common.ExperimentConfig) -> common.Task:
     def evaluate(model, mesh):
       scores = {}
       for split, dataset in zip(splits, evaluations):
-        result = common.classification_metrics(model, eval_batches(dataset), predict_fn,
-                                               spec.metrics, mesh)
+        result = common.classification_metrics(
+          model, eval_batches(dataset), predict_fn, spec.metrics, mesh
+        )
         prefix = "" if split == splits[0] else f"{split}/"
         scores.update({prefix + k: v for k, v in result.items()})
       return scores
 
-  return common.Task(model=model, prunable=prunable, train_batches=train_batches,
-                     eval_batches=eval_batches, loss_fn=loss_fn, predict_fn=predict_fn,
-                     metric_names=metric_names, prepruning=prepruning, evaluate=evaluate)
+  return common.Task(
+    model=model,
+    prunable=prunable,
+    train_batches=train_batches,
+    eval_batches=eval_batches,
+    loss_fn=loss_fn,
+    predict_fn=predict_fn,
+    metric_names=metric_names,
+    prepruning=prepruning,
+    evaluate=evaluate,
+  )
 
 
 def eval_splits(cfg: common.ExperimentConfig) -> list:

@@ -56,8 +56,7 @@ _MANIFEST_VERSION = 1
 
 
 def _is_prng_key(x) -> bool:
-  return (hasattr(x, "dtype")
-          and jax.dtypes.issubdtype(x.dtype, jax.dtypes.prng_key))
+  return hasattr(x, "dtype") and jax.dtypes.issubdtype(x.dtype, jax.dtypes.prng_key)
 
 
 def _flatten(tree):
@@ -95,27 +94,35 @@ class CheckpointManager:
       :meth:`wait_until_finished` before relying on the files).
   """
 
-  def __init__(self, directory: str | os.PathLike, *,
-               max_to_keep: Optional[int] = 3, save_interval_steps: int = 1,
-               async_save: bool = False):
+  def __init__(
+    self,
+    directory: str | os.PathLike,
+    *,
+    max_to_keep: Optional[int] = 3,
+    save_interval_steps: int = 1,
+    async_save: bool = False,
+  ):
     if max_to_keep is not None and max_to_keep < 1:
       raise ValueError(f"max_to_keep must be >= 1 or None, got {max_to_keep}")
     if save_interval_steps < 1:
-      raise ValueError(
-          f"save_interval_steps must be >= 1, got {save_interval_steps}")
+      raise ValueError(f"save_interval_steps must be >= 1, got {save_interval_steps}")
     self.directory = os.path.abspath(os.fspath(directory))
     self.save_interval_steps = save_interval_steps
     self._interrupted = threading.Event()
     self._mngr = ocp.CheckpointManager(
-        self.directory,
-        options=ocp.CheckpointManagerOptions(
-            # The interval is applied here (orbax would also save the very
-            # first step it sees, whatever its number).
-            max_to_keep=max_to_keep, save_interval_steps=1,
-            enable_async_checkpointing=async_save, create=True,
-            # Leftovers of a crashed save are removed, never promoted.
-            cleanup_tmp_directories=True),
-        item_names=("state", "manifest"))
+      self.directory,
+      options=ocp.CheckpointManagerOptions(
+        # The interval is applied here (orbax would also save the very
+        # first step it sees, whatever its number).
+        max_to_keep=max_to_keep,
+        save_interval_steps=1,
+        enable_async_checkpointing=async_save,
+        create=True,
+        # Leftovers of a crashed save are removed, never promoted.
+        cleanup_tmp_directories=True,
+      ),
+      item_names=("state", "manifest"),
+    )
 
   # -- saving ----------------------------------------------------------------
 
@@ -130,15 +137,18 @@ class CheckpointManager:
       return False
     flat, _ = _flatten(state)
     manifest = {
-        "version": _MANIFEST_VERSION,
-        "keys": [k for k, _ in flat],
-        "leaves": [_leaf_meta(x) for _, x in flat],
+      "version": _MANIFEST_VERSION,
+      "keys": [k for k, _ in flat],
+      "leaves": [_leaf_meta(x) for _, x in flat],
     }
     arrays = {f"{i:06d}": _to_saveable(x) for i, (_, x) in enumerate(flat)}
     return self._mngr.save(
-        step, force=force,
-        args=ocp.args.Composite(state=ocp.args.StandardSave(arrays),
-                                manifest=ocp.args.JsonSave(manifest)))
+      step,
+      force=force,
+      args=ocp.args.Composite(
+        state=ocp.args.StandardSave(arrays), manifest=ocp.args.JsonSave(manifest)
+      ),
+    )
 
   def save_now(self, step: int, state: Any) -> bool:
     """Saves regardless of the interval (for interrupts / end of training)."""
@@ -175,12 +185,13 @@ class CheckpointManager:
       if step is None:
         raise FileNotFoundError(f"no checkpoint in {self.directory}")
     elif int(step) not in self.all_steps():
-      raise FileNotFoundError(f"no checkpoint for step {step} in "
-                              f"{self.directory} (have {self.all_steps()})")
+      raise FileNotFoundError(
+        f"no checkpoint for step {step} in {self.directory} (have {self.all_steps()})"
+      )
     step = int(step)
-    manifest = self._mngr.restore(
-        step, args=ocp.args.Composite(manifest=ocp.args.JsonRestore()))[
-            "manifest"]
+    manifest = self._mngr.restore(step, args=ocp.args.Composite(manifest=ocp.args.JsonRestore()))[
+      "manifest"
+    ]
     tflat, treedef = _flatten(target)
     self._check(step, manifest, tflat)
     abstract = {}
@@ -190,22 +201,25 @@ class CheckpointManager:
         data = jax.eval_shape(jax.random.key_data, x)
         abstract[f"{i:06d}"] = jax.ShapeDtypeStruct(data.shape, data.dtype)
       else:
-        abstract[f"{i:06d}"] = jax.ShapeDtypeStruct(tuple(meta["shape"]),
-                                                    np.dtype(meta["dtype"]))
+        abstract[f"{i:06d}"] = jax.ShapeDtypeStruct(tuple(meta["shape"]), np.dtype(meta["dtype"]))
     arrays = self._mngr.restore(
-        step, args=ocp.args.Composite(
-            state=ocp.args.StandardRestore(abstract)))["state"]
+      step, args=ocp.args.Composite(state=ocp.args.StandardRestore(abstract))
+    )["state"]
     leaves = []
     for i, (_, x) in enumerate(tflat):
       meta, a = manifest["leaves"][i], arrays[f"{i:06d}"]
       if meta["dtype"] == "prng_key":
         a = jax.random.wrap_key_data(jnp.asarray(a), impl=meta["impl"])
-      elif (hasattr(x, "dtype") and np.issubdtype(np.dtype(x.dtype), np.integer)
-            and np.dtype(x.dtype) != np.dtype(meta["dtype"])):
+      elif (
+        hasattr(x, "dtype")
+        and np.issubdtype(np.dtype(x.dtype), np.integer)
+        and np.dtype(x.dtype) != np.dtype(meta["dtype"])
+      ):
         a = np.asarray(a).astype(x.dtype)
       elif "python" in meta:
-        a = {"int": int, "float": float, "bool": bool}.get(
-            meta["python"], lambda v: v)(np.asarray(a).item())
+        a = {"int": int, "float": float, "bool": bool}.get(meta["python"], lambda v: v)(
+          np.asarray(a).item()
+        )
       leaves.append(a)
     return jax.tree_util.tree_unflatten(treedef, leaves)
 
@@ -215,39 +229,46 @@ class CheckpointManager:
     for i in range(max(len(keys), len(tflat))):
       if i >= len(keys):
         raise ValueError(
-            f"checkpoint step {step} does not match the target: target key "
-            f"{tflat[i][0]!r} is not in the checkpoint (checkpoint has "
-            f"{len(keys)} leaves, target {len(tflat)})")
+          f"checkpoint step {step} does not match the target: target key "
+          f"{tflat[i][0]!r} is not in the checkpoint (checkpoint has "
+          f"{len(keys)} leaves, target {len(tflat)})"
+        )
       if i >= len(tflat):
         raise ValueError(
-            f"checkpoint step {step} does not match the target: checkpoint "
-            f"key {keys[i]!r} is not in the target (checkpoint has "
-            f"{len(keys)} leaves, target {len(tflat)})")
+          f"checkpoint step {step} does not match the target: checkpoint "
+          f"key {keys[i]!r} is not in the target (checkpoint has "
+          f"{len(keys)} leaves, target {len(tflat)})"
+        )
       tkey, x = tflat[i]
       tmeta = _leaf_meta(x)
       if keys[i] != tkey:
         raise ValueError(
-            f"checkpoint step {step} does not match the target: first "
-            f"mismatching key: checkpoint {keys[i]!r} "
-            f"(shape {tuple(metas[i]['shape'])}) vs target {tkey!r} "
-            f"(shape {tuple(tmeta['shape'])})")
+          f"checkpoint step {step} does not match the target: first "
+          f"mismatching key: checkpoint {keys[i]!r} "
+          f"(shape {tuple(metas[i]['shape'])}) vs target {tkey!r} "
+          f"(shape {tuple(tmeta['shape'])})"
+        )
       if tuple(metas[i]["shape"]) != tuple(tmeta["shape"]):
         raise ValueError(
-            f"checkpoint step {step} does not match the target at key "
-            f"{tkey!r}: checkpoint shape {tuple(metas[i]['shape'])}, target "
-            f"shape {tuple(tmeta['shape'])}")
+          f"checkpoint step {step} does not match the target at key "
+          f"{tkey!r}: checkpoint shape {tuple(metas[i]['shape'])}, target "
+          f"shape {tuple(tmeta['shape'])}"
+        )
       # Python scalars (e.g. an int step) may come back against a weakly
       # typed ShapeDtypeStruct from jax.eval_shape: their dtype is not fixed.
       scalar = "python" in metas[i] or "python" in tmeta
       # int64 counters saved with x64 on come back as int32 targets from
       # jax.eval_shape with x64 off; integers of either width are accepted.
-      ints = all(d != "prng_key" and np.issubdtype(np.dtype(d), np.integer)
-                 for d in (metas[i]["dtype"], tmeta["dtype"]))
+      ints = all(
+        d != "prng_key" and np.issubdtype(np.dtype(d), np.integer)
+        for d in (metas[i]["dtype"], tmeta["dtype"])
+      )
       if not (scalar or ints) and metas[i]["dtype"] != tmeta["dtype"]:
         raise ValueError(
-            f"checkpoint step {step} does not match the target at key "
-            f"{tkey!r}: checkpoint dtype {metas[i]['dtype']}, target dtype "
-            f"{tmeta['dtype']}")
+          f"checkpoint step {step} does not match the target at key "
+          f"{tkey!r}: checkpoint dtype {metas[i]['dtype']}, target dtype "
+          f"{tmeta['dtype']}"
+        )
 
   # -- interrupts ------------------------------------------------------------
 
@@ -266,8 +287,7 @@ class CheckpointManager:
     on exit. Must be entered from the main thread (a Python restriction).
     """
     self._interrupted.clear()
-    old = {s: signal.signal(s, lambda *_: self._interrupted.set())
-           for s in signals}
+    old = {s: signal.signal(s, lambda *_: self._interrupted.set()) for s in signals}
     try:
       yield self
     finally:

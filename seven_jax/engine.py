@@ -40,6 +40,7 @@ class PruningState(NamedTuple):
     scores: scores, same layout and dtype.
     inner_state: state of the wrapped optimizer.
   """
+
   count: jax.Array
   masks: Any
   stats: tuple
@@ -63,24 +64,24 @@ def _check_range(name, value, low, high):
 
 
 def build_transform(
-    inner: optax.GradientTransformation,
-    rule: ScoreRule,
-    hp: dict,
-    *,
-    sparsity,
-    start_step,
-    pruning_steps,
-    prunable: PrunableSpec,
-    scope: str,
-    resurrect: bool,
-    update_every,
-    nm: Optional[tuple[int, int]] = None,
-    schedule: str = "cubic",
-    threshold: Optional[float] = None,
-    stats_dtype=jnp.float32,
-    pack: Optional[Callable] = None,
-    unpack: Optional[Callable] = None,
-    name: str = "pruning_mask",
+  inner: optax.GradientTransformation,
+  rule: ScoreRule,
+  hp: dict,
+  *,
+  sparsity,
+  start_step,
+  pruning_steps,
+  prunable: PrunableSpec,
+  scope: str,
+  resurrect: bool,
+  update_every,
+  nm: Optional[tuple[int, int]] = None,
+  schedule: str = "cubic",
+  threshold: Optional[float] = None,
+  stats_dtype=jnp.float32,
+  pack: Optional[Callable] = None,
+  unpack: Optional[Callable] = None,
+  name: str = "pruning_mask",
 ) -> optax.GradientTransformationExtraArgs:
   """The engine. ``pack(count, masks, stats, scores, inner_state)`` builds the
   state and ``unpack(state)`` reads those five back; by default the state is a
@@ -95,28 +96,32 @@ def build_transform(
   def init_fn(params):
     if type(params).__name__ == "_ParamsPlaceholder":
       # optax.tree.map_params probes init with a leafless placeholder.
-      return pack(jnp.zeros([], jnp.int32), params, (params,) * num_stats,
-                  params, inner.init(params))
+      return pack(
+        jnp.zeros([], jnp.int32), params, (params,) * num_stats, params, inner.init(params)
+      )
     spec = resolve_prunable(prunable, params)
     if nm is not None:
       flat, treedef = jax.tree_util.tree_flatten_with_path(params)
       flat_spec = treedef.flatten_up_to(spec)
       selection.check_pattern_shapes(
-          nm, [p for (_, p), s in zip(flat, flat_spec) if s],
-          [path_str(k) for (k, _), s in zip(flat, flat_spec) if s])
-    stat = lambda p, s: (jnp.zeros(jnp.shape(p), stats_dtype) if s
-                         else jnp.zeros((), jnp.float32))
+        nm,
+        [p for (_, p), s in zip(flat, flat_spec) if s],
+        [path_str(k) for (k, _), s in zip(flat, flat_spec) if s],
+      )
+    stat = lambda p, s: jnp.zeros(jnp.shape(p), stats_dtype) if s else jnp.zeros((), jnp.float32)
     zeros = lambda: jax.tree.map(stat, params, spec)
     # Non-prunable leaves are never masked: a static AllKept records their
     # shape (for seven_jax.masks) without a byte per weight.
-    keep = lambda p, s: (jnp.ones(jnp.shape(p), jnp.bool_) if s
-                         else transform.AllKept(tuple(jnp.shape(p))))
+    keep = lambda p, s: (
+      jnp.ones(jnp.shape(p), jnp.bool_) if s else transform.AllKept(tuple(jnp.shape(p)))
+    )
     return pack(
-        jnp.zeros([], jnp.int32),
-        jax.tree.map(keep, params, spec),
-        tuple(zeros() for _ in range(num_stats)),
-        zeros(),
-        inner.init(params))
+      jnp.zeros([], jnp.int32),
+      jax.tree.map(keep, params, spec),
+      tuple(zeros() for _ in range(num_stats)),
+      zeros(),
+      inner.init(params),
+    )
 
   def update_fn(updates, state, params=None, **extra_args):
     if params is None:
@@ -130,11 +135,12 @@ def build_transform(
     flat_grads = treedef.flatten_up_to(updates)
 
     # Gradient of the masked network: pruned coordinates get exactly 0.
-    flat_grads = [jnp.where(m, g, jnp.zeros_like(g)) if s else g
-                  for g, m, s in zip(flat_grads, flat_masks, is_prunable)]
+    flat_grads = [
+      jnp.where(m, g, jnp.zeros_like(g)) if s else g
+      for g, m, s in zip(flat_grads, flat_masks, is_prunable)
+    ]
     grads = treedef.unflatten(flat_grads)
-    inner_updates, inner_state = inner.update(grads, state_inner, params,
-                                              **extra_args)
+    inner_updates, inner_state = inner.update(grads, state_inner, params, **extra_args)
     flat_inner = treedef.flatten_up_to(inner_updates)
 
     idx = [i for i, s in enumerate(is_prunable) if s]
@@ -154,9 +160,14 @@ def build_transform(
       for j, i in enumerate(idx):
         w = flat_params[i].astype(jnp.float32)
         inputs = ScoreInputs(
-            param=w, weight_after=w + flat_inner[i].astype(jnp.float32),
-            grad=flat_grads[i], mask=masks_p[j], local_step=local_step,
-            is_last=is_last, total=total)
+          param=w,
+          weight_after=w + flat_inner[i].astype(jnp.float32),
+          grad=flat_grads[i],
+          mask=masks_p[j],
+          local_step=local_step,
+          is_last=is_last,
+          total=total,
+        )
         st, score = rule.update(hp, inputs, tuple(stats_p[j]), s_p[j])
         score = canonicalize_scores(score)
         if not resurrect and not rule.signed:
@@ -167,30 +178,43 @@ def build_transform(
       if schedule == "cubic":
         keep_ratio = schedules.cubic_keep_ratio(local_step, pruning_steps, final_keep)
       else:
-        keep_ratio = schedules.exponential_keep_ratio(local_step, pruning_steps - 1,
-                                                      final_keep)
+        keep_ratio = schedules.exponential_keep_ratio(local_step, pruning_steps - 1, final_keep)
 
       def select(_):
         nm_keep = selection.nm_keep_count(keep_ratio, nm, is_last) if nm else None
         return selection.select_masks(
-            new_s, masks_p, keep_ratio, scope=scope, nm=nm, nm_keep=nm_keep,
-            resurrect=resurrect, signed=rule.signed, threshold=threshold)
+          new_s,
+          masks_p,
+          keep_ratio,
+          scope=scope,
+          nm=nm,
+          nm_keep=nm_keep,
+          resurrect=resurrect,
+          signed=rule.signed,
+          threshold=threshold,
+        )
 
       select_now = ((local_step + 1) % update_every == 0) | is_last
       # The mask is chosen from the float32 scores; only the stored copy is
       # rounded (stochastically, for bfloat16: see seven_jax.storage).
       new_masks = lax.cond(select_now, select, lambda _: list(masks_p), None)
-      new_stats = [tuple(storage.store(x, stats_dtype, t, (num_stats + 1) * j + n)
-                         for n, x in enumerate(st)) for j, st in enumerate(new_stats)]
-      new_s = [storage.store(x, stats_dtype, t, (num_stats + 1) * j + num_stats)
-               for j, x in enumerate(new_s)]
+      new_stats = [
+        tuple(storage.store(x, stats_dtype, t, (num_stats + 1) * j + n) for n, x in enumerate(st))
+        for j, st in enumerate(new_stats)
+      ]
+      new_s = [
+        storage.store(x, stats_dtype, t, (num_stats + 1) * j + num_stats)
+        for j, x in enumerate(new_s)
+      ]
       return new_masks, new_stats, new_s
 
     flat_stats = [treedef.flatten_up_to(tree) for tree in state_stats]
     flat_s = treedef.flatten_up_to(state_scores)
-    operand = ([flat_masks[i] for i in idx],
-               [tuple(fs[i] for fs in flat_stats) for i in idx],
-               [flat_s[i] for i in idx])
+    operand = (
+      [flat_masks[i] for i in idx],
+      [tuple(fs[i] for fs in flat_stats) for i in idx],
+      [flat_s[i] for i in idx],
+    )
     masks_p, stats_p, s_p = lax.cond(in_window, prune, lambda op: op, operand)
     for j, i in enumerate(idx):
       flat_masks[i], flat_s[i] = masks_p[j], s_p[j]
@@ -202,29 +226,33 @@ def build_transform(
     for u, p, m, s in zip(flat_inner, flat_params, flat_masks, is_prunable):
       final.append(jnp.where(m, u, -p.astype(u.dtype)) if s else u)
 
-    new_state = pack(optax.safe_increment(t), treedef.unflatten(flat_masks),
-                     tuple(treedef.unflatten(fs) for fs in flat_stats),
-                     treedef.unflatten(flat_s), inner_state)
+    new_state = pack(
+      optax.safe_increment(t),
+      treedef.unflatten(flat_masks),
+      tuple(treedef.unflatten(fs) for fs in flat_stats),
+      treedef.unflatten(flat_s),
+      inner_state,
+    )
     return treedef.unflatten(final), new_state
 
   return optax.GradientTransformationExtraArgs(init_fn, update_fn)
 
 
 def pruning_mask(
-    inner: optax.GradientTransformation,
-    method: str = "seven",
-    sparsity: Optional[float] = None,
-    start_step: int = 0,
-    pruning_steps: int = 1000,
-    prunable: PrunableSpec = None,
-    *,
-    scope: str = "global",
-    resurrect: Optional[bool] = None,
-    pattern: Optional[str] = None,
-    update_every: Optional[int] = None,
-    schedule: str = "cubic",
-    stats_dtype=jnp.float32,
-    **method_kwargs,
+  inner: optax.GradientTransformation,
+  method: str = "seven",
+  sparsity: Optional[float] = None,
+  start_step: int = 0,
+  pruning_steps: int = 1000,
+  prunable: PrunableSpec = None,
+  *,
+  scope: str = "global",
+  resurrect: Optional[bool] = None,
+  pattern: Optional[str] = None,
+  update_every: Optional[int] = None,
+  schedule: str = "cubic",
+  stats_dtype=jnp.float32,
+  **method_kwargs,
 ) -> optax.GradientTransformationExtraArgs:
   r"""Prunes while fine-tuning with any registered dynamic method.
 
@@ -289,8 +317,7 @@ def pruning_mask(
     [2, 2]
   """
   rule = get_rule(method)
-  if set(method_kwargs) == {"method_kwargs"} and isinstance(
-      method_kwargs["method_kwargs"], dict):
+  if set(method_kwargs) == {"method_kwargs"} and isinstance(method_kwargs["method_kwargs"], dict):
     # optax.inject_hyperparams binds **kwargs as one static dict argument.
     method_kwargs = method_kwargs["method_kwargs"]
   hp = resolve_hparams(rule, method_kwargs)
@@ -300,11 +327,14 @@ def pruning_mask(
     if sparsity is None:
       sparsity = implied
     elif _is_concrete(sparsity) and abs(float(sparsity) - implied) > 1e-6:
-      raise ValueError(f"sparsity={sparsity!r} contradicts pattern={pattern!r}, "
-                       f"which prunes exactly {implied:g}; drop one of them.")
+      raise ValueError(
+        f"sparsity={sparsity!r} contradicts pattern={pattern!r}, "
+        f"which prunes exactly {implied:g}; drop one of them."
+      )
   if sparsity is None:
-    raise ValueError("sparsity is required (a float in [0, 1)) unless a "
-                     "pattern such as '2:4' is given.")
+    raise ValueError(
+      "sparsity is required (a float in [0, 1)) unless a pattern such as '2:4' is given."
+    )
   _check_range("sparsity", sparsity, 0.0, 1.0)
   for name in ("b1", "b2"):
     if name in hp:
@@ -323,11 +353,24 @@ def pruning_mask(
     raise ValueError(f"update_every must be >= 1, got {update_every!r}.")
   threshold = rule.threshold(hp)
   if threshold is not None and nm is not None:
-    raise ValueError("a fixed score threshold and an N:M pattern exclude each "
-                     "other; pass one of threshold= or pattern=.")
+    raise ValueError(
+      "a fixed score threshold and an N:M pattern exclude each "
+      "other; pass one of threshold= or pattern=."
+    )
   resurrect = rule.resurrect if resurrect is None else bool(resurrect)
   return build_transform(
-      inner, rule, hp, sparsity=sparsity, start_step=start_step,
-      pruning_steps=pruning_steps, prunable=prunable, scope=scope,
-      resurrect=resurrect, update_every=update_every, nm=nm, schedule=schedule,
-      threshold=threshold, stats_dtype=stats_dtype)
+    inner,
+    rule,
+    hp,
+    sparsity=sparsity,
+    start_step=start_step,
+    pruning_steps=pruning_steps,
+    prunable=prunable,
+    scope=scope,
+    resurrect=resurrect,
+    update_every=update_every,
+    nm=nm,
+    schedule=schedule,
+    threshold=threshold,
+    stats_dtype=stats_dtype,
+  )

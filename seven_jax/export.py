@@ -28,12 +28,12 @@ from seven_jax.models.vit import params as vit_params
 
 # Our task classes and the Hugging Face architecture names they export as.
 _ARCH = {
-    "BertModel": "BertModel",
-    "BertForSequenceClassification": "BertForSequenceClassification",
-    "BertForQuestionAnswering": "BertForQuestionAnswering",
-    "ViTModel": "ViTModel",
-    "ViTForImageClassification": "ViTForImageClassification",
-    "CLIPVisionModel": "CLIPVisionModel",
+  "BertModel": "BertModel",
+  "BertForSequenceClassification": "BertForSequenceClassification",
+  "BertForQuestionAnswering": "BertForQuestionAnswering",
+  "ViTModel": "ViTModel",
+  "ViTForImageClassification": "ViTForImageClassification",
+  "CLIPVisionModel": "CLIPVisionModel",
 }
 
 
@@ -61,14 +61,17 @@ def _mask_lookup(masks) -> dict[tuple[str, ...], Any]:
   Keying by names rather than tree structure lets masks come as an
   ``nnx.State``, a pure dict, or a dict holding only the prunable leaves.
   """
-  flat = jax.tree_util.tree_leaves_with_path(
-      masks, is_leaf=lambda x: x is None)
+  flat = jax.tree_util.tree_leaves_with_path(masks, is_leaf=lambda x: x is None)
   return {_hf.path_names(p): m for p, m in flat if m is not None}
 
 
-def export_pruned(model_or_params, config, out_dir: str | os.PathLike,
-                  masks: Optional[Any] = None,
-                  tokenizer_dir: Optional[str | os.PathLike] = None) -> dict:
+def export_pruned(
+  model_or_params,
+  config,
+  out_dir: str | os.PathLike,
+  masks: Optional[Any] = None,
+  tokenizer_dir: Optional[str | os.PathLike] = None,
+) -> dict:
   """Writes a Hugging Face-format directory of a pruned model.
 
   Args:
@@ -102,11 +105,14 @@ def export_pruned(model_or_params, config, out_dir: str | os.PathLike,
   elif isinstance(config, clip_modeling.CLIPVisionConfig):
     family, preset = "clip_vision", clip_params.is_prunable_path
   else:
-    raise ValueError("config must be a BertConfig, ViTConfig or "
-                     "CLIPVisionConfig, got "
-                     f"{type(config).__name__}")
-  state = (nnx.state(model_or_params, nnx.Param)
-           if isinstance(model_or_params, nnx.Module) else model_or_params)
+    raise ValueError(
+      f"config must be a BertConfig, ViTConfig or CLIPVisionConfig, got {type(config).__name__}"
+    )
+  state = (
+    nnx.state(model_or_params, nnx.Param)
+    if isinstance(model_or_params, nnx.Module)
+    else model_or_params
+  )
   arch = _architecture(model_or_params, family)
   lookup = _mask_lookup(masks) if masks is not None else {}
 
@@ -120,18 +126,26 @@ def export_pruned(model_or_params, config, out_dir: str | os.PathLike,
     if m is not None and not (isinstance(m, bool) and m):
       m = np.asarray(jax.device_get(m))
       if m.shape != w.shape:
-        raise ValueError(f"masks: mask for {'.'.join(names)!r} has shape "
-                         f"{m.shape}, parameter has {w.shape}")
+        raise ValueError(
+          f"masks: mask for {'.'.join(names)!r} has shape {m.shape}, parameter has {w.shape}"
+        )
       # where (not multiply) so pruned entries are +0.0, never -0.0 or NaN.
       w = np.where(m.astype(bool), w, np.float32(0.0))
     tensors[key] = np.ascontiguousarray(_hf.to_torch_layout(names, w))
     if counted:
-      rows.append({"key": key, "shape": list(w.shape), "size": int(w.size),
-                   "zeros": int(np.count_nonzero(w == 0))})
+      rows.append(
+        {
+          "key": key,
+          "shape": list(w.shape),
+          "size": int(w.size),
+          "zeros": int(np.count_nonzero(w == 0)),
+        }
+      )
 
   out = pathlib.Path(out_dir)
   out.mkdir(parents=True, exist_ok=True)
   from safetensors.numpy import save_file  # pylint: disable=g-import-not-at-top
+
   save_file(tensors, str(out / _hf.SAFETENSORS), metadata={"format": "pt"})
   cfg = config.to_hf_dict()
   cfg["architectures"] = [arch]
@@ -150,22 +164,23 @@ def export_pruned(model_or_params, config, out_dir: str | os.PathLike,
   total = sum(r["size"] for r in rows)
   zeros = sum(r["zeros"] for r in rows)
   report = {
-      "architecture": arch,
-      "num_tensors": len(rows),
-      "total_weights": total,
-      "zero_weights": zeros,
-      "sparsity": zeros / total if total else 0.0,
-      "remain_ratio": 1.0 - zeros / total if total else 1.0,
-      "all_params": int(sum(t.size for t in tensors.values())),
-      "tokenizer_files": copied,
-      "tensors": rows,
+    "architecture": arch,
+    "num_tensors": len(rows),
+    "total_weights": total,
+    "zero_weights": zeros,
+    "sparsity": zeros / total if total else 0.0,
+    "remain_ratio": 1.0 - zeros / total if total else 1.0,
+    "all_params": int(sum(t.size for t in tensors.values())),
+    "tokenizer_files": copied,
+    "tensors": rows,
   }
   (out / "sparsity_report.json").write_text(json.dumps(report, indent=2))
   return report
 
 
-def sparse_memory_report(model_or_params, masks: Optional[Any] = None, *,
-                         as_bcoo: bool = False) -> dict:
+def sparse_memory_report(
+  model_or_params, masks: Optional[Any] = None, *, as_bcoo: bool = False
+) -> dict:
   """Memory of the masked matrices in dense, BCOO and 2:4 layouts.
 
   Args:
@@ -183,8 +198,11 @@ def sparse_memory_report(model_or_params, masks: Optional[Any] = None, *,
     NVIDIA's 2:4 format) when every group of 4 consecutive inputs keeps at
     most 2, else ``None``, and ``two_four_ok``.
   """
-  state = (nnx.state(model_or_params, nnx.Param)
-           if isinstance(model_or_params, nnx.Module) else model_or_params)
+  state = (
+    nnx.state(model_or_params, nnx.Param)
+    if isinstance(model_or_params, nnx.Module)
+    else model_or_params
+  )
   lookup = _mask_lookup(masks) if masks is not None else {}
   dense = bcoo = nnz_total = 0
   two_four_ok = True
@@ -214,10 +232,15 @@ def sparse_memory_report(model_or_params, masks: Optional[Any] = None, *,
       two_four_ok = False
     if as_bcoo:
       from jax.experimental import sparse  # pylint: disable=g-import-not-at-top
+
       mats[_hf.torch_key(names)[0]] = sparse.BCOO.fromdense(w, nse=nnz)
-  out = {"dense_bytes": dense, "bcoo_bytes": bcoo, "nonzeros": nnz_total,
-         "two_four_ok": two_four_ok,
-         "two_four_bytes": two_four if two_four_ok else None}
+  out = {
+    "dense_bytes": dense,
+    "bcoo_bytes": bcoo,
+    "nonzeros": nnz_total,
+    "two_four_ok": two_four_ok,
+    "two_four_bytes": two_four if two_four_ok else None,
+  }
   if as_bcoo:
     out["bcoo"] = mats
   return out

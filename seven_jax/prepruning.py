@@ -66,18 +66,18 @@ import optax
 
 from seven_jax import schedules, selection, transform
 from seven_jax.prunable import PrunableSpec, path_str, resolve_prunable
-from seven_jax.scores import (DYNAMIC_RULES, PRE_METHODS, ScoreInputs,
-                              methods, resolve_hparams)
+from seven_jax.scores import DYNAMIC_RULES, PRE_METHODS, ScoreInputs, methods, resolve_hparams
 from seven_jax.threshold import canonicalize_scores
 
-__all__ = ["prune_before_finetuning", "fixed_mask", "FixedMaskState", "freeze",
-           "PreMethod"]
+__all__ = ["prune_before_finetuning", "fixed_mask", "FixedMaskState", "freeze", "PreMethod"]
 
 
 # ---------------------------------------------------------------- fixed mask
 
+
 class FixedMaskState(NamedTuple):
   """State of :func:`fixed_mask`: the frozen masks and the inner state."""
+
   count: jax.Array
   masks: Any
   inner_state: Any
@@ -86,8 +86,9 @@ class FixedMaskState(NamedTuple):
 transform._MASK_STATE_TYPES.append(FixedMaskState)
 
 
-def fixed_mask(inner: optax.GradientTransformation, masks: Any
-               ) -> optax.GradientTransformationExtraArgs:
+def fixed_mask(
+  inner: optax.GradientTransformation, masks: Any
+) -> optax.GradientTransformationExtraArgs:
   """Fine-tunes with a frozen mask; pruned weights are exactly 0 after every step.
 
   The gradient is masked (the gradient of the masked network ``W * M``), the
@@ -108,26 +109,27 @@ def fixed_mask(inner: optax.GradientTransformation, masks: Any
       return FixedMaskState(jnp.zeros([], jnp.int32), params, inner.init(params))
     p_def, m_def = jax.tree.structure(params), jax.tree.structure(masks)
     if p_def != m_def:
-      raise ValueError(f"masks must have the structure of params; params: "
-                       f"{p_def}, masks: {m_def}.")
-    for (path, p), m in zip(jax.tree_util.tree_flatten_with_path(params)[0],
-                            jax.tree.leaves(masks)):
+      raise ValueError(f"masks must have the structure of params; params: {p_def}, masks: {m_def}.")
+    for (path, p), m in zip(
+      jax.tree_util.tree_flatten_with_path(params)[0], jax.tree.leaves(masks)
+    ):
       if np.shape(p) != np.shape(m):
-        raise ValueError(f"mask of '{path_str(path)}' has shape {np.shape(m)}, "
-                         f"the parameter {np.shape(p)}.")
+        raise ValueError(
+          f"mask of '{path_str(path)}' has shape {np.shape(m)}, the parameter {np.shape(p)}."
+        )
     return FixedMaskState(jnp.zeros([], jnp.int32), masks, inner.init(params))
 
   def update_fn(updates, state, params=None, **extra_args):
     if params is None:
-      raise ValueError("fixed_mask needs the current parameters: call "
-                       "tx.update(grads, state, params).")
-    grads = jax.tree.map(lambda g, m: jnp.where(m, g, jnp.zeros_like(g)),
-                         updates, state.masks)
+      raise ValueError(
+        "fixed_mask needs the current parameters: call tx.update(grads, state, params)."
+      )
+    grads = jax.tree.map(lambda g, m: jnp.where(m, g, jnp.zeros_like(g)), updates, state.masks)
     u, inner_state = inner.update(grads, state.inner_state, params, **extra_args)
-    final = jax.tree.map(lambda u_, p, m: jnp.where(m, u_, -p.astype(u_.dtype)),
-                         u, params, state.masks)
-    return final, FixedMaskState(optax.safe_increment(state.count), state.masks,
-                                 inner_state)
+    final = jax.tree.map(
+      lambda u_, p, m: jnp.where(m, u_, -p.astype(u_.dtype)), u, params, state.masks
+    )
+    return final, FixedMaskState(optax.safe_increment(state.count), state.masks, inner_state)
 
   return optax.GradientTransformationExtraArgs(init_fn, update_fn)
 
@@ -161,12 +163,14 @@ def freeze(opt_state: Any) -> Any:
 
 # ---------------------------------------------------------- pre-pruning core
 
+
 class PreMethod(NamedTuple):
   """A pre-pruning method: its runner and defaults.
 
   ``run(ctx) -> (prunable masks, params)``; ``batches(steps, per_step)`` is the
   number of mini-batches it reads.
   """
+
   name: str
   run: Callable
   default_steps: int
@@ -182,31 +186,35 @@ class _Batches:
   def __init__(self, batches, needed: int, method: str, why: str):
     self.needed, self.method, self.why, self.count = needed, method, why, 0
     if needed and batches is None:
-      raise ValueError(f"method {method!r} needs {needed} mini-batches ({why}); "
-                       "pass batches=.")
+      raise ValueError(f"method {method!r} needs {needed} mini-batches ({why}); pass batches=.")
     if needed and hasattr(batches, "__len__") and len(batches) < needed:
-      raise ValueError(f"batches ran out: method {method!r} needs {needed} "
-                       f"mini-batches ({why}) but only {len(batches)} came.")
+      raise ValueError(
+        f"batches ran out: method {method!r} needs {needed} "
+        f"mini-batches ({why}) but only {len(batches)} came."
+      )
     self.it = iter(batches) if needed else iter(())
 
   def next(self):
     try:
       batch = next(self.it)
     except StopIteration:
-      raise ValueError(f"batches ran out: method {self.method!r} needs "
-                       f"{self.needed} mini-batches ({self.why}) but only "
-                       f"{self.count} came.") from None
+      raise ValueError(
+        f"batches ran out: method {self.method!r} needs "
+        f"{self.needed} mini-batches ({self.why}) but only "
+        f"{self.count} came."
+      ) from None
     self.count += 1
     return batch
 
 
 class _Context(NamedTuple):
   """Everything a runner needs, flattened over the prunable leaves."""
+
   method: str
   loss_fn: Callable
   params: Any
   treedef: Any
-  idx: list            # positions of the prunable leaves in the flat params
+  idx: list  # positions of the prunable leaves in the flat params
   total: int
   final_keep: float
   steps: int
@@ -237,17 +245,24 @@ class _Context(NamedTuple):
     return self.treedef.unflatten(flat)
 
   def apply_masks(self, params, masks):
-    leaves = [jnp.where(m, p, jnp.zeros_like(p))
-              for p, m in zip(self.prunable_leaves(params), masks)]
+    leaves = [
+      jnp.where(m, p, jnp.zeros_like(p)) for p, m in zip(self.prunable_leaves(params), masks)
+    ]
     return self.with_prunable(params, leaves)
 
   def select(self, scores, masks, ratio, is_last, *, signed=False, resurrect=None):
     scores = [canonicalize_scores(s) for s in scores]
     nm_keep = selection.nm_keep_count(ratio, self.nm, is_last) if self.nm else None
     return selection.select_masks(
-        scores, masks, ratio, scope=self.scope, nm=self.nm, nm_keep=nm_keep,
-        resurrect=self.resurrect if resurrect is None else resurrect,
-        signed=signed)
+      scores,
+      masks,
+      ratio,
+      scope=self.scope,
+      nm=self.nm,
+      nm_keep=nm_keep,
+      resurrect=self.resurrect if resurrect is None else resurrect,
+      signed=signed,
+    )
 
   def ones(self):
     return [jnp.ones(jnp.shape(p), jnp.bool_) for p in self.prunable_leaves(self.params)]
@@ -265,6 +280,7 @@ def _mean_grad(ctx: _Context, grad_fn, params, count: int):
 
 
 # ------------------------------------------------------------------ runners
+
 
 def _run_rule(ctx: _Context):
   """Any dynamic score rule along the cubic schedule over ``steps`` batches."""
@@ -285,8 +301,9 @@ def _run_rule(ctx: _Context):
       after = params
     is_last = p == ctx.steps - 1
     new_stats, new_scores = [], []
-    for j, (w, wa, g) in enumerate(zip(ctx.prunable_leaves(params),
-                                       ctx.prunable_leaves(after), flat_g)):
+    for j, (w, wa, g) in enumerate(
+      zip(ctx.prunable_leaves(params), ctx.prunable_leaves(after), flat_g)
+    ):
       w32 = w.astype(jnp.float32)
       x = ScoreInputs(w32, wa.astype(jnp.float32), g, masks[j], p, is_last, ctx.total)
       st, s = rule.update(ctx.hp, x, stats[j], scores[j])
@@ -309,8 +326,8 @@ def _run_rule(ctx: _Context):
   for p in range(ctx.steps):
     grads, _ = _mean_grad(ctx, grad_fn, ctx.apply_masks(params, masks), ctx.per_step)
     params, masks, stats, scores, opt_state = step(
-        ctx.apply_masks(params, masks), masks, stats, scores, opt_state, grads,
-        jnp.int32(p))
+      ctx.apply_masks(params, masks), masks, stats, scores, opt_state, grads, jnp.int32(p)
+    )
   return masks, params
 
 
@@ -321,8 +338,10 @@ def _run_magnitude(ctx: _Context):
 
 def _run_random(ctx: _Context):
   key = jax.random.PRNGKey(ctx.seed)
-  scores = [jax.random.uniform(jax.random.fold_in(key, j), jnp.shape(w))
-            for j, w in enumerate(ctx.prunable_leaves(ctx.params))]
+  scores = [
+    jax.random.uniform(jax.random.fold_in(key, j), jnp.shape(w))
+    for j, w in enumerate(ctx.prunable_leaves(ctx.params))
+  ]
   return ctx.select(scores, ctx.ones(), ctx.final_keep, True), ctx.params
 
 
@@ -334,8 +353,10 @@ def snip_scores(loss_fn, params, batches, leaves_of):
     gb = grad_fn(params, batch)
     g = gb if g is None else jax.tree.map(jnp.add, g, gb)
   g = jax.tree.map(lambda x: x / len(batches), g)
-  return [jnp.abs(w.astype(jnp.float32) * gl.astype(jnp.float32))
-          for w, gl in zip(leaves_of(params), leaves_of(g))]
+  return [
+    jnp.abs(w.astype(jnp.float32) * gl.astype(jnp.float32))
+    for w, gl in zip(leaves_of(params), leaves_of(g))
+  ]
 
 
 def _run_snip(ctx: _Context):
@@ -369,14 +390,15 @@ def grasp_scores(loss_fn, params, batches, leaves_of, with_prunable):
     hb = hvp(params, tangent, batch)
     hg = hb if hg is None else jax.tree.map(jnp.add, hg, hb)
   hg = jax.tree.map(lambda x: x / len(batches), hg)
-  return [-(w.astype(jnp.float32) * h.astype(jnp.float32))
-          for w, h in zip(leaves_of(params), leaves_of(hg))]
+  return [
+    -(w.astype(jnp.float32) * h.astype(jnp.float32))
+    for w, h in zip(leaves_of(params), leaves_of(hg))
+  ]
 
 
 def _run_grasp(ctx: _Context):
   batches = [ctx.batches.next() for _ in range(ctx.steps)]
-  s = grasp_scores(ctx.loss_fn, ctx.params, batches, ctx.prunable_leaves,
-                   ctx.with_prunable)
+  s = grasp_scores(ctx.loss_fn, ctx.params, batches, ctx.prunable_leaves, ctx.with_prunable)
   # GraSP removes the highest S: keep the top-k of -S.
   keep_scores = [-x for x in s]
   return ctx.select(keep_scores, ctx.ones(), ctx.final_keep, True, signed=True), ctx.params
@@ -388,8 +410,10 @@ def force_like_scores(ctx: _Context, params, masks, grads, *, dense: bool):
   weights = ctx.prunable_leaves(params)
   if not dense:
     weights = [jnp.where(m, w, jnp.zeros_like(w)) for w, m in zip(weights, masks)]
-  return [jnp.abs(w.astype(jnp.float32) * g.astype(jnp.float32))
-          for w, g in zip(weights, ctx.prunable_leaves(grads))]
+  return [
+    jnp.abs(w.astype(jnp.float32) * g.astype(jnp.float32))
+    for w, g in zip(weights, ctx.prunable_leaves(grads))
+  ]
 
 
 def _run_force_like(ctx: _Context, *, dense: bool):
@@ -413,25 +437,32 @@ def _run_force_like(ctx: _Context, *, dense: bool):
 def synflow_scores(apply_fn, params, leaves_of, input_shape, input_dtype=jnp.float32):
   r"""SynFlow's :math:`|W \odot \partial R/\partial W|` with :math:`R = \mathbf
   1^\top f_{|W|}(\mathbf 1)` on the selected leaves (``params`` already masked)."""
+
   def r(p):
     p = jax.tree.map(lambda x: jnp.abs(x) if jnp.issubdtype(x.dtype, jnp.inexact) else x, p)
     return jnp.sum(apply_fn(p, jnp.ones(input_shape, input_dtype)))
+
   g = jax.grad(r)(params)
-  return [jnp.abs(w.astype(jnp.float32) * gl.astype(jnp.float32))
-          for w, gl in zip(leaves_of(params), leaves_of(g))]
+  return [
+    jnp.abs(w.astype(jnp.float32) * gl.astype(jnp.float32))
+    for w, gl in zip(leaves_of(params), leaves_of(g))
+  ]
 
 
 def _run_synflow(ctx: _Context):
   if ctx.apply_fn is None or ctx.input_shape is None:
-    raise ValueError("method 'synflow' is data-free: pass apply_fn=(params, x) "
-                     "-> outputs and input_shape= (e.g. (1, 784)).")
+    raise ValueError(
+      "method 'synflow' is data-free: pass apply_fn=(params, x) "
+      "-> outputs and input_shape= (e.g. (1, 784))."
+    )
   masks = ctx.ones()
 
   @jax.jit
   def step(params, masks, k):
     masked = ctx.apply_masks(params, masks)
-    scores = synflow_scores(ctx.apply_fn, masked, ctx.prunable_leaves,
-                            tuple(ctx.input_shape), ctx.input_dtype)
+    scores = synflow_scores(
+      ctx.apply_fn, masked, ctx.prunable_leaves, tuple(ctx.input_shape), ctx.input_dtype
+    )
     ratio = schedules.exponential_keep_ratio(k, ctx.steps, ctx.final_keep)
     return ctx.select(scores, masks, ratio, k == ctx.steps - 1)
 
@@ -444,34 +475,68 @@ def _register(method: PreMethod):
   PRE_METHODS[method.name] = method
 
 
-_SEVEN_PRE = "SEVEN_pre: SEVEN statistics over steps batches, cubic schedule, " \
-             "no weight updates by default"
-_register(PreMethod("seven", _run_rule, 100, lambda s, b: s * b,
-                    summary=_SEVEN_PRE, rule="seven"))
-_register(PreMethod("magnitude", _run_magnitude, 0, lambda s, b: 0,
-                    summary="one-shot |W|"))
+_SEVEN_PRE = (
+  "SEVEN_pre: SEVEN statistics over steps batches, cubic schedule, no weight updates by default"
+)
+_register(PreMethod("seven", _run_rule, 100, lambda s, b: s * b, summary=_SEVEN_PRE, rule="seven"))
+_register(PreMethod("magnitude", _run_magnitude, 0, lambda s, b: 0, summary="one-shot |W|"))
 # Names that only mean pre-pruning, for experiment configs that pick the
 # entry point from the name (seven_jax.method_kind).
-_register(PreMethod("seven_pre", _run_rule, 100, lambda s, b: s * b,
-                    summary=_SEVEN_PRE, rule="seven"))
-_register(PreMethod("magnitude_pre", _run_magnitude, 0, lambda s, b: 0,
-                    summary="one-shot |W| (as 'magnitude' before fine-tuning)"))
-_register(PreMethod("random", _run_random, 0, lambda s, b: 0,
-                    summary="one-shot seeded random"))
-_register(PreMethod("snip", _run_snip, 1, lambda s, b: s,
-                    summary="one-shot |W * g| (Lee et al. 2019)"))
-_register(PreMethod("grasp", _run_grasp, 1, lambda s, b: s,
-                    summary="one-shot -W * (H g), highest pruned (Wang et al. 2020)"))
-_register(PreMethod("synflow", _run_synflow, 100, lambda s, b: 0,
-                    summary="data-free iterative synaptic flow (Tanaka et al. 2020)"))
-_register(PreMethod("force", lambda c: _run_force_like(c, dense=True), 10,
-                    lambda s, b: s * b, resurrect=True,
-                    summary="FORCE: exponential schedule, dense-weight "
-                            "saliency, can resurrect (de Jorge et al. 2021)"))
-_register(PreMethod("iter_snip", lambda c: _run_force_like(c, dense=False), 10,
-                    lambda s, b: s * b,
-                    summary="Iterative SNIP: exponential schedule, masked "
-                            "weights, no resurrection (de Jorge et al. 2021)"))
+_register(
+  PreMethod("seven_pre", _run_rule, 100, lambda s, b: s * b, summary=_SEVEN_PRE, rule="seven")
+)
+_register(
+  PreMethod(
+    "magnitude_pre",
+    _run_magnitude,
+    0,
+    lambda s, b: 0,
+    summary="one-shot |W| (as 'magnitude' before fine-tuning)",
+  )
+)
+_register(PreMethod("random", _run_random, 0, lambda s, b: 0, summary="one-shot seeded random"))
+_register(
+  PreMethod("snip", _run_snip, 1, lambda s, b: s, summary="one-shot |W * g| (Lee et al. 2019)")
+)
+_register(
+  PreMethod(
+    "grasp",
+    _run_grasp,
+    1,
+    lambda s, b: s,
+    summary="one-shot -W * (H g), highest pruned (Wang et al. 2020)",
+  )
+)
+_register(
+  PreMethod(
+    "synflow",
+    _run_synflow,
+    100,
+    lambda s, b: 0,
+    summary="data-free iterative synaptic flow (Tanaka et al. 2020)",
+  )
+)
+_register(
+  PreMethod(
+    "force",
+    lambda c: _run_force_like(c, dense=True),
+    10,
+    lambda s, b: s * b,
+    resurrect=True,
+    summary="FORCE: exponential schedule, dense-weight "
+    "saliency, can resurrect (de Jorge et al. 2021)",
+  )
+)
+_register(
+  PreMethod(
+    "iter_snip",
+    lambda c: _run_force_like(c, dense=False),
+    10,
+    lambda s, b: s * b,
+    summary="Iterative SNIP: exponential schedule, masked "
+    "weights, no resurrection (de Jorge et al. 2021)",
+  )
+)
 
 
 def _lookup(method: str) -> PreMethod:
@@ -479,32 +544,41 @@ def _lookup(method: str) -> PreMethod:
     return PRE_METHODS[method]
   if method in DYNAMIC_RULES:
     rule = DYNAMIC_RULES[method]
-    return PreMethod(method, _run_rule, 100, lambda s, b: s * b,
-                     resurrect=rule.resurrect, summary=rule.summary, rule=method)
-  raise ValueError(f"unknown method {method!r} for pruning before fine-tuning; "
-                   f"valid names: {', '.join(methods('pre'))}.")
+    return PreMethod(
+      method,
+      _run_rule,
+      100,
+      lambda s, b: s * b,
+      resurrect=rule.resurrect,
+      summary=rule.summary,
+      rule=method,
+    )
+  raise ValueError(
+    f"unknown method {method!r} for pruning before fine-tuning; "
+    f"valid names: {', '.join(methods('pre'))}."
+  )
 
 
 def prune_before_finetuning(
-    loss_fn: Callable[[Any, Any], jax.Array],
-    params: Any,
-    batches: Optional[Iterable] = None,
-    *,
-    sparsity: Optional[float] = None,
-    method: str = "seven",
-    steps: Optional[int] = None,
-    prunable: PrunableSpec = None,
-    scope: str = "global",
-    pattern: Optional[str] = None,
-    resurrect: Optional[bool] = None,
-    optimizer: Optional[optax.GradientTransformation] = None,
-    batches_per_step: int = 1,
-    seed: int = 0,
-    apply_fn: Optional[Callable] = None,
-    input_shape: Optional[tuple] = None,
-    input_dtype: Any = jnp.float32,
-    return_params: bool = False,
-    **method_kwargs,
+  loss_fn: Callable[[Any, Any], jax.Array],
+  params: Any,
+  batches: Optional[Iterable] = None,
+  *,
+  sparsity: Optional[float] = None,
+  method: str = "seven",
+  steps: Optional[int] = None,
+  prunable: PrunableSpec = None,
+  scope: str = "global",
+  pattern: Optional[str] = None,
+  resurrect: Optional[bool] = None,
+  optimizer: Optional[optax.GradientTransformation] = None,
+  batches_per_step: int = 1,
+  seed: int = 0,
+  apply_fn: Optional[Callable] = None,
+  input_shape: Optional[tuple] = None,
+  input_dtype: Any = jnp.float32,
+  return_params: bool = False,
+  **method_kwargs,
 ):
   r"""Prunes a pre-trained model before fine-tuning; returns the masks.
 
@@ -558,8 +632,10 @@ def prune_before_finetuning(
     if sparsity is None:
       sparsity = implied
     elif abs(float(sparsity) - implied) > 1e-6:
-      raise ValueError(f"sparsity={sparsity!r} contradicts pattern={pattern!r}, "
-                       f"which prunes exactly {implied:g}; drop one of them.")
+      raise ValueError(
+        f"sparsity={sparsity!r} contradicts pattern={pattern!r}, "
+        f"which prunes exactly {implied:g}; drop one of them."
+      )
   if sparsity is None or not 0.0 <= float(sparsity) < 1.0:
     raise ValueError(f"sparsity must be in [0, 1), got {sparsity!r}.")
   if scope not in selection.SCOPES:
@@ -570,33 +646,46 @@ def prune_before_finetuning(
   if batches_per_step < 1:
     raise ValueError(f"batches_per_step must be >= 1, got {batches_per_step!r}.")
   if optimizer is not None and pre.run is not _run_rule:
-    raise ValueError(f"optimizer= applies to the iterative score rules "
-                     f"({', '.join(sorted(DYNAMIC_RULES))}), not to {method!r}.")
+    raise ValueError(
+      f"optimizer= applies to the iterative score rules "
+      f"({', '.join(sorted(DYNAMIC_RULES))}), not to {method!r}."
+    )
   hp = {}
   if pre.run is _run_rule:
     hp = resolve_hparams(DYNAMIC_RULES[pre.rule], method_kwargs)
   elif method_kwargs:
-    raise ValueError(f"method {method!r} takes no argument(s) "
-                     f"{', '.join(sorted(method_kwargs))}.")
+    raise ValueError(f"method {method!r} takes no argument(s) {', '.join(sorted(method_kwargs))}.")
 
   spec = resolve_prunable(prunable, params)
   flat, treedef = jax.tree_util.tree_flatten_with_path(params)
   flat_spec = treedef.flatten_up_to(spec)
   idx = [i for i, s in enumerate(flat_spec) if s]
-  selection.check_pattern_shapes(nm, [flat[i][1] for i in idx],
-                                 [path_str(flat[i][0]) for i in idx])
+  selection.check_pattern_shapes(nm, [flat[i][1] for i in idx], [path_str(flat[i][0]) for i in idx])
   total = int(sum(np.prod(np.shape(flat[i][1]), dtype=np.int64) for i in idx))
   needed = pre.batches(steps, batches_per_step)
-  why = (f"steps={steps}" + (f" x batches_per_step={batches_per_step}"
-                             if needed != steps else ""))
+  why = f"steps={steps}" + (f" x batches_per_step={batches_per_step}" if needed != steps else "")
   ctx = _Context(
-      method=method, loss_fn=loss_fn, params=params, treedef=treedef, idx=idx,
-      total=total, final_keep=1.0 - float(sparsity), steps=steps,
-      per_step=batches_per_step,
-      batches=_Batches(batches, needed, method, why), scope=scope, nm=nm,
-      resurrect=pre.resurrect if resurrect is None else bool(resurrect),
-      optimizer=optimizer, seed=seed, apply_fn=apply_fn,
-      input_shape=input_shape, input_dtype=input_dtype, hp=hp, rule=pre.rule)
+    method=method,
+    loss_fn=loss_fn,
+    params=params,
+    treedef=treedef,
+    idx=idx,
+    total=total,
+    final_keep=1.0 - float(sparsity),
+    steps=steps,
+    per_step=batches_per_step,
+    batches=_Batches(batches, needed, method, why),
+    scope=scope,
+    nm=nm,
+    resurrect=pre.resurrect if resurrect is None else bool(resurrect),
+    optimizer=optimizer,
+    seed=seed,
+    apply_fn=apply_fn,
+    input_shape=input_shape,
+    input_dtype=input_dtype,
+    hp=hp,
+    rule=pre.rule,
+  )
   kept, new_params = pre.run(ctx)
   full = [jnp.ones(jnp.shape(leaf), jnp.bool_) for _, leaf in flat]
   for j, i in enumerate(idx):

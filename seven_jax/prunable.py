@@ -51,8 +51,9 @@ def resolve_prunable(prunable: PrunableSpec, params) -> Any:
     # A tree of bools may be a prefix of params: nnx.Optimizer calls init on
     # Variable-wrapped state (leaf paths end in '/value') and update on the
     # pure state; one bool per parameter covers both.
-    tree = jax.tree.map(lambda flag, sub: jax.tree.map(lambda _: flag, sub),
-                        tree, params, is_leaf=is_flag)
+    tree = jax.tree.map(
+      lambda flag, sub: jax.tree.map(lambda _: flag, sub), tree, params, is_leaf=is_flag
+    )
   except (ValueError, TypeError):
     pass  # not a prefix: the path comparison below names the mismatch
   param_paths = [path_str(p) for p, _ in jax.tree_util.tree_flatten_with_path(params)[0]]
@@ -62,22 +63,25 @@ def resolve_prunable(prunable: PrunableSpec, params) -> Any:
     for i, (a, b) in enumerate(zip(param_paths, spec_paths)):
       if a != b:
         raise ValueError(
-            f"prunable does not match params: at leaf {i} params has '{a}' "
-            f"but prunable has '{b}'.")
-    longer, name = (param_paths, "params") if len(param_paths) > len(spec_paths) \
-        else (spec_paths, "prunable")
+          f"prunable does not match params: at leaf {i} params has '{a}' but prunable has '{b}'."
+        )
+    longer, name = (
+      (param_paths, "params") if len(param_paths) > len(spec_paths) else (spec_paths, "prunable")
+    )
     raise ValueError(
-        f"prunable does not match params: '{longer[min(len(param_paths), len(spec_paths))]}' "
-        f"exists only in {name} ({len(param_paths)} params leaves, "
-        f"{len(spec_paths)} prunable leaves).")
+      f"prunable does not match params: '{longer[min(len(param_paths), len(spec_paths))]}' "
+      f"exists only in {name} ({len(param_paths)} params leaves, "
+      f"{len(spec_paths)} prunable leaves)."
+    )
   values = []
   for path, leaf in flat:
     if isinstance(leaf, (bool, np.bool_)):
       values.append(bool(leaf))
     else:
       raise ValueError(
-          f"prunable must hold Python bools, got {type(leaf).__name__} at "
-          f"'{path_str(path)}' (masks are chosen statically, outside jit).")
+        f"prunable must hold Python bools, got {type(leaf).__name__} at "
+        f"'{path_str(path)}' (masks are chosen statically, outside jit)."
+      )
   if not any(values):
     raise ValueError("prunable selects no leaf: nothing would be pruned.")
   return jax.tree.unflatten(jax.tree.structure(params), values)

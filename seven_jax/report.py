@@ -26,6 +26,7 @@ class LeafSparsity(NamedTuple):
 
 class SparsityReport(NamedTuple):
   """Rows per leaf; ``sparsity`` is over the prunable leaves only."""
+
   leaves: list
 
   @property
@@ -42,18 +43,36 @@ class SparsityReport(NamedTuple):
 
   def as_dict(self) -> dict:
     return {
-        "sparsity": self.sparsity, "kept": self.kept, "total": self.total,
-        "leaves": [dict(path=r.path, shape=list(r.shape), kept=r.kept,
-                        total=r.total, prunable=r.prunable,
-                        sparsity=r.sparsity) for r in self.leaves],
+      "sparsity": self.sparsity,
+      "kept": self.kept,
+      "total": self.total,
+      "leaves": [
+        dict(
+          path=r.path,
+          shape=list(r.shape),
+          kept=r.kept,
+          total=r.total,
+          prunable=r.prunable,
+          sparsity=r.sparsity,
+        )
+        for r in self.leaves
+      ],
     }
 
   def __str__(self) -> str:
-    rows = [(r.path, "x".join(map(str, r.shape)) or "()", f"{r.kept:,}",
-             f"{r.total:,}", f"{100 * r.sparsity:6.2f}%" if r.prunable else "-")
-            for r in self.leaves]
-    rows.append(("TOTAL (prunable)", "", f"{self.kept:,}", f"{self.total:,}",
-                 f"{100 * self.sparsity:6.2f}%"))
+    rows = [
+      (
+        r.path,
+        "x".join(map(str, r.shape)) or "()",
+        f"{r.kept:,}",
+        f"{r.total:,}",
+        f"{100 * r.sparsity:6.2f}%" if r.prunable else "-",
+      )
+      for r in self.leaves
+    ]
+    rows.append(
+      ("TOTAL (prunable)", "", f"{self.kept:,}", f"{self.total:,}", f"{100 * self.sparsity:6.2f}%")
+    )
     head = ("leaf", "shape", "kept", "total", "sparsity")
     widths = [max(len(str(x)) for x in col) for col in zip(head, *rows)]
     fmt = lambda row: "| " + " | ".join(str(c).ljust(w) for c, w in zip(row, widths)) + " |"
@@ -75,6 +94,7 @@ def sparsity_report(masks_or_state: Any, prunable: Optional[Any] = None) -> Spar
     A :class:`SparsityReport`; ``print(report)`` shows a markdown table.
   """
   from seven_jax.transform import find_state, masks as get_masks
+
   try:
     state = find_state(masks_or_state)
   except ValueError:
@@ -85,8 +105,9 @@ def sparsity_report(masks_or_state: Any, prunable: Optional[Any] = None) -> Spar
       # fixed_mask keeps no scores: fall back to the bare-mask rule below.
       prunable = jax.tree.map(lambda m: bool(np.ndim(m) >= 2), mask_tree)
     elif prunable is None:
-      prunable = jax.tree.map(lambda m, s: bool(np.ndim(s) > 0 or np.ndim(m) == 0),
-                              mask_tree, state.scores)
+      prunable = jax.tree.map(
+        lambda m, s: bool(np.ndim(s) > 0 or np.ndim(m) == 0), mask_tree, state.scores
+      )
   else:
     mask_tree = masks_or_state
     if prunable is None:
@@ -96,6 +117,5 @@ def sparsity_report(masks_or_state: Any, prunable: Optional[Any] = None) -> Spar
   flat_prunable = jax.tree.leaves(prunable)
   for (path, m), pr in zip(flat, flat_prunable):
     m = np.asarray(m)
-    rows.append(LeafSparsity(path_str(path), tuple(m.shape), int(m.sum()),
-                             int(m.size), bool(pr)))
+    rows.append(LeafSparsity(path_str(path), tuple(m.shape), int(m.sum()), int(m.size), bool(pr)))
   return SparsityReport(rows)

@@ -25,16 +25,18 @@ def cubic_keep_ratio(step, pruning_steps, final_keep):
       ``r_f + (1 - r_f) / N^3``, within a hair of ``r_f``.
     final_keep: ``r_f = 1 - sparsity``.
   """
-  progress = jnp.clip((jnp.asarray(step, jnp.float32) + 1.0)
-                      / jnp.asarray(pruning_steps, jnp.float32), 0.0, 1.0)
+  progress = jnp.clip(
+    (jnp.asarray(step, jnp.float32) + 1.0) / jnp.asarray(pruning_steps, jnp.float32), 0.0, 1.0
+  )
   final_keep = jnp.asarray(final_keep, jnp.float32)
   return final_keep + (1.0 - final_keep) * (1.0 - progress) ** 3
 
 
 def exponential_keep_ratio(step, num_steps, final_keep):
   """Exponential schedule of FORCE / Iterative SNIP: ``r_f ** ((p + 1) / K)``."""
-  progress = jnp.clip((jnp.asarray(step, jnp.float32) + 1.0)
-                      / jnp.asarray(num_steps, jnp.float32), 0.0, 1.0)
+  progress = jnp.clip(
+    (jnp.asarray(step, jnp.float32) + 1.0) / jnp.asarray(num_steps, jnp.float32), 0.0, 1.0
+  )
   return jnp.asarray(final_keep, jnp.float32) ** progress
 
 

@@ -75,11 +75,24 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from seven_jax.statistics import (SevenStats, finite_or_zero,
-                                  seven_score_increment, update_seven_stats)
+from seven_jax.statistics import (
+  SevenStats,
+  finite_or_zero,
+  seven_score_increment,
+  update_seven_stats,
+)
 
-__all__ = ["ScoreInputs", "ScoreRule", "register_rule", "get_rule", "methods", "method_kind",
-           "soft_movement_penalty", "DYNAMIC_RULES", "PRE_METHODS"]
+__all__ = [
+  "ScoreInputs",
+  "ScoreRule",
+  "register_rule",
+  "get_rule",
+  "methods",
+  "method_kind",
+  "soft_movement_penalty",
+  "DYNAMIC_RULES",
+  "PRE_METHODS",
+]
 
 
 class ScoreInputs(NamedTuple):
@@ -97,6 +110,7 @@ class ScoreInputs(NamedTuple):
     is_last: bool, True on the last step of the pruning window.
     total: static number ``D`` of prunable weights over all leaves.
   """
+
   param: jax.Array
   weight_after: jax.Array
   grad: jax.Array
@@ -123,6 +137,7 @@ class ScoreRule(NamedTuple):
       budget (soft movement).
     summary: one line for :func:`methods`.
   """
+
   name: str
   num_stats: int
   update: Callable
@@ -188,8 +203,10 @@ def get_rule(name) -> ScoreRule:
   try:
     return DYNAMIC_RULES[name]
   except (KeyError, TypeError):
-    raise ValueError(f"unknown method {name!r} for pruning during fine-tuning; "
-                     f"valid names: {', '.join(methods('dynamic'))}.") from None
+    raise ValueError(
+      f"unknown method {name!r} for pruning during fine-tuning; "
+      f"valid names: {', '.join(methods('dynamic'))}."
+    ) from None
 
 
 def resolve_hparams(rule: ScoreRule, kwargs: dict) -> dict:
@@ -197,8 +214,10 @@ def resolve_hparams(rule: ScoreRule, kwargs: dict) -> dict:
   unknown = sorted(set(kwargs) - set(rule.defaults))
   if unknown:
     allowed = ", ".join(sorted(rule.defaults)) or "none"
-    raise ValueError(f"method {rule.name!r} got unknown argument(s) "
-                     f"{', '.join(unknown)}; its arguments: {allowed}.")
+    raise ValueError(
+      f"method {rule.name!r} got unknown argument(s) "
+      f"{', '.join(unknown)}; its arguments: {allowed}."
+    )
   hp = dict(rule.defaults)
   hp.update(kwargs)
   return hp
@@ -206,23 +225,32 @@ def resolve_hparams(rule: ScoreRule, kwargs: dict) -> dict:
 
 # ------------------------------------------------------------------- SEVEN
 
+
 def _seven_update(hp, x: ScoreInputs, stats, score):
   signed = bool(hp["signed_first_moment"])
-  st = update_seven_stats(SevenStats(*stats), x.grad, hp["b1"], hp["b2"],
-                          signed_first_moment=signed)
+  st = update_seven_stats(
+    SevenStats(*stats), x.grad, hp["b1"], hp["b2"], signed_first_moment=signed
+  )
   for_score = SevenStats(jnp.abs(st.grad_ema), st.sq_grad_ema) if signed else st
-  inc = seven_score_increment(x.weight_after, x.grad, for_score, x.local_step,
-                              hp["b1"], hp["b2"], hp["eps"])
+  inc = seven_score_increment(
+    x.weight_after, x.grad, for_score, x.local_step, hp["b1"], hp["b2"], hp["eps"]
+  )
   return tuple(st), score + inc
 
 
-register_rule(ScoreRule(
-    "seven", 2, _seven_update,
+register_rule(
+  ScoreRule(
+    "seven",
+    2,
+    _seven_update,
     dict(b1=0.8, b2=0.9, eps=1e-9, signed_first_moment=False),
-    summary="SEVEN: accumulated |W |g| m_hat/(sqrt(v_hat)+eps)| (spec 2.1)"))
+    summary="SEVEN: accumulated |W |g| m_hat/(sqrt(v_hat)+eps)| (spec 2.1)",
+  )
+)
 
 
 # ------------------------------------------------------------------ PLATON
+
 
 def _platon_update(hp, x: ScoreInputs, stats, score):
   window_mean, ibar, ubar = stats
@@ -249,48 +277,82 @@ def _check_delta_t(hp):
   return int(delta_t)
 
 
-register_rule(ScoreRule(
-    "platon", 3, _platon_update, dict(b1=0.85, b2=0.95, delta_t=10),
-    resurrect=True, update_every=_check_delta_t,
-    summary="PLATON (canonical): UCB score I_bar * U_bar, window delta_t, "
-            "mask every delta_t steps"))
+register_rule(
+  ScoreRule(
+    "platon",
+    3,
+    _platon_update,
+    dict(b1=0.85, b2=0.95, delta_t=10),
+    resurrect=True,
+    update_every=_check_delta_t,
+    summary="PLATON (canonical): UCB score I_bar * U_bar, window delta_t, mask every delta_t steps",
+  )
+)
 
-register_rule(ScoreRule(
-    "platon_seven_repo", 3, _platon_update, dict(b1=0.8, b2=0.9),
+register_rule(
+  ScoreRule(
+    "platon_seven_repo",
+    3,
+    _platon_update,
+    dict(b1=0.8, b2=0.9),
     summary="PLATON as simplified in the official SEVEN repo: per-step EMAs, "
-            "no window, no resurrection"))
+    "no window, no resurrection",
+  )
+)
 
 
 # ---------------------------------------------------------------- movement
+
 
 def _movement_update(hp, x: ScoreInputs, stats, score):
   return stats, score - x.param * finite_or_zero(x.grad)
 
 
-register_rule(ScoreRule(
-    "movement", 0, _movement_update, {}, signed=True, resurrect=True,
-    summary="movement pruning (canonical): accumulated -W*g, signed top-k"))
+register_rule(
+  ScoreRule(
+    "movement",
+    0,
+    _movement_update,
+    {},
+    signed=True,
+    resurrect=True,
+    summary="movement pruning (canonical): accumulated -W*g, signed top-k",
+  )
+)
 
 
 def _taylor_instant_update(hp, x: ScoreInputs, stats, score):
   return stats, jnp.abs(x.weight_after * finite_or_zero(x.grad))
 
 
-register_rule(ScoreRule(
-    "taylor_instant", 0, _taylor_instant_update, {},
-    summary="instantaneous |W*g| (the official SEVEN repo's 'movement')"))
+register_rule(
+  ScoreRule(
+    "taylor_instant",
+    0,
+    _taylor_instant_update,
+    {},
+    summary="instantaneous |W*g| (the official SEVEN repo's 'movement')",
+  )
+)
 
 
 def _magnitude_update(hp, x: ScoreInputs, stats, score):
   return stats, jnp.abs(x.weight_after)
 
 
-register_rule(ScoreRule(
-    "magnitude", 0, _magnitude_update, {},
-    summary="gradual magnitude pruning |W| (Zhu & Gupta 2017)"))
+register_rule(
+  ScoreRule(
+    "magnitude",
+    0,
+    _magnitude_update,
+    {},
+    summary="gradual magnitude pruning |W| (Zhu & Gupta 2017)",
+  )
+)
 
 
 # ----------------------------------------------------------- soft movement
+
 
 def soft_movement_penalty(scores, penalty: float = 1.0, total: Optional[int] = None):
   r"""The L1 penalty of soft movement pruning, :math:`\lambda \frac1D \sum_i \sigma(S_i)`.
@@ -309,6 +371,7 @@ def soft_movement_penalty(scores, penalty: float = 1.0, total: Optional[int] = N
   """
   from seven_jax.engine import PruningState  # avoid an import cycle
   from seven_jax.transform import find_state
+
   try:
     state = find_state(scores)
   except ValueError:  # not an optimizer state: the scores themselves
@@ -337,14 +400,21 @@ def _soft_threshold(hp):
   if tau is None:
     return None
   if not 0.0 < float(tau) < 1.0:
-    raise ValueError(f"threshold of soft_movement must be in (0, 1) (it "
-                     f"applies to sigmoid(S)), got {tau!r}.")
+    raise ValueError(
+      f"threshold of soft_movement must be in (0, 1) (it applies to sigmoid(S)), got {tau!r}."
+    )
   return float(np.log(tau) - np.log1p(-tau))  # sigmoid(S) > tau <=> S > logit(tau)
 
 
-register_rule(ScoreRule(
-    "soft_movement", 0, _soft_movement_update,
-    dict(score_lr=1e-2, penalty=1.0, threshold=None), signed=True,
-    resurrect=True, threshold=_soft_threshold,
-    summary="soft movement: learned scores, L1 penalty on sigmoid(S), "
-            "optional threshold"))
+register_rule(
+  ScoreRule(
+    "soft_movement",
+    0,
+    _soft_movement_update,
+    dict(score_lr=1e-2, penalty=1.0, threshold=None),
+    signed=True,
+    resurrect=True,
+    threshold=_soft_threshold,
+    summary="soft movement: learned scores, L1 penalty on sigmoid(S), optional threshold",
+  )
+)

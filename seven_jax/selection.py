@@ -33,8 +33,14 @@ import numpy as np
 from seven_jax import schedules
 from seven_jax.threshold import kth_largest_threshold
 
-__all__ = ["parse_pattern", "check_pattern_shapes", "nm_masks", "select_masks",
-           "SCOPES", "LOWEST_SCORE"]
+__all__ = [
+  "parse_pattern",
+  "check_pattern_shapes",
+  "nm_masks",
+  "select_masks",
+  "SCOPES",
+  "LOWEST_SCORE",
+]
 
 SCOPES = ("global", "per_leaf")
 LOWEST_SCORE = np.float32(-np.finfo(np.float32).max)
@@ -53,8 +59,9 @@ def parse_pattern(pattern: Optional[str]) -> Optional[tuple[int, int]]:
     n_str, m_str = str(pattern).split(":")
     n, m = int(n_str), int(m_str)
   except ValueError:
-    raise ValueError(f"pattern must be None or 'N:M' such as '2:4' or '4:8', "
-                     f"got {pattern!r}.") from None
+    raise ValueError(
+      f"pattern must be None or 'N:M' such as '2:4' or '4:8', got {pattern!r}."
+    ) from None
   if not 0 < n < m:
     raise ValueError(f"pattern 'N:M' needs 0 < N < M, got {pattern!r}.")
   return n, m
@@ -69,9 +76,10 @@ def check_pattern_shapes(nm: Optional[tuple[int, int]], leaves, paths) -> None:
     shape = np.shape(leaf)
     if len(shape) == 0 or shape[0] % m:
       raise ValueError(
-          f"pattern '{n}:{m}' needs the input dimension (axis 0) of every "
-          f"prunable leaf to be divisible by {m}, but leaf '{path}' has shape "
-          f"{tuple(shape)}. Leave it out with `prunable` or pick another M.")
+        f"pattern '{n}:{m}' needs the input dimension (axis 0) of every "
+        f"prunable leaf to be divisible by {m}, but leaf '{path}' has shape "
+        f"{tuple(shape)}. Leave it out with `prunable` or pick another M."
+      )
 
 
 def nm_masks(score: jax.Array, mask: jax.Array, n_keep, m: int) -> jax.Array:
@@ -95,16 +103,16 @@ def nm_masks(score: jax.Array, mask: jax.Array, n_keep, m: int) -> jax.Array:
 
 
 def select_masks(
-    scores: Sequence[jax.Array],
-    masks: Sequence[jax.Array],
-    keep_ratio,
-    *,
-    scope: str = "global",
-    nm: Optional[tuple[int, int]] = None,
-    nm_keep=None,
-    resurrect: bool = False,
-    signed: bool = False,
-    threshold=None,
+  scores: Sequence[jax.Array],
+  masks: Sequence[jax.Array],
+  keep_ratio,
+  *,
+  scope: str = "global",
+  nm: Optional[tuple[int, int]] = None,
+  nm_keep=None,
+  resurrect: bool = False,
+  signed: bool = False,
+  threshold=None,
 ) -> list[jax.Array]:
   """New boolean masks of the prunable leaves.
 
@@ -135,9 +143,10 @@ def select_masks(
     tau = kth_largest_threshold(scores, schedules.keep_count(keep_ratio, total))
     kept = [s >= tau for s in scores]
   elif scope == "per_leaf":
-    kept = [s >= kth_largest_threshold(
-        [s], schedules.keep_count(keep_ratio, int(np.prod(s.shape))))
-            for s in scores]
+    kept = [
+      s >= kth_largest_threshold([s], schedules.keep_count(keep_ratio, int(np.prod(s.shape))))
+      for s in scores
+    ]
   else:
     raise ValueError(f"scope must be one of {SCOPES}, got {scope!r}.")
   if not resurrect:
@@ -149,6 +158,5 @@ def nm_keep_count(keep_ratio, nm: tuple[int, int], is_last) -> jax.Array:
   """Weights kept per group on a schedule step: ``floor(r M)`` clipped to
   ``[N, M]``, and exactly ``N`` on the last step."""
   n, m = nm
-  ramp = jnp.clip(jnp.floor(jnp.asarray(keep_ratio, jnp.float32) * m),
-                  n, m).astype(jnp.int32)
+  ramp = jnp.clip(jnp.floor(jnp.asarray(keep_ratio, jnp.float32) * m), n, m).astype(jnp.int32)
   return jnp.where(is_last, jnp.int32(n), ramp)

@@ -33,7 +33,8 @@ __all__ = ["SevenStats", "init_seven_stats", "update_seven_stats", "seven_score_
 
 class SevenStats(NamedTuple):
   """EMAs for one weight array (float32, the weight's shape)."""
-  grad_ema: jax.Array     # m: EMA of |g| (or of g with ``signed_first_moment``)
+
+  grad_ema: jax.Array  # m: EMA of |g| (or of g with ``signed_first_moment``)
   sq_grad_ema: jax.Array  # v: EMA of g**2
 
 
@@ -48,8 +49,9 @@ def finite_or_zero(x: jax.Array) -> jax.Array:
   return jnp.where(jnp.isfinite(x), x, 0.0)
 
 
-def update_seven_stats(stats: SevenStats, grad: jax.Array, b1, b2, *,
-                       signed_first_moment: bool = False) -> SevenStats:
+def update_seven_stats(
+  stats: SevenStats, grad: jax.Array, b1, b2, *, signed_first_moment: bool = False
+) -> SevenStats:
   """(E2)-(E3): one EMA step with this call's (masked) gradient."""
   g = finite_or_zero(grad)
   first = g if signed_first_moment else jnp.abs(g)
@@ -58,8 +60,9 @@ def update_seven_stats(stats: SevenStats, grad: jax.Array, b1, b2, *,
   return SevenStats(m, v)
 
 
-def seven_score_increment(weight_after_step: jax.Array, grad: jax.Array,
-                          stats: SevenStats, local_step, b1, b2, eps) -> jax.Array:
+def seven_score_increment(
+  weight_after_step: jax.Array, grad: jax.Array, stats: SevenStats, local_step, b1, b2, eps
+) -> jax.Array:
   """(E4)-(E6): ``|W * |g| * m_hat / (sqrt(v_hat) + eps)|``, float32.
 
   Args:
@@ -71,8 +74,8 @@ def seven_score_increment(weight_after_step: jax.Array, grad: jax.Array,
       ``p + 1``.
   """
   count = jnp.asarray(local_step, jnp.float32) + 1.0
-  m_hat = stats.grad_ema / (1.0 - b1 ** count)
-  denominator = jnp.sqrt(stats.sq_grad_ema / (1.0 - b2 ** count)) + eps
+  m_hat = stats.grad_ema / (1.0 - b1**count)
+  denominator = jnp.sqrt(stats.sq_grad_ema / (1.0 - b2**count)) + eps
   g = jnp.abs(finite_or_zero(grad))
   w = jnp.asarray(weight_after_step, jnp.float32)
   return jnp.abs(w * g * m_hat / denominator)

@@ -43,8 +43,7 @@ def check_stats_dtype(stats_dtype) -> np.dtype:
   except TypeError:
     dtype = None
   if dtype not in STATS_DTYPES:
-    raise ValueError("stats_dtype must be jnp.float32 or jnp.bfloat16, got "
-                     f"{stats_dtype!r}.")
+    raise ValueError(f"stats_dtype must be jnp.float32 or jnp.bfloat16, got {stats_dtype!r}.")
   return dtype
 
 
@@ -60,8 +59,9 @@ def _hash_bits16(shape, step, salt: int) -> jax.Array:
   for axis in reversed(range(len(shape))):
     index = index + lax.broadcasted_iota(jnp.uint32, shape, axis) * np.uint32(stride)
     stride = (stride * shape[axis]) % 2**32
-  seed = (jnp.asarray(step).astype(jnp.uint32) * np.uint32(0x85EBCA6B)
-          + np.uint32((salt * 0xC2B2AE35) % 2**32))
+  seed = jnp.asarray(step).astype(jnp.uint32) * np.uint32(0x85EBCA6B) + np.uint32(
+    (salt * 0xC2B2AE35) % 2**32
+  )
   h = index * np.uint32(0x9E3779B1) + seed
   h = h ^ (h >> 16)
   h = h * np.uint32(0x7FEB352D)

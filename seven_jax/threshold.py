@@ -68,11 +68,11 @@ import numpy as np
 from jax import lax
 
 __all__ = [
-    "canonicalize_scores",
-    "kth_largest_threshold",
-    "topk_masks",
-    "sort_reference_threshold",
-    "threshold_and_passes",
+  "canonicalize_scores",
+  "kth_largest_threshold",
+  "topk_masks",
+  "sort_reference_threshold",
+  "threshold_and_passes",
 ]
 
 TINY = np.float32(1e-30)
@@ -103,8 +103,7 @@ def canonicalize_scores(scores: jax.Array) -> jax.Array:
   values, which are all tied at zero.
   """
   scores = jnp.asarray(scores, jnp.float32)
-  scores = jnp.nan_to_num(scores, nan=0.0, posinf=_FLOAT32_MAX,
-                          neginf=-_FLOAT32_MAX)
+  scores = jnp.nan_to_num(scores, nan=0.0, posinf=_FLOAT32_MAX, neginf=-_FLOAT32_MAX)
   return jnp.where(jnp.abs(scores) >= TINY, scores, 0.0)
 
 
@@ -129,7 +128,7 @@ def _from_key(key: jax.Array) -> jax.Array:
 # float after rounding (no flush-to-zero), so the scaled difference is >= 2
 # when ``s > u`` (overflow to +inf is fine: min(inf, 1) = 1) and exactly 0 when
 # ``s <= u``. No division: on this CPU it is ~2x cheaper than a ratio form.
-_SCALE = np.float32(2.0 ** 124)
+_SCALE = np.float32(2.0**124)
 
 
 def _indicator(leaf: jax.Array, block: "_Block", u: jax.Array) -> jax.Array:
@@ -146,8 +145,7 @@ def _indicator(leaf: jax.Array, block: "_Block", u: jax.Array) -> jax.Array:
   """
   consts = (_SCALE, np.float32(0), np.float32(1))
   if block.groups * block.columns == leaf.size:
-    x, u, (scale, zero, one) = lax.optimization_barrier(
-        (_block_view(leaf, block), u, consts))
+    x, u, (scale, zero, one) = lax.optimization_barrier((_block_view(leaf, block), u, consts))
   else:
     leaf, u, (scale, zero, one) = lax.optimization_barrier((leaf, u, consts))
     x = _block_view(leaf, block)
@@ -184,19 +182,18 @@ def _sample(leaves: Sequence[jax.Array], size: int, seed: int) -> jax.Array:
     take = int(min(n, max(1, round(size * n / total))))
     # Indices are static (shapes are static), so this is a cheap gather.
     # (With replacement: choice without replacement permutes all n at trace time.)
-    idx = np.sort(rng.integers(0, int(n), size=take)) if take < n \
-        else np.arange(int(n))
+    idx = np.sort(rng.integers(0, int(n), size=take)) if take < n else np.arange(int(n))
     parts.append(leaf.reshape(-1)[jnp.asarray(idx, jnp.int32)])
   return jnp.concatenate(parts)
 
 
 def kth_largest_threshold(
-    leaves: Sequence[jax.Array],
-    k: jax.typing.ArrayLike,
-    *,
-    sample_size: int = _DEFAULT_SAMPLE,
-    max_passes: int = 128,
-    seed: int = 0,
+  leaves: Sequence[jax.Array],
+  k: jax.typing.ArrayLike,
+  *,
+  sample_size: int = _DEFAULT_SAMPLE,
+  max_passes: int = 128,
+  seed: int = 0,
 ) -> jax.Array:
   """Threshold whose mask ``s >= tau`` equals the sorted top-``k`` mask.
 
@@ -217,20 +214,21 @@ def kth_largest_threshold(
     entry tied with the k-th largest value is kept, as in the official code.
     ``tau`` itself may lie strictly between the k-th and (k+1)-th values.
   """
-  return threshold_and_passes(leaves, k, sample_size=sample_size,
-                              max_passes=max_passes, seed=seed)[0]
+  return threshold_and_passes(leaves, k, sample_size=sample_size, max_passes=max_passes, seed=seed)[
+    0
+  ]
 
 
 def threshold_and_passes(
-    leaves: Sequence[jax.Array],
-    k: jax.typing.ArrayLike,
-    *,
-    sample_size: int = _DEFAULT_SAMPLE,
-    max_passes: int = 128,
-    seed: int = 0,
-    group: int = _GROUP,
-    capacity: int = _CAPACITY,
-    fast_min: int = _FAST_MIN,
+  leaves: Sequence[jax.Array],
+  k: jax.typing.ArrayLike,
+  *,
+  sample_size: int = _DEFAULT_SAMPLE,
+  max_passes: int = 128,
+  seed: int = 0,
+  group: int = _GROUP,
+  capacity: int = _CAPACITY,
+  fast_min: int = _FAST_MIN,
 ) -> tuple[jax.Array, jax.Array]:
   """:func:`kth_largest_threshold` plus the number of full counting passes.
 
@@ -245,8 +243,7 @@ def threshold_and_passes(
   if total == 0:
     raise ValueError("kth_largest_threshold needs at least one score.")
   if total >= 2**31:
-    raise ValueError(
-        f"kth_largest_threshold supports fewer than 2**31 scores, got {total}.")
+    raise ValueError(f"kth_largest_threshold supports fewer than 2**31 scores, got {total}.")
   k = jnp.clip(jnp.asarray(k, jnp.int32), 0, total)
   if total < fast_min:
     tau, passes = _loop_select(leaves, k, total, sample_size, max_passes, seed)
@@ -257,23 +254,29 @@ def threshold_and_passes(
 
   def middle():
     fast_tau, ok, bracket, fast_passes = _four_probe_select(
-        leaves, k, total, sample_size, seed, group, capacity)
+      leaves, k, total, sample_size, seed, group, capacity
+    )
     # The fallback runs only when the fast path failed (a ``cond``, not both),
     # and resumes from the tightest bracket the four passes found.
     tau, extra = lax.cond(
-        ok, lambda: (fast_tau, jnp.int32(0)),
-        lambda: _loop_select(leaves, k, total, sample_size, max_passes, seed,
-                             bracket))
+      ok,
+      lambda: (fast_tau, jnp.int32(0)),
+      lambda: _loop_select(leaves, k, total, sample_size, max_passes, seed, bracket),
+    )
     return tau, fast_passes + extra
 
   # Near either end (keep at most ``capacity``, or drop fewer than
   # ``capacity``: the first steps of every pruning window) a sample cannot
   # resolve the k-th value, but one pass of per-column extremes finds it.
   branch = jnp.where(k <= capacity, 0, jnp.where(total - k < capacity, 1, 2))
-  tau, passes = lax.switch(branch, [
+  tau, passes = lax.switch(
+    branch,
+    [
       lambda: _extreme_select(leaves, blocks, k, total, group, capacity, True),
       lambda: _extreme_select(leaves, blocks, k, total, group, capacity, False),
-      middle])
+      middle,
+    ],
+  )
   return jnp.where(k <= 0, jnp.float32(jnp.inf), tau), passes
 
 
@@ -299,8 +302,9 @@ def _extreme_select(leaves, blocks, k, total, group, capacity, largest):
   # Padding (-FLOAT32_MAX) is never above a real entry, so the r-th smallest
   # of the ``real`` gathered entries is their (real - r + 1)-th largest.
   rank = k if largest else real - (total - k)
-  tau, _ = _loop_select([cand.reshape(-1)], rank, capacity * group,
-                        min(_DEFAULT_SAMPLE, 1024), 128, 0)
+  tau, _ = _loop_select(
+    [cand.reshape(-1)], rank, capacity * group, min(_DEFAULT_SAMPLE, 1024), 128, 0
+  )
   # The search may return any value between the k-th and (k+1)-th gathered
   # entries, but entries that were not gathered can lie in that gap: snap to
   # the k-th value itself.
@@ -316,6 +320,7 @@ class _Block(NamedTuple):
   backend vectorises as well as a plain sum (a sum over the last axis of
   short rows was 2-4x slower, and erratically so across row widths).
   """
+
   leaf: int
   start: int
   groups: int
@@ -337,8 +342,7 @@ def _plan_blocks(sizes: Sequence[int], group: int) -> list[_Block]:
     if n <= group:
       blocks.append(_Block(i, 0, n, 1))
       continue
-    divisor = next((g for g in range(group, max(1, group // 4) - 1, -1)
-                    if n % g == 0), None)
+    divisor = next((g for g in range(group, max(1, group // 4) - 1, -1) if n % g == 0), None)
     if divisor is not None:
       blocks.append(_Block(i, 0, divisor, n // divisor))
       continue
@@ -352,7 +356,7 @@ def _block_view(leaf: jax.Array, block: _Block) -> jax.Array:
   flat = leaf.reshape(-1)
   size = block.groups * block.columns
   if size != flat.shape[0]:
-    flat = flat[block.start:block.start + size]
+    flat = flat[block.start : block.start + size]
   return flat.reshape(block.groups, block.columns)
 
 
@@ -390,8 +394,7 @@ def _gather_columns(leaves, blocks, idx, group):
     mine = (idx >= offset) & (idx < offset + b.columns)
     cols = view[:, local].T  # (slots, groups)
     if b.groups < group:
-      cols = jnp.pad(cols, ((0, 0), (0, group - b.groups)),
-                     constant_values=-_FLOAT32_MAX)
+      cols = jnp.pad(cols, ((0, 0), (0, group - b.groups)), constant_values=-_FLOAT32_MAX)
     cand = jnp.where(mine[:, None], cols, cand)
     real = real + jnp.sum(mine.astype(jnp.int32)) * b.groups
     offset += b.columns
@@ -411,7 +414,7 @@ def _key_secant(ka, ca, kb, cb, target):
   step = jnp.round(frac * (kb.astype(jnp.float32) - ka.astype(jnp.float32)))
   # Small steps in exact int32 (|ka| < 2**31 - 2**27, so no overflow); large
   # ones in float32, where a few keys of rounding do not matter.
-  near = ka + jnp.clip(step, -2.0**27, 2.0**27).astype(jnp.int32)
+  near = ka + jnp.clip(step, -(2.0**27), 2.0**27).astype(jnp.int32)
   far = jnp.clip(ka.astype(jnp.float32) + step, -_MAX_KEY, _MAX_KEY).astype(jnp.int32)
   key = jnp.where(jnp.abs(step) < 2.0**27, near, far)
   return jnp.clip(key, -_MAX_KEY, _MAX_KEY)
@@ -505,8 +508,11 @@ def _four_probe_select(leaves, k, total, sample_size, seed, group, capacity):
     kn, cn, ko, co = keys[order[0]], counts[order[0]], keys[order[1]], counts[order[1]]
     brackets = (cn >= k) != (co >= k)
     # Extrapolating (no bracket yet) is less certain: aim further past k.
-    margin = (3.0 * jnp.sqrt(err[order[0]].astype(jnp.float32)) + 16.0
-              + jnp.where(brackets, 0.0, 0.25 * err[order[0]].astype(jnp.float32)))
+    margin = (
+      3.0 * jnp.sqrt(err[order[0]].astype(jnp.float32))
+      + 16.0
+      + jnp.where(brackets, 0.0, 0.25 * err[order[0]].astype(jnp.float32))
+    )
     key = _key_secant(kn, cn, ko, co, jnp.where(cn >= k, kf - margin, kf + margin))
     cc, c = _column_counts(leaves, blocks, value(key))
     return key, c, cc
@@ -529,8 +535,7 @@ def _four_probe_select(leaves, k, total, sample_size, seed, group, capacity):
   cand = jnp.where((cand > u_lo) & (cand <= u_hi), cand, -_FLOAT32_MAX)
   # The k-th largest overall is the r-th largest candidate.
   r = k - c_hi
-  tau, _ = _loop_select([cand.reshape(-1)], r, capacity * group,
-                        min(sample_size, 1024), 128, seed)
+  tau, _ = _loop_select([cand.reshape(-1)], r, capacity * group, min(sample_size, 1024), 128, seed)
   # With r equal to the number of candidates the search may return a value
   # below u_lo (the padding is -FLOAT32_MAX); nothing lies in between.
   tau = jnp.maximum(tau, _from_key(_to_key(u_lo) + 1))
@@ -543,10 +548,10 @@ def _four_probe_select(leaves, k, total, sample_size, seed, group, capacity):
   lo = jnp.argmax(jnp.where(is_lo, keys, -_MAX_KEY - 1))
   hi = jnp.argmin(jnp.where(is_lo, _MAX_KEY + 2, keys))
   bracket = (
-      jnp.where(jnp.any(is_lo), keys[lo], -_MAX_KEY),
-      jnp.where(jnp.all(is_lo), _MAX_KEY + 1, keys[hi]),
-      jnp.where(jnp.any(is_lo), counts[lo], total),
-      jnp.where(jnp.all(is_lo), 0, counts[hi]),
+    jnp.where(jnp.any(is_lo), keys[lo], -_MAX_KEY),
+    jnp.where(jnp.all(is_lo), _MAX_KEY + 1, keys[hi]),
+    jnp.where(jnp.any(is_lo), counts[lo], total),
+    jnp.where(jnp.all(is_lo), 0, counts[hi]),
   )
   return tau, ok, bracket, passes
 
@@ -608,25 +613,44 @@ def _loop_select(leaves, k, total, sample_size, max_passes, seed, bracket=None):
     new_hi = jnp.where(keep_up, hi, t)
     new_count_lo = jnp.where(keep_up, count_t, count_lo)
     new_count_hi = jnp.where(keep_up, count_hi, count_t)
-    return (new_lo, new_hi, new_count_lo, new_count_hi, passes + 1,
-            count_lo - count_hi, entries_prev)
+    return (
+      new_lo,
+      new_hi,
+      new_count_lo,
+      new_count_hi,
+      passes + 1,
+      count_lo - count_hi,
+      entries_prev,
+    )
 
-  init = (lo0, hi0, jnp.int32(total), jnp.int32(0), jnp.int32(0),
-          jnp.int32(total), jnp.int32(total))
+  init = (
+    lo0,
+    hi0,
+    jnp.int32(total),
+    jnp.int32(0),
+    jnp.int32(0),
+    jnp.int32(total),
+    jnp.int32(total),
+  )
   first = 0
   if bracket is not None:
     # Start after the two sample probes, straight into interpolation.
     first = 2
     lo_key, hi_key, count_lo, count_hi = bracket
-    init = (lo_key, hi_key, count_lo, count_hi, jnp.int32(first),
-            count_lo - count_hi, jnp.int32(total))
+    init = (
+      lo_key,
+      hi_key,
+      count_lo,
+      count_hi,
+      jnp.int32(first),
+      count_lo - count_hi,
+      jnp.int32(total),
+    )
   lo, _, _, _, passes, _, _ = lax.while_loop(lambda st: ~done(st), step, init)
   return _from_key(lo), passes - first
 
 
-def topk_masks(
-    leaves: Sequence[jax.Array], k: jax.typing.ArrayLike, **kwargs
-) -> list[jax.Array]:
+def topk_masks(leaves: Sequence[jax.Array], k: jax.typing.ArrayLike, **kwargs) -> list[jax.Array]:
   """Boolean masks of the global top-``k`` (ties at the k-th value kept)."""
   leaves = [canonicalize_scores(leaf) for leaf in leaves]
   tau = kth_largest_threshold(leaves, k, **kwargs)

@@ -14,8 +14,7 @@ from seven_jax.prunable import PrunableSpec
 
 __all__ = ["seven_mask", "SevenMaskState", "AllKept", "masks", "find_state"]
 
-_NO_PARAMS_MSG = ("seven_mask needs the current parameters: call "
-                  "tx.update(grads, state, params).")
+_NO_PARAMS_MSG = "seven_mask needs the current parameters: call tx.update(grads, state, params)."
 _SCOPES = ("global", "per_leaf")
 
 
@@ -34,6 +33,7 @@ class SevenMaskState(NamedTuple):
     scores: accumulated SEVEN scores ``S``, same layout.
     inner_state: state of the wrapped optimizer.
   """
+
   count: jax.Array
   masks: Any
   grad_ema: Any
@@ -60,20 +60,20 @@ def _check_range(name, value, low, high, *, low_open=False, high_open=True):
 
 
 def seven_mask(
-    inner: optax.GradientTransformation,
-    sparsity: float = 0.6,
-    start_step: int = 1000,
-    pruning_steps: int = 4000,
-    b1: float = 0.8,
-    b2: float = 0.9,
-    prunable: PrunableSpec = None,
-    *,
-    eps: float = 1e-9,
-    update_every: int = 1,
-    scope: str = "global",
-    resurrect: bool = False,
-    signed_first_moment: bool = False,
-    stats_dtype=jnp.float32,
+  inner: optax.GradientTransformation,
+  sparsity: float = 0.6,
+  start_step: int = 1000,
+  pruning_steps: int = 4000,
+  b1: float = 0.8,
+  b2: float = 0.9,
+  prunable: PrunableSpec = None,
+  *,
+  eps: float = 1e-9,
+  update_every: int = 1,
+  scope: str = "global",
+  resurrect: bool = False,
+  signed_first_moment: bool = False,
+  stats_dtype=jnp.float32,
 ) -> optax.GradientTransformationExtraArgs:
   r"""Prunes while fine-tuning with SEVEN (SEVEN_dyn), wrapping an optimizer.
 
@@ -174,15 +174,24 @@ def seven_mask(
   # One engine for every method (seven_jax.engine); SEVEN is its "seven"
   # score rule, with the state laid out in the SevenMaskState fields.
   from seven_jax import engine, scores  # imported here: engine imports us
+
   hp = dict(b1=b1, b2=b2, eps=eps, signed_first_moment=signed_first_moment)
   return engine.build_transform(
-      inner, scores.get_rule("seven"), hp, sparsity=sparsity,
-      start_step=start_step, pruning_steps=pruning_steps, prunable=prunable,
-      scope=scope, resurrect=resurrect, update_every=update_every,
-      stats_dtype=stats_dtype, pack=lambda c, m, st, s, i: SevenMaskState(c, m, st[0], st[1], s, i),
-      unpack=lambda s: (s.count, s.masks, (s.grad_ema, s.sq_grad_ema),
-                        s.scores, s.inner_state),
-      name="seven_mask")
+    inner,
+    scores.get_rule("seven"),
+    hp,
+    sparsity=sparsity,
+    start_step=start_step,
+    pruning_steps=pruning_steps,
+    prunable=prunable,
+    scope=scope,
+    resurrect=resurrect,
+    update_every=update_every,
+    stats_dtype=stats_dtype,
+    pack=lambda c, m, st, s, i: SevenMaskState(c, m, st[0], st[1], s, i),
+    unpack=lambda s: (s.count, s.masks, (s.grad_ema, s.sq_grad_ema), s.scores, s.inner_state),
+    name="seven_mask",
+  )
 
 
 def _unwrap_variable(x):
@@ -199,13 +208,17 @@ def find_state(opt_state) -> SevenMaskState:
   """The mask state (:class:`SevenMaskState`, or that of ``pruning_mask`` or
   ``fixed_mask``) inside any chain, wrapper or nnx optimizer."""
   types = tuple(_MASK_STATE_TYPES)
-  found = [x for x in jax.tree.leaves(opt_state, is_leaf=lambda x: isinstance(x, types))
-           if isinstance(x, types)]
+  found = [
+    x
+    for x in jax.tree.leaves(opt_state, is_leaf=lambda x: isinstance(x, types))
+    if isinstance(x, types)
+  ]
   if not found:
     raise ValueError("No seven_mask state found in this optimizer state.")
   if len(found) > 1:
-    raise ValueError(f"Found {len(found)} seven_mask states; pass the one you "
-                     "mean (e.g. opt_state[0]).")
+    raise ValueError(
+      f"Found {len(found)} seven_mask states; pass the one you mean (e.g. opt_state[0])."
+    )
   return found[0]
 
 
@@ -218,8 +231,7 @@ def masks(opt_state) -> Any:
   """
   state = find_state(opt_state)
   is_leaf = lambda x: hasattr(x, "value") or isinstance(x, AllKept)
-  return jax.tree.map(lambda x: _expand_mask(_unwrap_variable(x)), state.masks,
-                      is_leaf=is_leaf)
+  return jax.tree.map(lambda x: _expand_mask(_unwrap_variable(x)), state.masks, is_leaf=is_leaf)
 
 
 @jax.tree_util.register_static
@@ -231,6 +243,7 @@ class AllKept:
   memory in the optimizer state, no bytes in a checkpoint and no transfer
   under sharding; :func:`masks` turns it into an array.
   """
+
   shape: tuple
 
 

@@ -13,8 +13,10 @@ def _positive(entry):
 
 def test_benchmark_cli_tiny(tmp_path, capsys):
   out = tmp_path / "results.json"
-  assert run.main(["--size", "tiny", "--out", str(out), "--threshold-sizes", "10k",
-                   "--repeats", "2"]) == 0
+  assert (
+    run.main(["--size", "tiny", "--out", str(out), "--threshold-sizes", "10k", "--repeats", "2"])
+    == 0
+  )
   results = json.loads(out.read_text())
   table = capsys.readouterr().out
   assert "| tiny-bert" in table and "| 10k" in table

@@ -13,20 +13,47 @@ import sys
 import numpy as np
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
-ARGS = ["--task", "digits", "--methods", "seven", "--steps", "12", "--start-step", "2",
-        "--pruning-steps", "8", "--batch-size", "32", "--sparsity", "0.5"]
+ARGS = [
+  "--task",
+  "digits",
+  "--methods",
+  "seven",
+  "--steps",
+  "12",
+  "--start-step",
+  "2",
+  "--pruning-steps",
+  "8",
+  "--batch-size",
+  "32",
+  "--sparsity",
+  "0.5",
+]
 
 
 def _run(tmp_path, devices):
   out = tmp_path / f"d{devices}"
-  env = dict(os.environ, PYTHONPATH=str(ROOT), JAX_PLATFORMS="cpu",
-             XLA_FLAGS=f"--xla_force_host_platform_device_count={devices}")
-  subprocess.run([sys.executable, "-m", "experiments.vision", *ARGS, "--out", str(out)],
-                 cwd=ROOT, env=env, check=True, timeout=600, capture_output=True)
+  env = dict(
+    os.environ,
+    PYTHONPATH=str(ROOT),
+    JAX_PLATFORMS="cpu",
+    XLA_FLAGS=f"--xla_force_host_platform_device_count={devices}",
+  )
+  subprocess.run(
+    [sys.executable, "-m", "experiments.vision", *ARGS, "--out", str(out)],
+    cwd=ROOT,
+    env=env,
+    check=True,
+    timeout=600,
+    capture_output=True,
+  )
   run_dir = next(out.iterdir())
   results = json.loads((run_dir / "results.json").read_text())
-  losses = [r["loss"] for r in map(json.loads, (run_dir / "log.jsonl").read_text().splitlines())
-            if "loss" in r]
+  losses = [
+    r["loss"]
+    for r in map(json.loads, (run_dir / "log.jsonl").read_text().splitlines())
+    if "loss" in r
+  ]
   masks = dict(np.load(run_dir / "masks.npz"))
   return results, np.array(losses), masks
 

@@ -10,15 +10,20 @@ from experiments import glue  # noqa: E402
 
 
 def mock(num_examples):
-  return tfds.testing.mock_data(num_examples=num_examples,
-                                policy=tfds.testing.MockPolicy.USE_CODE)
+  return tfds.testing.mock_data(num_examples=num_examples, policy=tfds.testing.MockPolicy.USE_CODE)
 
 
 def test_paper_preset_is_the_official_table():
-  for task, (t_i, n, sparsity) in {"mnli": (5400, 16600, 0.7), "qqp": (5400, 16600, 0.9),
-                                   "qnli": (2000, 12000, 0.7), "sst2": (1000, 4000, 0.6),
-                                   "cola": (500, 1000, 0.5), "stsb": (500, 2000, 0.5),
-                                   "mrpc": (300, 600, 0.5), "rte": (200, 1000, 0.6)}.items():
+  for task, (t_i, n, sparsity) in {
+    "mnli": (5400, 16600, 0.7),
+    "qqp": (5400, 16600, 0.9),
+    "qnli": (2000, 12000, 0.7),
+    "sst2": (1000, 4000, 0.6),
+    "cola": (500, 1000, 0.5),
+    "stsb": (500, 2000, 0.5),
+    "mrpc": (300, 600, 0.5),
+    "rte": (200, 1000, 0.6),
+  }.items():
     p = glue.preset("paper", task)
     assert (p["start_step"], p["pruning_steps"], p["sparsity"]) == (t_i, n, sparsity)
     assert (p["lr"], p["batch_size"], p["max_len"], p["weight_decay"]) == (2e-5, 32, 128, 0.0)
@@ -38,8 +43,22 @@ def test_epochs_become_steps_and_flags_win():
     assert (cfg.steps, cfg.eval_every, cfg.epochs) == (40, 2, 20)
     (cfg,) = glue.configs_from_args(["--task", "rte", "--batch-size", "8", "--epochs", "3"])
     assert (cfg.steps, cfg.eval_every) == (15, 5)
-    (cfg,) = glue.configs_from_args(["--task", "rte", "--steps", "7", "--eval-every", "0",
-                                     "--sparsity", "0.3", "--start-step", "0", "--lr", "1e-4"])
+    (cfg,) = glue.configs_from_args(
+      [
+        "--task",
+        "rte",
+        "--steps",
+        "7",
+        "--eval-every",
+        "0",
+        "--sparsity",
+        "0.3",
+        "--start-step",
+        "0",
+        "--lr",
+        "1e-4",
+      ]
+    )
     assert (cfg.steps, cfg.eval_every, cfg.sparsity, cfg.start_step, cfg.lr) == (7, 0, 0.3, 0, 1e-4)
     assert cfg.pruning_steps == 1000  # untouched preset values stay
     configs = glue.configs_from_args(["--task", "mnli", "--methods", "dense,seven"])
@@ -47,13 +66,19 @@ def test_epochs_become_steps_and_flags_win():
   assert configs[0].eval_split == "validation_matched,validation_mismatched"
 
 
-@pytest.mark.parametrize("argv,needle", [
+@pytest.mark.parametrize(
+  "argv,needle",
+  [
     (["--task", "nope"], "invalid choice: 'nope'"),
     (["--task", "mrpc", "--preset", "nope"], "invalid choice: 'nope'"),
-    (["--task", "mrpc", "--methods", "dense,bogus"], "unknown method 'bogus'; valid methods: dense"),
+    (
+      ["--task", "mrpc", "--methods", "dense,bogus"],
+      "unknown method 'bogus'; valid methods: dense",
+    ),
     (["--task", "mrpc", "--sparsity", "1.5"], "sparsity must be in [0, 1)"),
     (["--task", "mrpc", "--eval-split", "test_matched"], "unknown eval split 'test_matched'"),
-])
+  ],
+)
 def test_bad_arguments_are_named(argv, needle, capsys):
   with mock(8), pytest.raises(SystemExit):
     glue.main(argv)
@@ -70,14 +95,27 @@ def test_preset_function_names_valid_values():
     glue.preset("paper", "nope")
 
 
-TINY = ["--batch-size", "8", "--epochs", "2", "--max-len", "16", "--start-step", "1",
-        "--pruning-steps", "3"]
+TINY = [
+  "--batch-size",
+  "8",
+  "--epochs",
+  "2",
+  "--max-len",
+  "16",
+  "--start-step",
+  "1",
+  "--pruning-steps",
+  "3",
+]
 
 
-@pytest.mark.parametrize("task,metrics", [
-    ("mrpc", ("f1", "accuracy")),          # a sentence-pair task
-    ("stsb", ("pearson", "spearman")),     # regression
-])
+@pytest.mark.parametrize(
+  "task,metrics",
+  [
+    ("mrpc", ("f1", "accuracy")),  # a sentence-pair task
+    ("stsb", ("pearson", "spearman")),  # regression
+  ],
+)
 def test_tiny_end_to_end(tmp_path, capsys, task, metrics):
   with mock(16):
     (row,) = glue.main(["--task", task, *TINY, "--out", str(tmp_path)])
@@ -97,8 +135,9 @@ def test_tiny_end_to_end(tmp_path, capsys, task, metrics):
 
 def test_mnli_evaluates_matched_and_mismatched(tmp_path):
   with mock(16):
-    (row,) = glue.main(["--task", "mnli", *TINY, "--epochs", "1", "--method", "dense",
-                        "--out", str(tmp_path)])
+    (row,) = glue.main(
+      ["--task", "mnli", *TINY, "--epochs", "1", "--method", "dense", "--out", str(tmp_path)]
+    )
   assert set(row["final"]) >= {"accuracy", "validation_mismatched/accuracy"}
   assert row["sparsity"] == 0.0
 

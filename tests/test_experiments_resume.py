@@ -13,13 +13,28 @@ import numpy as np
 from experiments import vision
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
-ARGS = ["--task", "digits", "--methods", "seven", "--start-step", "2", "--pruning-steps", "6",
-        "--batch-size", "32", "--sparsity", "0.5"]
+ARGS = [
+  "--task",
+  "digits",
+  "--methods",
+  "seven",
+  "--start-step",
+  "2",
+  "--pruning-steps",
+  "6",
+  "--batch-size",
+  "32",
+  "--sparsity",
+  "0.5",
+]
 
 
 def _losses(run_dir):
-  return [r["loss"] for r in map(json.loads, (run_dir / "log.jsonl").read_text().splitlines())
-          if "loss" in r]
+  return [
+    r["loss"]
+    for r in map(json.loads, (run_dir / "log.jsonl").read_text().splitlines())
+    if "loss" in r
+  ]
 
 
 def _only_run(out):
@@ -47,10 +62,10 @@ def test_same_seed_same_numbers_and_exact_resume(tmp_path):
 def test_ctrl_c_saves_a_checkpoint_and_resume_finishes(tmp_path):
   out = tmp_path / "run"
   env = dict(os.environ, PYTHONPATH=str(ROOT), JAX_PLATFORMS="cpu")
-  cmd = [sys.executable, "-m", "experiments.vision", *ARGS, "--steps", "100000",
-         "--out", str(out)]
-  proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.PIPE,
-                          stderr=subprocess.DEVNULL, text=True)
+  cmd = [sys.executable, "-m", "experiments.vision", *ARGS, "--steps", "100000", "--out", str(out)]
+  proc = subprocess.Popen(
+    cmd, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True
+  )
   deadline = time.time() + 300
   log = None
   while time.time() < deadline:

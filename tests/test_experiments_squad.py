@@ -10,17 +10,19 @@ from experiments import squad  # noqa: E402
 
 
 def mock(num_examples):
-  return tfds.testing.mock_data(num_examples=num_examples,
-                                policy=tfds.testing.MockPolicy.USE_CODE)
+  return tfds.testing.mock_data(num_examples=num_examples, policy=tfds.testing.MockPolicy.USE_CODE)
 
 
-@pytest.mark.parametrize("argv,needle", [
+@pytest.mark.parametrize(
+  "argv,needle",
+  [
     (["--methods", "dense,bogus"], "unknown method 'bogus'; valid methods: dense"),
     (["--task", "glue/mrpc"], "unknown task 'glue/mrpc'; valid tasks: squad/v1.1"),
     (["--preset", "nope"], "invalid choice: 'nope' (choose from 'cpu-quick', 'paper')"),
     (["--doc-stride", "400"], "doc_stride must be in (0, max_len=384)"),
     (["--eval-split", "test"], "unknown eval split 'test'; valid splits: train, validation"),
-])
+  ],
+)
 def test_bad_arguments_are_named(argv, needle, capsys):
   with mock(4), pytest.raises(SystemExit):
     squad.main(argv)
@@ -29,15 +31,34 @@ def test_bad_arguments_are_named(argv, needle, capsys):
 
 def test_tiny_end_to_end(tmp_path, capsys):
   with mock(12):
-    (cfg,) = squad.configs_from_args(["--max-len", "48", "--doc-stride", "16",
-                                      "--batch-size", "8", "--epochs", "1"])
+    (cfg,) = squad.configs_from_args(
+      ["--max-len", "48", "--doc-stride", "16", "--batch-size", "8", "--epochs", "1"]
+    )
     num_features = len(squad.train_features(cfg))
     assert num_features >= 12  # long mock contexts are split into several windows
     assert cfg.steps == -(-num_features // 8) == cfg.eval_every
-    rows = squad.main(["--max-len", "48", "--doc-stride", "16", "--batch-size", "8",
-                       "--steps", "4", "--eval-every", "2", "--start-step", "1",
-                       "--pruning-steps", "3", "--methods", "dense,seven",
-                       "--out", str(tmp_path)])
+    rows = squad.main(
+      [
+        "--max-len",
+        "48",
+        "--doc-stride",
+        "16",
+        "--batch-size",
+        "8",
+        "--steps",
+        "4",
+        "--eval-every",
+        "2",
+        "--start-step",
+        "1",
+        "--pruning-steps",
+        "3",
+        "--methods",
+        "dense,seven",
+        "--out",
+        str(tmp_path),
+      ]
+    )
   out = capsys.readouterr().out
   assert out.startswith("config: ") and '"doc_stride": 16' in out and "exact_match" in out
   dense, seven = rows
@@ -55,14 +76,16 @@ def test_tiny_end_to_end(tmp_path, capsys):
 
 
 CONTEXT = (
-    "The Normans were the people who in the 10th and 11th centuries gave their name to "
-    "Normandy, a region in France. They were descended from Norse raiders and pirates from "
-    "Denmark, Iceland and Norway who, under their leader Rollo, agreed to swear fealty to "
-    "King Charles III of West Francia."
+  "The Normans were the people who in the 10th and 11th centuries gave their name to "
+  "Normandy, a region in France. They were descended from Norse raiders and pirates from "
+  "Denmark, Iceland and Norway who, under their leader Rollo, agreed to swear fealty to "
+  "King Charles III of West Francia."
 )
-QUESTIONS = [("q1", "In what country is Normandy located?", "France"),
-             ("q2", "Who was the Norse leader?", "Rollo"),
-             ("q3", "Which king?", "King Charles III")]
+QUESTIONS = [
+  ("q1", "In what country is Normandy located?", "France"),
+  ("q2", "Who was the Norse leader?", "Rollo"),
+  ("q3", "Which king?", "King Charles III"),
+]
 
 
 @pytest.fixture
@@ -72,15 +95,25 @@ def tiny_squad(monkeypatch):
   from seven_jax import data
   from seven_jax.data import registry
 
-  columns = {"id": [q[0] for q in QUESTIONS], "title": ["Normans"] * 3,
-             "question": [q[1] for q in QUESTIONS], "context": [CONTEXT] * 3,
-             "answers": [{"text": [q[2]], "answer_start": [CONTEXT.index(q[2])]}
-                         for q in QUESTIONS]}
+  columns = {
+    "id": [q[0] for q in QUESTIONS],
+    "title": ["Normans"] * 3,
+    "question": [q[1] for q in QUESTIONS],
+    "context": [CONTEXT] * 3,
+    "answers": [{"text": [q[2]], "answer_start": [CONTEXT.index(q[2])]} for q in QUESTIONS],
+  }
   spec = data.DatasetSpec(
-      name="squad_tiny", task="extractive_qa", splits=("train", "validation"),
-      num_labels=None, metrics=("exact_match", "f1"), description="3 hand-made questions",
-      source="tests", how_to_get="-", licence="-",
-      loader=lambda spec, split, **_: data.InMemoryDataset(spec, split, columns))
+    name="squad_tiny",
+    task="extractive_qa",
+    splits=("train", "validation"),
+    num_labels=None,
+    metrics=("exact_match", "f1"),
+    description="3 hand-made questions",
+    source="tests",
+    how_to_get="-",
+    licence="-",
+    loader=lambda spec, split, **_: data.InMemoryDataset(spec, split, columns),
+  )
   monkeypatch.setitem(registry._REGISTRY, spec.name, spec)  # undone after the test
   return spec.name
 
@@ -91,9 +124,24 @@ def test_decoding_path_scores_gold_logits(monkeypatch, tiny_squad):
   import numpy as np
   from experiments import common
 
-  (cfg,) = squad.configs_from_args(["--task", tiny_squad, "--max-len", "32",
-                                    "--doc-stride", "8", "--batch-size", "2", "--steps", "1",
-                                    "--eval-every", "0", "--method", "dense"])
+  (cfg,) = squad.configs_from_args(
+    [
+      "--task",
+      tiny_squad,
+      "--max-len",
+      "32",
+      "--doc-stride",
+      "8",
+      "--batch-size",
+      "2",
+      "--steps",
+      "1",
+      "--eval-every",
+      "0",
+      "--method",
+      "dense",
+    ]
+  )
   task = squad.build_task(cfg)
   assert len(squad.train_features(cfg)) > 3 * 2
 

@@ -7,13 +7,16 @@ import pytest
 from experiments import text
 
 
-@pytest.mark.parametrize("argv,needle", [
+@pytest.mark.parametrize(
+  "argv,needle",
+  [
     (["--methods", "dense,bogus"], "unknown method 'bogus'"),
     (["--task", "nope"], "unknown task 'nope'"),
     (["--task", "digits", "--methods", "dense"], "experiments.text handles"),
     (["--sparsity", "1.5", "--methods", "seven"], "sparsity must be in [0, 1)"),
     (["--preset", "nope"], "invalid choice"),
-])
+  ],
+)
 def test_bad_arguments_are_named(argv, needle, capsys):
   with pytest.raises((SystemExit, ValueError)) as info:
     text.main(argv)
@@ -22,9 +25,26 @@ def test_bad_arguments_are_named(argv, needle, capsys):
 
 
 def test_minilm_rotten_tomatoes_short_run_writes_everything(tmp_path):
-  rows = text.main(["--methods", "dense,seven", "--steps", "6", "--start-step", "1",
-                    "--pruning-steps", "4", "--eval-examples", "64", "--max-len", "16",
-                    "--batch-size", "8", "--out", str(tmp_path)])
+  rows = text.main(
+    [
+      "--methods",
+      "dense,seven",
+      "--steps",
+      "6",
+      "--start-step",
+      "1",
+      "--pruning-steps",
+      "4",
+      "--eval-examples",
+      "64",
+      "--max-len",
+      "16",
+      "--batch-size",
+      "8",
+      "--out",
+      str(tmp_path),
+    ]
+  )
   dense, seven = rows
   assert dense["sparsity"] == 0.0
   # r = 0.4 + 0.6 * (1 - 3/4)^3 after the last of the N - 1 = 3 window steps.

@@ -25,8 +25,13 @@ def _params(seed=0, shapes=SHAPES):
 def _grad_sequence(steps, seed=1, shapes=SHAPES):
   rng = np.random.default_rng(seed)
   signal = {k: rng.standard_normal(s) for k, s in shapes.items()}
-  return [{k: (signal[k] + 2.0 * rng.standard_normal(s) * rng.random(s)).astype(np.float32)
-           for k, s in shapes.items()} for _ in range(steps)]
+  return [
+    {
+      k: (signal[k] + 2.0 * rng.standard_normal(s) * rng.random(s)).astype(np.float32)
+      for k, s in shapes.items()
+    }
+    for _ in range(steps)
+  ]
 
 
 def _sigmoid(x):
@@ -39,7 +44,7 @@ def reference_rule(method, hp, w_before, w_after, g, stats, score, p, is_last):
     m, v = stats
     a = np.abs(g)
     m = hp["b1"] * m + (1 - hp["b1"]) * a
-    v = hp["b2"] * v + (1 - hp["b2"]) * a ** 2
+    v = hp["b2"] * v + (1 - hp["b2"]) * a**2
     mh = m / (1 - hp["b1"] ** (p + 1))
     d = np.sqrt(v / (1 - hp["b2"] ** (p + 1))) + 1e-9
     return (m, v), score + np.abs(w_after * a * mh / d)
@@ -69,13 +74,24 @@ NUM_STATS = {"seven": 2, "platon": 3, "platon_seven_repo": 3}
 SIGNED = {"movement", "soft_movement"}
 
 
-def reference_loop(method, hp, params, grads_seq, lr, sparsity, t_i, n_iter, *,
-                   resurrect, update_every=1, scope="global"):
+def reference_loop(
+  method,
+  hp,
+  params,
+  grads_seq,
+  lr,
+  sparsity,
+  t_i,
+  n_iter,
+  *,
+  resurrect,
+  update_every=1,
+  scope="global",
+):
   """The shared loop: masked SGD step, score on the window, sort-based top-k."""
   w = {k: np.asarray(v, np.float64) for k, v in params.items()}
   mask = {k: np.ones(SHAPES[k], bool) for k in NAMES}
-  stats = {k: tuple(np.zeros(SHAPES[k]) for _ in range(NUM_STATS.get(method, 0)))
-           for k in NAMES}
+  stats = {k: tuple(np.zeros(SHAPES[k]) for _ in range(NUM_STATS.get(method, 0))) for k in NAMES}
   score = {k: np.zeros(SHAPES[k]) for k in NAMES}
   signed = method in SIGNED
   history = []
@@ -88,8 +104,9 @@ def reference_loop(method, hp, params, grads_seq, lr, sparsity, t_i, n_iter, *,
       p = t - t_i
       is_last = p == n_iter - 2
       for k in NAMES:
-        stats[k], score[k] = reference_rule(method, hp, before[k], w[k], g[k], stats[k],
-                                            score[k], p, is_last)
+        stats[k], score[k] = reference_rule(
+          method, hp, before[k], w[k], g[k], stats[k], score[k], p, is_last
+        )
         if not resurrect and not signed:
           score[k] = np.where(mask[k], score[k], 0.0)
       if (p + 1) % update_every == 0 or is_last:
@@ -109,13 +126,13 @@ def reference_loop(method, hp, params, grads_seq, lr, sparsity, t_i, n_iter, *,
 
 
 CASES = [
-    ("seven", dict(b1=0.8, b2=0.9), {}),
-    ("platon", dict(b1=0.85, b2=0.95, delta_t=3), dict(delta_t=3)),
-    ("platon_seven_repo", dict(b1=0.8, b2=0.9), {}),
-    ("movement", {}, {}),
-    ("taylor_instant", {}, {}),
-    ("magnitude", {}, {}),
-    ("soft_movement", dict(score_lr=0.5, penalty=50.0), dict(score_lr=0.5, penalty=50.0)),
+  ("seven", dict(b1=0.8, b2=0.9), {}),
+  ("platon", dict(b1=0.85, b2=0.95, delta_t=3), dict(delta_t=3)),
+  ("platon_seven_repo", dict(b1=0.8, b2=0.9), {}),
+  ("movement", {}, {}),
+  ("taylor_instant", {}, {}),
+  ("magnitude", {}, {}),
+  ("soft_movement", dict(score_lr=0.5, penalty=50.0), dict(score_lr=0.5, penalty=50.0)),
 ]
 
 
@@ -124,12 +141,29 @@ def test_every_rule_matches_a_numpy_loop(method, hp, kwargs):
   params = _params()
   start, n_iter, sparsity, lr = 2, 9, 0.7, 0.05
   grads_seq = _grad_sequence(start + n_iter + 1)
-  tx = seven_jax.pruning_mask(optax.sgd(lr), method, sparsity=sparsity, start_step=start,
-                              pruning_steps=n_iter, prunable=PRUNABLE, **kwargs)
+  tx = seven_jax.pruning_mask(
+    optax.sgd(lr),
+    method,
+    sparsity=sparsity,
+    start_step=start,
+    pruning_steps=n_iter,
+    prunable=PRUNABLE,
+    **kwargs,
+  )
   rule = seven_jax.scores.get_rule(method)
   update_every = rule.update_every(seven_jax.scores.resolve_hparams(rule, kwargs))
-  expected = reference_loop(method, hp, params, grads_seq, lr, sparsity, start, n_iter,
-                            resurrect=rule.resurrect, update_every=update_every)
+  expected = reference_loop(
+    method,
+    hp,
+    params,
+    grads_seq,
+    lr,
+    sparsity,
+    start,
+    n_iter,
+    resurrect=rule.resurrect,
+    update_every=update_every,
+  )
   state = tx.init(params)
   step = jax.jit(tx.update)
   for t, grads in enumerate(grads_seq):
@@ -140,7 +174,7 @@ def test_every_rule_matches_a_numpy_loop(method, hp, kwargs):
       np.testing.assert_array_equal(np.asarray(got[k]), mask, err_msg=f"step {t}, leaf {k}")
       assert np.all(np.asarray(params[k])[~mask] == 0.0)
   kept = sum(int(m.sum()) for m in expected[-1].values())
-  assert kept == math.floor(((1 - sparsity) + sparsity / n_iter ** 3) * TOTAL)
+  assert kept == math.floor(((1 - sparsity) + sparsity / n_iter**3) * TOTAL)
 
 
 @pytest.mark.parametrize("method", ["platon_seven_repo", "movement"])
@@ -149,10 +183,18 @@ def test_per_leaf_scope_and_resurrect_override_match_the_numpy_loop(method):
   hp = dict(b1=0.8, b2=0.9) if method == "platon_seven_repo" else {}
   grads_seq = _grad_sequence(8, seed=4)
   resurrect = method == "platon_seven_repo"  # the opposite of each default
-  expected = reference_loop(method, hp, params, grads_seq, 0.05, 0.6, 0, 8,
-                            resurrect=resurrect, scope="per_leaf")
-  tx = seven_jax.pruning_mask(optax.sgd(0.05), method, sparsity=0.6, pruning_steps=8,
-                              prunable=PRUNABLE, scope="per_leaf", resurrect=resurrect)
+  expected = reference_loop(
+    method, hp, params, grads_seq, 0.05, 0.6, 0, 8, resurrect=resurrect, scope="per_leaf"
+  )
+  tx = seven_jax.pruning_mask(
+    optax.sgd(0.05),
+    method,
+    sparsity=0.6,
+    pruning_steps=8,
+    prunable=PRUNABLE,
+    scope="per_leaf",
+    resurrect=resurrect,
+  )
   state = tx.init(params)
   step = jax.jit(tx.update)
   for t, grads in enumerate(grads_seq):
@@ -161,7 +203,7 @@ def test_per_leaf_scope_and_resurrect_override_match_the_numpy_loop(method):
     for k, mask in expected[t].items():
       np.testing.assert_array_equal(np.asarray(seven_jax.masks(state)[k]), mask)
   for k in NAMES:  # every leaf at the same ratio
-    ratio = 0.4 + 0.6 / 8 ** 3
+    ratio = 0.4 + 0.6 / 8**3
     assert int(expected[-1][k].sum()) == int(ratio * np.prod(SHAPES[k]))
 
 
@@ -193,8 +235,14 @@ def test_nm_keeps_exactly_n_per_group_and_follows_the_ramp(pattern, method):
   n, m = map(int, pattern.split(":"))
   params = _params(shapes=NM_SHAPES)
   n_iter = 6
-  tx = seven_jax.pruning_mask(optax.sgd(0.05), method, pattern=pattern, pruning_steps=n_iter,
-                              prunable=NM_PRUNABLE, resurrect=False)
+  tx = seven_jax.pruning_mask(
+    optax.sgd(0.05),
+    method,
+    pattern=pattern,
+    pruning_steps=n_iter,
+    prunable=NM_PRUNABLE,
+    resurrect=False,
+  )
   state = tx.init(params)
   step = jax.jit(tx.update)
   prev = None
@@ -226,18 +274,30 @@ def test_nm_errors():
     seven_jax.pruning_mask(optax.sgd(0.1), "seven", pattern="4:4")
 
 
-@pytest.mark.parametrize("method,can_grow", [
+@pytest.mark.parametrize(
+  "method,can_grow",
+  [
     # Scores of weights that are exactly 0 are 0 for SEVEN's increment, |W g|
     # and |W|, so even with resurrection on they stay out; accumulated signed
     # scores keep their value and can come back.
-    ("seven", False), ("taylor_instant", False), ("movement", True)])
+    ("seven", False),
+    ("taylor_instant", False),
+    ("movement", True),
+  ],
+)
 def test_resurrection_only_where_allowed(method, can_grow):
   # Tiny learning rate, big noise: with resurrection on, scores cross and
   # masks regrow; with it off, masks only shrink.
   for resurrect in (False, True):
     params = _params(5)
-    tx = seven_jax.pruning_mask(optax.sgd(1e-3), method, sparsity=0.5, pruning_steps=12,
-                                prunable=PRUNABLE, resurrect=resurrect)
+    tx = seven_jax.pruning_mask(
+      optax.sgd(1e-3),
+      method,
+      sparsity=0.5,
+      pruning_steps=12,
+      prunable=PRUNABLE,
+      resurrect=resurrect,
+    )
     state = tx.init(params)
     step = jax.jit(tx.update)
     prev, grew = seven_jax.masks(state), False
@@ -252,24 +312,35 @@ def test_resurrection_only_where_allowed(method, can_grow):
 
 def test_soft_movement_threshold_and_penalty():
   params = _params()
-  tx = seven_jax.pruning_mask(optax.sgd(0.05), "soft_movement", sparsity=0.5, pruning_steps=6,
-                              prunable=PRUNABLE, threshold=0.55, score_lr=2.0)
+  tx = seven_jax.pruning_mask(
+    optax.sgd(0.05),
+    "soft_movement",
+    sparsity=0.5,
+    pruning_steps=6,
+    prunable=PRUNABLE,
+    threshold=0.55,
+    score_lr=2.0,
+  )
   state = tx.init(params)
   step = jax.jit(tx.update)
   for g in _grad_sequence(5):
     updates, state = step(jax.tree.map(jnp.asarray, g), state, params)
     params = optax.apply_updates(params, updates)
   for k in NAMES:
-    np.testing.assert_array_equal(np.asarray(state.masks[k]),
-                                  _sigmoid(np.asarray(state.scores[k], np.float64)) > 0.55)
+    np.testing.assert_array_equal(
+      np.asarray(state.masks[k]), _sigmoid(np.asarray(state.scores[k], np.float64)) > 0.55
+    )
   # The penalty the training step adds: lambda/D * sum(sigmoid(S)) over prunable leaves,
   # and its gradient is the term the rule applies to the scores.
   value = seven_jax.soft_movement_penalty(state, penalty=3.0)
-  expected = 3.0 * sum(_sigmoid(np.asarray(state.scores[k], np.float64)).sum() for k in NAMES) / TOTAL
+  expected = (
+    3.0 * sum(_sigmoid(np.asarray(state.scores[k], np.float64)).sum() for k in NAMES) / TOTAL
+  )
   np.testing.assert_allclose(float(value), expected, rtol=1e-5)
   wrapped = (optax.EmptyState(), state)  # as inside an optax.chain
-  np.testing.assert_allclose(float(seven_jax.soft_movement_penalty(wrapped, 3.0)), expected,
-                             rtol=1e-5)
+  np.testing.assert_allclose(
+    float(seven_jax.soft_movement_penalty(wrapped, 3.0)), expected, rtol=1e-5
+  )
   s = [state.scores[k] for k in NAMES]
   grad = jax.grad(lambda s: seven_jax.soft_movement_penalty(s, 3.0))(s)
   sig = jax.nn.sigmoid(s[0])
@@ -293,25 +364,42 @@ def test_bad_method_names_and_arguments():
 
 def test_registry_lists_every_method():
   assert seven_jax.methods("dynamic") == [
-      "magnitude", "movement", "platon", "platon_seven_repo", "seven", "soft_movement",
-      "taylor_instant"]
-  assert set(seven_jax.methods("pre")) >= {"seven", "magnitude", "random", "snip", "grasp",
-                                           "synflow", "force", "iter_snip"}
+    "magnitude",
+    "movement",
+    "platon",
+    "platon_seven_repo",
+    "seven",
+    "soft_movement",
+    "taylor_instant",
+  ]
+  assert set(seven_jax.methods("pre")) >= {
+    "seven",
+    "magnitude",
+    "random",
+    "snip",
+    "grasp",
+    "synflow",
+    "force",
+    "iter_snip",
+  }
   assert seven_jax.method_kind("platon") == "dynamic"
   assert seven_jax.method_kind("seven_pre") == seven_jax.method_kind("grasp") == "pre"
   with pytest.raises(ValueError, match="unknown method 'nope'; valid names: force"):
     seven_jax.method_kind("nope")
-  assert seven_jax.methods() == sorted(set(seven_jax.methods("pre")) |
-                                       set(seven_jax.methods("dynamic")))
+  assert seven_jax.methods() == sorted(
+    set(seven_jax.methods("pre")) | set(seven_jax.methods("dynamic"))
+  )
 
 
 def test_a_new_rule_is_a_pure_function_and_works_with_inject_hyperparams():
   # A custom rule: |W|^power, registered nowhere, passed as the method.
-  rule = seven_jax.ScoreRule("abs_power", 0, lambda hp, x, st, s: (st, jnp.abs(x.param) ** hp["power"]),
-                             dict(power=2.0))
+  rule = seven_jax.ScoreRule(
+    "abs_power", 0, lambda hp, x, st, s: (st, jnp.abs(x.param) ** hp["power"]), dict(power=2.0)
+  )
   params = _params()
   tx = optax.inject_hyperparams(seven_jax.pruning_mask, static_args=("method", "prunable"))(
-      optax.sgd(0.1), method=rule, sparsity=0.5, pruning_steps=3, prunable=PRUNABLE, power=1.0)
+    optax.sgd(0.1), method=rule, sparsity=0.5, pruning_steps=3, prunable=PRUNABLE, power=1.0
+  )
   state = tx.init(params)
   step = jax.jit(tx.update)
   for g in _grad_sequence(2):

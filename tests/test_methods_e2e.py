@@ -20,10 +20,16 @@ SPARSITY = 0.5
 
 def _mlp():
   rng = np.random.default_rng(0)
-  return {"l1": {"kernel": jnp.asarray(rng.standard_normal((D_IN, D_H)) * 0.5, jnp.float32),
-                 "bias": jnp.zeros(D_H, jnp.float32)},
-          "l2": {"kernel": jnp.asarray(rng.standard_normal((D_H, D_OUT)) * 0.5, jnp.float32),
-                 "bias": jnp.zeros(D_OUT, jnp.float32)}}
+  return {
+    "l1": {
+      "kernel": jnp.asarray(rng.standard_normal((D_IN, D_H)) * 0.5, jnp.float32),
+      "bias": jnp.zeros(D_H, jnp.float32),
+    },
+    "l2": {
+      "kernel": jnp.asarray(rng.standard_normal((D_H, D_OUT)) * 0.5, jnp.float32),
+      "bias": jnp.zeros(D_OUT, jnp.float32),
+    },
+  }
 
 
 def _apply(p, x):
@@ -70,7 +76,8 @@ def test_pre_pruning_then_fixed_mask(method, option):
   else:
     kwargs.update(scope=option, sparsity=SPARSITY)
   masks = seven_jax.prune_before_finetuning(
-      _loss, params, iter(batches), method=method, steps=PRE_STEPS.get(method, 4), **kwargs)
+    _loss, params, iter(batches), method=method, steps=PRE_STEPS.get(method, 4), **kwargs
+  )
   if option == "2:4":
     _check_nm(masks, 2, 4)
   elif option == "per_leaf":
@@ -97,8 +104,9 @@ def test_dynamic_pruning_while_fine_tuning(method, option):
   params, batches = _mlp(), _batches(10)
   n_iter = 7
   kwargs = dict(pattern="2:4") if option == "2:4" else dict(scope=option, sparsity=SPARSITY)
-  tx = seven_jax.pruning_mask(optax.adam(1e-2), method, start_step=2, pruning_steps=n_iter,
-                              **kwargs)
+  tx = seven_jax.pruning_mask(
+    optax.adam(1e-2), method, start_step=2, pruning_steps=n_iter, **kwargs
+  )
   state = tx.init(params)
   step = jax.jit(lambda p, s, b: tx.update(jax.grad(_loss)(p, b), s, p))
   first = float(_loss(params, batches[0]))
@@ -106,7 +114,7 @@ def test_dynamic_pruning_while_fine_tuning(method, option):
     updates, state = step(params, state, b)
     params = optax.apply_updates(params, updates)
   masks = seven_jax.masks(state)
-  ratio = (1 - SPARSITY) + SPARSITY / n_iter ** 3
+  ratio = (1 - SPARSITY) + SPARSITY / n_iter**3
   if option == "2:4":
     _check_nm(masks, 2, 4)
   elif option == "per_leaf":
@@ -129,8 +137,16 @@ bert = pytest.mark.tiny_bert
 @pytest.fixture(scope="module")
 def tiny_bert():
   from transformers import BertConfig, FlaxBertForSequenceClassification
-  cfg = BertConfig(vocab_size=64, hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
-                   intermediate_size=64, max_position_embeddings=32, num_labels=2)
+
+  cfg = BertConfig(
+    vocab_size=64,
+    hidden_size=32,
+    num_hidden_layers=2,
+    num_attention_heads=2,
+    intermediate_size=64,
+    max_position_embeddings=32,
+    num_labels=2,
+  )
   model = FlaxBertForSequenceClassification(cfg, seed=0, input_shape=(1, 8))
   rng = np.random.default_rng(0)
   batches = []
@@ -148,8 +164,8 @@ def tiny_bert():
 
   # Encoder and pooler kernels, as the official code prunes (spec 2.6).
   prunable = jax.tree_util.tree_map_with_path(
-      lambda path, x: "kernel" in str(path[-1]) and "classifier" not in str(path[0]),
-      model.params)
+    lambda path, x: "kernel" in str(path[-1]) and "classifier" not in str(path[0]), model.params
+  )
   return model.params, loss, apply, batches, prunable
 
 
@@ -157,11 +173,19 @@ def tiny_bert():
 @pytest.mark.parametrize("method", seven_jax.methods("pre"))
 def test_tiny_bert_pre_pruning(tiny_bert, method):
   params, loss, apply, batches, prunable = tiny_bert
-  kwargs = dict(apply_fn=apply, input_shape=(1, 8), input_dtype=jnp.int32) \
-      if method == "synflow" else {}
-  masks = seven_jax.prune_before_finetuning(loss, params, iter(batches), method=method,
-                                            sparsity=0.5, steps=PRE_STEPS.get(method, 4),
-                                            prunable=prunable, **kwargs)
+  kwargs = (
+    dict(apply_fn=apply, input_shape=(1, 8), input_dtype=jnp.int32) if method == "synflow" else {}
+  )
+  masks = seven_jax.prune_before_finetuning(
+    loss,
+    params,
+    iter(batches),
+    method=method,
+    sparsity=0.5,
+    steps=PRE_STEPS.get(method, 4),
+    prunable=prunable,
+    **kwargs,
+  )
   report = seven_jax.sparsity_report(masks, prunable)
   assert report.kept == report.total // 2
 
@@ -170,12 +194,13 @@ def test_tiny_bert_pre_pruning(tiny_bert, method):
 @pytest.mark.parametrize("method", seven_jax.methods("dynamic"))
 def test_tiny_bert_dynamic(tiny_bert, method):
   params, loss, _, batches, prunable = tiny_bert
-  tx = seven_jax.pruning_mask(optax.adamw(1e-3), method, sparsity=0.5, start_step=1,
-                              pruning_steps=6, prunable=prunable)
+  tx = seven_jax.pruning_mask(
+    optax.adamw(1e-3), method, sparsity=0.5, start_step=1, pruning_steps=6, prunable=prunable
+  )
   state = tx.init(params)
   step = jax.jit(lambda p, s, b: tx.update(jax.grad(loss)(p, b), s, p))
   for b in batches[:8]:
     updates, state = step(params, state, b)
     params = optax.apply_updates(params, updates)
   report = seven_jax.sparsity_report(state)
-  assert report.kept == math.floor((0.5 + 0.5 / 6 ** 3) * report.total)
+  assert report.kept == math.floor((0.5 + 0.5 / 6**3) * report.total)

@@ -1,7 +1,6 @@
 """prune_before_finetuning and fixed_mask: every pre-pruning score against an
 independent reference on a tiny MLP, exact sparsity, N:M, bad input."""
 
-
 import jax
 import jax.flatten_util
 import jax.numpy as jnp
@@ -17,10 +16,16 @@ D_IN, D_H, D_OUT = 8, 8, 4
 
 def _mlp(seed=0):
   rng = np.random.default_rng(seed)
-  return {"l1": {"kernel": jnp.asarray(rng.standard_normal((D_IN, D_H)) * 0.7, jnp.float32),
-                 "bias": jnp.asarray(rng.standard_normal(D_H) * 0.1, jnp.float32)},
-          "l2": {"kernel": jnp.asarray(rng.standard_normal((D_H, D_OUT)) * 0.7, jnp.float32),
-                 "bias": jnp.zeros(D_OUT, jnp.float32)}}
+  return {
+    "l1": {
+      "kernel": jnp.asarray(rng.standard_normal((D_IN, D_H)) * 0.7, jnp.float32),
+      "bias": jnp.asarray(rng.standard_normal(D_H) * 0.1, jnp.float32),
+    },
+    "l2": {
+      "kernel": jnp.asarray(rng.standard_normal((D_H, D_OUT)) * 0.7, jnp.float32),
+      "bias": jnp.zeros(D_OUT, jnp.float32),
+    },
+  }
 
 
 def apply(p, x):
@@ -35,8 +40,13 @@ def loss(p, batch):
 
 def _batches(n, seed=1, size=16):
   rng = np.random.default_rng(seed)
-  return [(jnp.asarray(rng.standard_normal((size, D_IN)), jnp.float32),
-           jnp.asarray(rng.integers(0, D_OUT, size), jnp.int32)) for _ in range(n)]
+  return [
+    (
+      jnp.asarray(rng.standard_normal((size, D_IN)), jnp.float32),
+      jnp.asarray(rng.integers(0, D_OUT, size), jnp.int32),
+    )
+    for _ in range(n)
+  ]
 
 
 KERNELS = [("l1", "kernel"), ("l2", "kernel")]
@@ -57,6 +67,7 @@ def _topk(scores, k, masks=None, fill=0.0):
 
 
 # --------------------------------------------------------- numpy references
+
 
 def _np_loss(k1, b1, k2, b2, x, y):
   h = np.tanh(x @ k1 + b1)
@@ -81,17 +92,25 @@ def test_snip_equals_first_order_loss_change_per_weight():
         for sign in (1, -1):
           q = {k: {kk: vv.copy() for kk, vv in d.items()} for k, d in p64.items()}
           q[a]["kernel"][idx] *= 1 + sign * h
-          args.append(_np_loss(q["l1"]["kernel"], q["l1"]["bias"], q["l2"]["kernel"],
-                               q["l2"]["bias"], np.asarray(x, np.float64), np.asarray(y)))
+          args.append(
+            _np_loss(
+              q["l1"]["kernel"],
+              q["l1"]["bias"],
+              q["l2"]["kernel"],
+              q["l2"]["bias"],
+              np.asarray(x, np.float64),
+              np.asarray(y),
+            )
+          )
         total += (args[0] - args[1]) / (2 * h)
       s[idx] = abs(total / len(batches))
     expected.append(s)
-  got = prepruning.snip_scores(loss, params, batches,
-                               lambda t: [t[a][b] for a, b in KERNELS])
+  got = prepruning.snip_scores(loss, params, batches, lambda t: [t[a][b] for a, b in KERNELS])
   for g, e in zip(got, expected):
     np.testing.assert_allclose(np.asarray(g), e, rtol=2e-3, atol=1e-6)
-  masks = seven_jax.prune_before_finetuning(loss, params, batches, method="snip", steps=2,
-                                            sparsity=0.6)
+  masks = seven_jax.prune_before_finetuning(
+    loss, params, batches, method="snip", steps=2, sparsity=0.6
+  )
   for m, e in zip(_kernels(masks), _topk(expected, int(0.4 * TOTAL))):
     np.testing.assert_array_equal(m, e)
 
@@ -103,9 +122,15 @@ def test_grasp_equals_explicit_hessian_times_gradient():
   g = jax.grad(mean_loss)(flat)
   hess = jax.hessian(mean_loss)(flat)
   # Restrict the Hessian to the prunable weights: zero the gradient elsewhere.
-  is_kernel = jax.flatten_util.ravel_pytree(
-      {"l1": {"kernel": jnp.ones((D_IN, D_H)), "bias": jnp.zeros(D_H)},
-       "l2": {"kernel": jnp.ones((D_H, D_OUT)), "bias": jnp.zeros(D_OUT)}})[0] > 0
+  is_kernel = (
+    jax.flatten_util.ravel_pytree(
+      {
+        "l1": {"kernel": jnp.ones((D_IN, D_H)), "bias": jnp.zeros(D_H)},
+        "l2": {"kernel": jnp.ones((D_H, D_OUT)), "bias": jnp.zeros(D_OUT)},
+      }
+    )[0]
+    > 0
+  )
   hg = np.asarray(hess) @ np.where(is_kernel, np.asarray(g), 0.0)
   s = unravel(jnp.asarray(-np.asarray(flat) * hg))
   expected = [np.asarray(s[a][b]) for a, b in KERNELS]
@@ -120,8 +145,9 @@ def test_grasp_equals_explicit_hessian_times_gradient():
   got = prepruning.grasp_scores(loss, params, batches, ctx_leaves, with_kernels)
   for gl, e in zip(got, expected):
     np.testing.assert_allclose(np.asarray(gl), e, rtol=1e-4, atol=1e-6)
-  masks = seven_jax.prune_before_finetuning(loss, params, batches, method="grasp", steps=2,
-                                            sparsity=0.7)
+  masks = seven_jax.prune_before_finetuning(
+    loss, params, batches, method="grasp", steps=2, sparsity=0.7
+  )
   # GraSP prunes the highest S: the kept ones are the lowest.
   want = _topk([-e for e in expected], int(0.3 * TOTAL))
   for m, e in zip(_kernels(masks), want):
@@ -135,8 +161,10 @@ def _linear(p, x):
 @pytest.mark.parametrize("steps", [1, 3])
 def test_synflow_matches_the_closed_form_of_a_linear_net(steps):
   rng = np.random.default_rng(4)
-  params = {"w1": jnp.asarray(rng.standard_normal((6, 5)), jnp.float32),
-            "w2": jnp.asarray(rng.standard_normal((5, 3)), jnp.float32)}
+  params = {
+    "w1": jnp.asarray(rng.standard_normal((6, 5)), jnp.float32),
+    "w2": jnp.asarray(rng.standard_normal((5, 3)), jnp.float32),
+  }
   sparsity = 0.6
   total = 6 * 5 + 5 * 3
   masks = [np.ones((6, 5), bool), np.ones((5, 3), bool)]
@@ -148,9 +176,15 @@ def test_synflow_matches_the_closed_form_of_a_linear_net(steps):
     s2 = a2 * a1.sum(0)[:, None]
     ratio = (1 - sparsity) ** ((k + 1) / steps)
     masks = _topk([s1, s2], int(np.float32(ratio) * total), masks)
-  got = seven_jax.prune_before_finetuning(None, params, method="synflow", steps=steps,
-                                          sparsity=sparsity, apply_fn=_linear,
-                                          input_shape=(1, 6))
+  got = seven_jax.prune_before_finetuning(
+    None,
+    params,
+    method="synflow",
+    steps=steps,
+    sparsity=sparsity,
+    apply_fn=_linear,
+    input_shape=(1, 6),
+  )
   np.testing.assert_array_equal(np.asarray(got["w1"]), masks[0])
   np.testing.assert_array_equal(np.asarray(got["w2"]), masks[1])
   assert sum(int(m.sum()) for m in masks) == int((1 - sparsity) * total)
@@ -177,8 +211,9 @@ def test_force_and_iterative_snip_match_a_reference_loop(method):
       scores = [np.abs(w * m * gl) for w, m, gl in zip(dense, masks, g)]
       new = _topk(scores, int(np.float32((1 - sparsity) ** ((k + 1) / steps)) * TOTAL), masks)
     masks = new
-  got = seven_jax.prune_before_finetuning(loss, params, iter(batches), method=method,
-                                          steps=steps, sparsity=sparsity)
+  got = seven_jax.prune_before_finetuning(
+    loss, params, iter(batches), method=method, steps=steps, sparsity=sparsity
+  )
   for m, e in zip(_kernels(got), masks):
     np.testing.assert_array_equal(m, e)
   assert sum(int(m.sum()) for m in masks) == int((1 - sparsity) * TOTAL)
@@ -211,7 +246,7 @@ def test_seven_pre_matches_a_numpy_loop(with_optimizer):
     for i in range(2):
       a = np.abs(g[i])
       m[i] = a1 * m[i] + (1 - a1) * a
-      v[i] = a2 * v[i] + (1 - a2) * a ** 2
+      v[i] = a2 * v[i] + (1 - a2) * a**2
       mh = m[i] / (1 - a1 ** (p + 1))
       d = np.sqrt(v[i] / (1 - a2 ** (p + 1))) + 1e-9
       s[i] = np.where(masks[i], s[i] + np.abs(after[i] * a * mh / d), 0.0)
@@ -221,16 +256,17 @@ def test_seven_pre_matches_a_numpy_loop(with_optimizer):
       w[a_][b_] = w[a_][b_] * mk
   opt = optax.sgd(lr) if with_optimizer else None
   got, new_params = seven_jax.prune_before_finetuning(
-      loss, params, batches, sparsity=sparsity, steps=steps, optimizer=opt,
-      return_params=True)
+    loss, params, batches, sparsity=sparsity, steps=steps, optimizer=opt, return_params=True
+  )
   for gm, e in zip(_kernels(got), masks):
     np.testing.assert_array_equal(gm, e)
   assert sum(int(x.sum()) for x in masks) == int((1 - sparsity) * TOTAL)
-  for (a_, b_) in KERNELS:
+  for a_, b_ in KERNELS:
     np.testing.assert_allclose(np.asarray(new_params[a_][b_]), w[a_][b_], rtol=1e-5, atol=1e-6)
   if not with_optimizer:  # the weights were not trained, only masked
-    np.testing.assert_array_equal(np.asarray(new_params["l1"]["bias"]),
-                                  np.asarray(params["l1"]["bias"]))
+    np.testing.assert_array_equal(
+      np.asarray(new_params["l1"]["bias"]), np.asarray(params["l1"]["bias"])
+    )
 
 
 def test_random_is_seeded_and_exact():
@@ -245,8 +281,9 @@ def test_random_is_seeded_and_exact():
 
 def test_magnitude_per_leaf_and_nm():
   params = _mlp()
-  got = seven_jax.prune_before_finetuning(None, params, method="magnitude", sparsity=0.5,
-                                          scope="per_leaf")
+  got = seven_jax.prune_before_finetuning(
+    None, params, method="magnitude", sparsity=0.5, scope="per_leaf"
+  )
   for m, w in zip(_kernels(got), _kernels(params)):
     np.testing.assert_array_equal(m, _topk([np.abs(w)], w.size // 2)[0])
   got = seven_jax.prune_before_finetuning(None, params, method="magnitude", pattern="2:4")
@@ -260,8 +297,9 @@ def test_magnitude_per_leaf_and_nm():
 
 def test_fixed_mask_keeps_pruned_weights_exactly_zero():
   params, batches = _mlp(), _batches(5)
-  masks = seven_jax.prune_before_finetuning(loss, params, batches, method="snip", steps=1,
-                                            sparsity=0.6)
+  masks = seven_jax.prune_before_finetuning(
+    loss, params, batches, method="snip", steps=1, sparsity=0.6
+  )
   tx = seven_jax.fixed_mask(optax.adamw(1e-2, weight_decay=0.1), masks)
   state = tx.init(params)
   step = jax.jit(lambda p, s, b: tx.update(jax.grad(loss)(p, b), s, p))
@@ -286,15 +324,23 @@ def test_bad_input():
   def short():
     yield from _batches(3)
 
-  with pytest.raises(ValueError, match=r"batches ran out: method 'seven' needs 5 "
-                                       r"mini-batches \(steps=5\) but only 3 came"):
+  with pytest.raises(
+    ValueError,
+    match=r"batches ran out: method 'seven' needs 5 "
+    r"mini-batches \(steps=5\) but only 3 came",
+  ):
     seven_jax.prune_before_finetuning(loss, params, short(), sparsity=0.5, steps=5)
-  with pytest.raises(ValueError, match=r"needs 8 mini-batches \(steps=4 x batches_per_step=2\)"
-                                       r" but only 3 came"):
-    seven_jax.prune_before_finetuning(loss, params, _batches(3), method="force", steps=4,
-                                      batches_per_step=2, sparsity=0.5)
-  with pytest.raises(ValueError, match="unknown method 'snipp'.*valid names: force, grasp, "
-                                       "iter_snip, magnitude"):
+  with pytest.raises(
+    ValueError,
+    match=r"needs 8 mini-batches \(steps=4 x batches_per_step=2\)"
+    r" but only 3 came",
+  ):
+    seven_jax.prune_before_finetuning(
+      loss, params, _batches(3), method="force", steps=4, batches_per_step=2, sparsity=0.5
+    )
+  with pytest.raises(
+    ValueError, match="unknown method 'snipp'.*valid names: force, grasp, iter_snip, magnitude"
+  ):
     seven_jax.prune_before_finetuning(loss, params, _batches(1), method="snipp", sparsity=0.5)
   odd = {"w": jnp.ones((6, 4)), "ok": jnp.ones((8, 4))}
   with pytest.raises(ValueError, match="divisible by 4, but leaf 'w' has shape"):
@@ -304,7 +350,8 @@ def test_bad_input():
   with pytest.raises(ValueError, match="synflow.*apply_fn"):
     seven_jax.prune_before_finetuning(None, params, method="synflow", sparsity=0.5)
   with pytest.raises(ValueError, match="optimizer= applies to"):
-    seven_jax.prune_before_finetuning(loss, params, _batches(1), method="snip", sparsity=0.5,
-                                      optimizer=optax.sgd(0.1))
+    seven_jax.prune_before_finetuning(
+      loss, params, _batches(1), method="snip", sparsity=0.5, optimizer=optax.sgd(0.1)
+    )
   with pytest.raises(ValueError, match="needs 1 mini-batches.*pass batches="):
     seven_jax.prune_before_finetuning(loss, params, None, method="snip", sparsity=0.5)

@@ -22,8 +22,7 @@ def test_stochastic_rounding_is_unbiased_and_lands_on_a_neighbour():
   values = np.array([1.0 + 2**-9, 1.0 + 3 * 2**-10, -3.0e-5, 7.77e3], np.float32)
   n = 1 << 16
   for j, x in enumerate(values):
-    got = np.asarray(storage.stochastic_round_bf16(jnp.full((n,), x), step=j, salt=3),
-                     np.float32)
+    got = np.asarray(storage.stochastic_round_bf16(jnp.full((n,), x), step=j, salt=3), np.float32)
     low, high = _bf16_neighbours(x)
     assert np.all((got == low) | (got == high)), x
     # E[got] = x: the fraction rounded up equals the dropped part of an ulp.
@@ -54,8 +53,9 @@ def test_accumulating_small_increments_does_not_stall():
   rng = np.random.default_rng(0)
   steps, n = 1000, 4096
   inc = jnp.asarray(rng.uniform(0.5, 1.5, n).astype(np.float32)) * 1e-3
-  add = jax.jit(lambda s, p: storage.store(s.astype(jnp.float32) + inc, np.dtype(jnp.bfloat16),
-                                           p, 0))
+  add = jax.jit(
+    lambda s, p: storage.store(s.astype(jnp.float32) + inc, np.dtype(jnp.bfloat16), p, 0)
+  )
   nearest = jax.jit(lambda s: (s.astype(jnp.float32) + inc).astype(jnp.bfloat16))
   s_sr = jnp.zeros(n, jnp.bfloat16)
   s_rn = jnp.zeros(n, jnp.bfloat16)
@@ -77,9 +77,11 @@ def test_bad_stats_dtype_names_the_argument():
 
 def _mlp_run(stats_dtype, steps=60, sparsity=0.7):
   rng = np.random.default_rng(0)
-  params = {"w1": jnp.asarray(rng.standard_normal((32, 64)).astype(np.float32) * 0.3),
-            "b1": jnp.zeros(64),
-            "w2": jnp.asarray(rng.standard_normal((64, 8)).astype(np.float32) * 0.3)}
+  params = {
+    "w1": jnp.asarray(rng.standard_normal((32, 64)).astype(np.float32) * 0.3),
+    "b1": jnp.zeros(64),
+    "w2": jnp.asarray(rng.standard_normal((64, 8)).astype(np.float32) * 0.3),
+  }
   x = jnp.asarray(rng.standard_normal((512, 32)).astype(np.float32))
   y = jnp.asarray(rng.integers(0, 8, 512))
 
@@ -87,8 +89,13 @@ def _mlp_run(stats_dtype, steps=60, sparsity=0.7):
     logits = jnp.tanh(xb @ p["w1"] + p["b1"]) @ p["w2"]
     return optax.softmax_cross_entropy_with_integer_labels(logits, yb).mean()
 
-  tx = seven_jax.seven_mask(optax.adam(1e-2), sparsity=sparsity, start_step=5,
-                            pruning_steps=steps - 10, stats_dtype=stats_dtype)
+  tx = seven_jax.seven_mask(
+    optax.adam(1e-2),
+    sparsity=sparsity,
+    start_step=5,
+    pruning_steps=steps - 10,
+    stats_dtype=stats_dtype,
+  )
   state = tx.init(params)
 
   @jax.jit

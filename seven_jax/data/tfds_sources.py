@@ -50,158 +50,158 @@ FILE_FORMAT = "array_record"
 
 # Which tfds module registers each builder (tfds 4.9.10 does not import them eagerly).
 BUILDER_MODULES = {
-    "glue": "tensorflow_datasets.text.glue",
-    "squad": "tensorflow_datasets.question_answering.squad",
-    "cifar10": "tensorflow_datasets.image_classification.cifar",
-    "cifar100": "tensorflow_datasets.image_classification.cifar",
-    "imagenet2012": "tensorflow_datasets.image_classification.imagenet",
+  "glue": "tensorflow_datasets.text.glue",
+  "squad": "tensorflow_datasets.question_answering.squad",
+  "cifar10": "tensorflow_datasets.image_classification.cifar",
+  "cifar100": "tensorflow_datasets.image_classification.cifar",
+  "imagenet2012": "tensorflow_datasets.image_classification.imagenet",
 }
 
 # tfds feature names of the two text inputs of each GLUE task.
 GLUE_TEXT_KEYS = {
-    "cola": ("sentence", None),
-    "sst2": ("sentence", None),
-    "mrpc": ("sentence1", "sentence2"),
-    "stsb": ("sentence1", "sentence2"),
-    "qqp": ("question1", "question2"),
-    "mnli": ("premise", "hypothesis"),
-    "qnli": ("question", "sentence"),
-    "rte": ("sentence1", "sentence2"),
+  "cola": ("sentence", None),
+  "sst2": ("sentence", None),
+  "mrpc": ("sentence1", "sentence2"),
+  "stsb": ("sentence1", "sentence2"),
+  "qqp": ("question1", "question2"),
+  "mnli": ("premise", "hypothesis"),
+  "qnli": ("question", "sentence"),
+  "rte": ("sentence1", "sentence2"),
 }
 
 
 def prepare_command(name: str, manual_dir: bool = False) -> str:
-    """The one-line shell command that prepares ``name`` as array_record files."""
-    module = BUILDER_MODULES[name.split("/")[0]]
-    config = (
-        "download_config=tfds.download.DownloadConfig(manual_dir='/path/to/ILSVRC2012_tars')"
-        if manual_dir
-        else ""
-    )
-    return (
-        f'python -c "import tensorflow_datasets as tfds, {module}; '
-        f"tfds.builder('{name}', file_format='{FILE_FORMAT}').download_and_prepare({config})\""
-    )
+  """The one-line shell command that prepares ``name`` as array_record files."""
+  module = BUILDER_MODULES[name.split("/")[0]]
+  config = (
+    "download_config=tfds.download.DownloadConfig(manual_dir='/path/to/ILSVRC2012_tars')"
+    if manual_dir
+    else ""
+  )
+  return (
+    f'python -c "import tensorflow_datasets as tfds, {module}; '
+    f"tfds.builder('{name}', file_format='{FILE_FORMAT}').download_and_prepare({config})\""
+  )
 
 
 def import_builder_module(name: str) -> Any:
-    """Import tensorflow_datasets and the module that registers ``name``'s builder."""
-    try:
-        import tensorflow_datasets as tfds
-    except ImportError as error:
-        raise DatasetUnavailableError(
-            f"dataset {name!r} is read through tensorflow-datasets, which is not installed. "
-            "Install it with:\n    pip install tensorflow-datasets==4.9.10"
-        ) from error
-    importlib.import_module(BUILDER_MODULES[name.split("/")[0]])
-    return tfds
+  """Import tensorflow_datasets and the module that registers ``name``'s builder."""
+  try:
+    import tensorflow_datasets as tfds
+  except ImportError as error:
+    raise DatasetUnavailableError(
+      f"dataset {name!r} is read through tensorflow-datasets, which is not installed. "
+      "Install it with:\n    pip install tensorflow-datasets==4.9.10"
+    ) from error
+  importlib.import_module(BUILDER_MODULES[name.split("/")[0]])
+  return tfds
 
 
 def is_prepared(name: str, data_dir: str | None = None) -> bool:
-    """Whether ``name`` has been prepared in ``data_dir`` (default ``$TFDS_DATA_DIR``)."""
-    tfds = import_builder_module(name)
-    builder = tfds.builder(name, data_dir=data_dir, file_format=FILE_FORMAT)
-    return bool(builder.is_prepared())
+  """Whether ``name`` has been prepared in ``data_dir`` (default ``$TFDS_DATA_DIR``)."""
+  tfds = import_builder_module(name)
+  builder = tfds.builder(name, data_dir=data_dir, file_format=FILE_FORMAT)
+  return bool(builder.is_prepared())
 
 
 def open_source(spec: DatasetSpec, split: str, data_dir: str | None = None):
-    """``tfds.data_source`` for one split, with a helpful error when it is not prepared."""
-    tfds = import_builder_module(spec.name)
-    try:
-        return tfds.data_source(
-            spec.name,
-            split=split,
-            data_dir=data_dir,
-            download=False,
-            builder_kwargs={"file_format": FILE_FORMAT},
-        )
-    # tfds reports a missing dataset as KeyError (no splits), a wrongly formatted one as
-    # NotImplementedError (tfrecord has no random access), a missing directory as
-    # FileNotFoundError / AssertionError depending on the path.
-    except (KeyError, NotImplementedError, FileNotFoundError, AssertionError) as error:
-        raise DatasetUnavailableError(
-            f"dataset {spec.name!r} (split {split!r}) is not prepared as {FILE_FORMAT} in "
-            f"{data_dir or '$TFDS_DATA_DIR or ~/tensorflow_datasets'} ({type(error).__name__}: "
-            f"{error}). On a machine with internet run:\n    {spec.how_to_get}\n"
-            f"and copy the prepared directory here (pass data_dir=... or set TFDS_DATA_DIR)."
-        ) from error
+  """``tfds.data_source`` for one split, with a helpful error when it is not prepared."""
+  tfds = import_builder_module(spec.name)
+  try:
+    return tfds.data_source(
+      spec.name,
+      split=split,
+      data_dir=data_dir,
+      download=False,
+      builder_kwargs={"file_format": FILE_FORMAT},
+    )
+  # tfds reports a missing dataset as KeyError (no splits), a wrongly formatted one as
+  # NotImplementedError (tfrecord has no random access), a missing directory as
+  # FileNotFoundError / AssertionError depending on the path.
+  except (KeyError, NotImplementedError, FileNotFoundError, AssertionError) as error:
+    raise DatasetUnavailableError(
+      f"dataset {spec.name!r} (split {split!r}) is not prepared as {FILE_FORMAT} in "
+      f"{data_dir or '$TFDS_DATA_DIR or ~/tensorflow_datasets'} ({type(error).__name__}: "
+      f"{error}). On a machine with internet run:\n    {spec.how_to_get}\n"
+      f"and copy the prepared directory here (pass data_dir=... or set TFDS_DATA_DIR)."
+    ) from error
 
 
 def _text(value: Any) -> str:
-    if isinstance(value, bytes):
-        return value.decode("utf-8")
-    return str(value)
+  if isinstance(value, bytes):
+    return value.decode("utf-8")
+  return str(value)
 
 
 class TfdsDataset(Dataset):
-    """A split of a tfds dataset read through an array_record data source."""
+  """A split of a tfds dataset read through an array_record data source."""
 
-    def __init__(self, spec: DatasetSpec, split: str, source: Sequence[dict]):
-        super().__init__(spec, split)
-        self.source = source
-        self._converter = _converter_for(spec)
+  def __init__(self, spec: DatasetSpec, split: str, source: Sequence[dict]):
+    super().__init__(spec, split)
+    self.source = source
+    self._converter = _converter_for(spec)
 
-    def __len__(self) -> int:
-        return len(self.source)
+  def __len__(self) -> int:
+    return len(self.source)
 
-    def _example(self, index: int) -> dict:
-        return self._converter(self.source[index])
+  def _example(self, index: int) -> dict:
+    return self._converter(self.source[index])
 
 
 def _converter_for(spec: DatasetSpec):
-    family, _, config = spec.name.partition("/")
-    if family == "glue":
-        first, second = GLUE_TEXT_KEYS[config]
-        regression = spec.is_regression
+  family, _, config = spec.name.partition("/")
+  if family == "glue":
+    first, second = GLUE_TEXT_KEYS[config]
+    regression = spec.is_regression
 
-        def convert_glue(record: dict) -> dict:
-            example = {"text": _text(record[first])}
-            if second is not None:
-                example["text_pair"] = _text(record[second])
-            label = np.asarray(record["label"])
-            example["label"] = float(label) if regression else int(label)
-            example["idx"] = int(np.asarray(record["idx"]))
-            return example
+    def convert_glue(record: dict) -> dict:
+      example = {"text": _text(record[first])}
+      if second is not None:
+        example["text_pair"] = _text(record[second])
+      label = np.asarray(record["label"])
+      example["label"] = float(label) if regression else int(label)
+      example["idx"] = int(np.asarray(record["idx"]))
+      return example
 
-        return convert_glue
-    if family == "squad":
+    return convert_glue
+  if family == "squad":
 
-        def convert_squad(record: dict) -> dict:
-            answers = record["answers"]
-            texts = [_text(text) for text in np.asarray(answers["text"]).reshape(-1)]
-            starts = [int(start) for start in np.asarray(answers["answer_start"]).reshape(-1)]
-            # Real SQuAD has one start per answer text; tfds's mock data draws the two lists
-            # with independent lengths, so pair them up to the shorter one.
-            count = min(len(texts), len(starts))
-            return {
-                "id": _text(record["id"]),
-                "title": _text(record.get("title", "")),
-                "question": _text(record["question"]),
-                "context": _text(record["context"]),
-                "answers": {"text": texts[:count], "answer_start": starts[:count]},
-            }
+    def convert_squad(record: dict) -> dict:
+      answers = record["answers"]
+      texts = [_text(text) for text in np.asarray(answers["text"]).reshape(-1)]
+      starts = [int(start) for start in np.asarray(answers["answer_start"]).reshape(-1)]
+      # Real SQuAD has one start per answer text; tfds's mock data draws the two lists
+      # with independent lengths, so pair them up to the shorter one.
+      count = min(len(texts), len(starts))
+      return {
+        "id": _text(record["id"]),
+        "title": _text(record.get("title", "")),
+        "question": _text(record["question"]),
+        "context": _text(record["context"]),
+        "answers": {"text": texts[:count], "answer_start": starts[:count]},
+      }
 
-        return convert_squad
+    return convert_squad
 
-    def convert_image(record: dict) -> dict:
-        image = np.asarray(record["image"], dtype=np.uint8)
-        if image.ndim == 2:
-            image = image[..., None]
-        return {"image": image, "label": int(np.asarray(record["label"]))}
+  def convert_image(record: dict) -> dict:
+    image = np.asarray(record["image"], dtype=np.uint8)
+    if image.ndim == 2:
+      image = image[..., None]
+    return {"image": image, "label": int(np.asarray(record["label"]))}
 
-    return convert_image
+  return convert_image
 
 
 def load_tfds(spec: DatasetSpec, split: str, data_dir: str | None = None) -> TfdsDataset:
-    """Loader used by the registry for every tfds-backed dataset."""
-    return TfdsDataset(spec, split, open_source(spec, split, data_dir))
+  """Loader used by the registry for every tfds-backed dataset."""
+  return TfdsDataset(spec, split, open_source(spec, split, data_dir))
 
 
 def tfds_availability(spec: DatasetSpec, data_dir: str | None = None) -> tuple[bool, str]:
-    try:
-        prepared = is_prepared(spec.name, data_dir)
-    except DatasetUnavailableError as error:
-        return False, str(error)
-    if prepared:
-        return True, f"prepared in {data_dir or '$TFDS_DATA_DIR or ~/tensorflow_datasets'}"
-    return False, f"not prepared; on a machine with internet run: {spec.how_to_get}"
+  try:
+    prepared = is_prepared(spec.name, data_dir)
+  except DatasetUnavailableError as error:
+    return False, str(error)
+  if prepared:
+    return True, f"prepared in {data_dir or '$TFDS_DATA_DIR or ~/tensorflow_datasets'}"
+  return False, f"not prepared; on a machine with internet run: {spec.how_to_get}"

@@ -29,8 +29,13 @@ import numpy as np
 SAFETENSORS = "model.safetensors"
 SAFETENSORS_INDEX = "model.safetensors.index.json"
 PYTORCH_BIN = "pytorch_model.bin"
-TOKENIZER_FILES = ("vocab.txt", "tokenizer.json", "tokenizer_config.json",
-                   "special_tokens_map.json", "preprocessor_config.json")
+TOKENIZER_FILES = (
+  "vocab.txt",
+  "tokenizer.json",
+  "tokenizer_config.json",
+  "special_tokens_map.json",
+  "preprocessor_config.json",
+)
 
 
 def resolve_dir(path_or_id: str | os.PathLike) -> pathlib.Path:
@@ -46,22 +51,28 @@ def resolve_dir(path_or_id: str | os.PathLike) -> pathlib.Path:
   if p.is_dir():
     return p
   if p.exists():
-    raise ValueError(f"path_or_id must be a checkpoint directory, got the "
-                     f"file {str(p)!r}; pass its parent directory")
+    raise ValueError(
+      f"path_or_id must be a checkpoint directory, got the "
+      f"file {str(p)!r}; pass its parent directory"
+    )
   name = str(path_or_id)
   offline = os.environ.get("HF_HUB_OFFLINE", "0") not in ("0", "", "false")
   try:
     from huggingface_hub import snapshot_download  # pylint: disable=g-import-not-at-top
-    return pathlib.Path(snapshot_download(
-        name, local_files_only=offline,
-        allow_patterns=["*.json", "*.safetensors", "*.txt", "*.bin"]))
+
+    return pathlib.Path(
+      snapshot_download(
+        name, local_files_only=offline, allow_patterns=["*.json", "*.safetensors", "*.txt", "*.bin"]
+      )
+    )
   except Exception as e:  # noqa: BLE001 - any hub failure means "not here"
     raise FileNotFoundError(
-        f"{name!r} is not a local directory and could not be fetched from "
-        f"the Hugging Face Hub ({'HF_HUB_OFFLINE is set' if offline else type(e).__name__}). "
-        "Pass a local directory containing config.json and "
-        "model.safetensors (for all-MiniLM-L6-v2 use "
-        "seven_jax.models.bert.default_model_path()).") from e
+      f"{name!r} is not a local directory and could not be fetched from "
+      f"the Hugging Face Hub ({'HF_HUB_OFFLINE is set' if offline else type(e).__name__}). "
+      "Pass a local directory containing config.json and "
+      "model.safetensors (for all-MiniLM-L6-v2 use "
+      "seven_jax.models.bert.default_model_path())."
+    ) from e
 
 
 def read_config(ckpt_dir: pathlib.Path) -> dict:
@@ -75,9 +86,11 @@ def load_state_dict(ckpt_dir: pathlib.Path) -> dict[str, np.ndarray]:
   """Reads PyTorch-layout weights from ``ckpt_dir`` as numpy arrays."""
   if (ckpt_dir / SAFETENSORS).is_file():
     from safetensors.numpy import load_file  # pylint: disable=g-import-not-at-top
+
     return dict(load_file(str(ckpt_dir / SAFETENSORS)))
   if (ckpt_dir / SAFETENSORS_INDEX).is_file():
     from safetensors.numpy import load_file  # pylint: disable=g-import-not-at-top
+
     index = json.loads((ckpt_dir / SAFETENSORS_INDEX).read_text())
     out = {}
     for shard in sorted(set(index["weight_map"].values())):
@@ -88,19 +101,17 @@ def load_state_dict(ckpt_dir: pathlib.Path) -> dict[str, np.ndarray]:
       import torch  # pylint: disable=g-import-not-at-top
     except ImportError as e:
       raise ImportError(
-          f"{ckpt_dir / PYTORCH_BIN} is a PyTorch pickle and reading it needs "
-          "torch, which is not installed. Either `pip install torch` (CPU "
-          "wheel is enough), or convert it once on a machine with torch:\n"
-          "  import torch; from safetensors.torch import save_file\n"
-          f"  sd = torch.load('{PYTORCH_BIN}', map_location='cpu')\n"
-          "  save_file({k: v.contiguous() for k, v in sd.items()}, "
-          "'model.safetensors')") from e
-    sd = torch.load(str(ckpt_dir / PYTORCH_BIN), map_location="cpu",
-                    weights_only=True)
-    return {k: v.float().numpy() if v.is_floating_point() else v.numpy()
-            for k, v in sd.items()}
-  raise FileNotFoundError(
-      f"no {SAFETENSORS}, {SAFETENSORS_INDEX} or {PYTORCH_BIN} in {ckpt_dir}")
+        f"{ckpt_dir / PYTORCH_BIN} is a PyTorch pickle and reading it needs "
+        "torch, which is not installed. Either `pip install torch` (CPU "
+        "wheel is enough), or convert it once on a machine with torch:\n"
+        "  import torch; from safetensors.torch import save_file\n"
+        f"  sd = torch.load('{PYTORCH_BIN}', map_location='cpu')\n"
+        "  save_file({k: v.contiguous() for k, v in sd.items()}, "
+        "'model.safetensors')"
+      ) from e
+    sd = torch.load(str(ckpt_dir / PYTORCH_BIN), map_location="cpu", weights_only=True)
+    return {k: v.float().numpy() if v.is_floating_point() else v.numpy() for k, v in sd.items()}
+  raise FileNotFoundError(f"no {SAFETENSORS}, {SAFETENSORS_INDEX} or {PYTORCH_BIN} in {ckpt_dir}")
 
 
 def path_names(path: Iterable[Any]) -> tuple[str, ...]:
@@ -159,8 +170,14 @@ def to_torch_layout(names: tuple[str, ...], arr: np.ndarray) -> np.ndarray:
   return arr
 
 
-def fill_params(params_state, sd: dict[str, np.ndarray], *, prefix: str,
-                optional: tuple[str, ...] = (), fallback=None):
+def fill_params(
+  params_state,
+  sd: dict[str, np.ndarray],
+  *,
+  prefix: str,
+  optional: tuple[str, ...] = (),
+  fallback=None,
+):
   """Returns ``params_state`` with every leaf replaced by its checkpoint tensor.
 
   Args:
@@ -191,7 +208,7 @@ def fill_params(params_state, sd: dict[str, np.ndarray], *, prefix: str,
     extra = []
     for c in cands:
       if c.startswith(prefix + "."):
-        extra.append(c[len(prefix) + 1:])
+        extra.append(c[len(prefix) + 1 :])
       else:
         extra.append(f"{prefix}.{c}")
     for c in cands + extra:
@@ -204,15 +221,17 @@ def fill_params(params_state, sd: dict[str, np.ndarray], *, prefix: str,
           return fallback(path, leaf) if fallback else leaf
         if arr.shape != tuple(leaf.shape):
           raise ValueError(
-              f"checkpoint tensor {c!r} has shape {arr.shape} (model layout) "
-              f"but the model parameter {'.'.join(names)!r} has shape "
-              f"{tuple(leaf.shape)}; the config does not match the weights")
+            f"checkpoint tensor {c!r} has shape {arr.shape} (model layout) "
+            f"but the model parameter {'.'.join(names)!r} has shape "
+            f"{tuple(leaf.shape)}; the config does not match the weights"
+          )
         return np.asarray(arr, dtype=np.float32)
     if names[0] in optional:
       missing_optional.append(key)
       return fallback(path, leaf) if fallback else leaf
-    raise ValueError(f"checkpoint has no tensor for parameter "
-                     f"{'.'.join(names)!r} (looked for {cands + extra})")
+    raise ValueError(
+      f"checkpoint has no tensor for parameter {'.'.join(names)!r} (looked for {cands + extra})"
+    )
 
   new = jax.tree_util.tree_map_with_path(lookup, params_state)
   return new, missing_optional
@@ -228,8 +247,7 @@ def state_dict_from_params(params_state) -> dict[str, np.ndarray]:
   return out
 
 
-def build_and_load(make, sd: dict[str, np.ndarray], *, prefix: str,
-                   optional: tuple[str, ...] = ()):
+def build_and_load(make, sd: dict[str, np.ndarray], *, prefix: str, optional: tuple[str, ...] = ()):
   """Builds ``make()`` with checkpoint weights, without a full random init.
 
   The parameter tree comes from ``nnx.eval_shape`` (no compute). Only the
@@ -241,6 +259,7 @@ def build_and_load(make, sd: dict[str, np.ndarray], *, prefix: str,
     (model, keys of head tensors that kept their fresh initialisation)
   """
   from flax import nnx  # pylint: disable=g-import-not-at-top
+
   graphdef, abstract, _ = nnx.split(nnx.eval_shape(make), nnx.Param, ...)
 
   @jax.jit
@@ -255,13 +274,13 @@ def build_and_load(make, sd: dict[str, np.ndarray], *, prefix: str,
     del leaf
     node = heads
     for k in path:
-      if isinstance(k, jax.tree_util.GetAttrKey) and k.name in ("value",
-                                                               "raw_value"):
+      if isinstance(k, jax.tree_util.GetAttrKey) and k.name in ("value", "raw_value"):
         continue
       node = node[getattr(k, "key", getattr(k, "name", None))]
     return node
 
-  params, fresh = fill_params(nnx.as_pure(abstract), sd, prefix=prefix,
-                              optional=optional, fallback=fallback)
+  params, fresh = fill_params(
+    nnx.as_pure(abstract), sd, prefix=prefix, optional=optional, fallback=fallback
+  )
   params = jax.tree.map(jax.numpy.asarray, params)
   return nnx.merge(graphdef, params, rest), fresh

@@ -12,161 +12,172 @@ from seven_jax import data
 
 @pytest.fixture(scope="module")
 def rotten_train():
-    return data.get_dataset("rotten_tomatoes", "train")
+  return data.get_dataset("rotten_tomatoes", "train")
 
 
 def test_bucket_lengths():
-    assert data.bucket_lengths(64) == (16, 32, 64)
-    assert data.bucket_lengths(100) == (16, 32, 64, 100)
-    assert data.bucket_lengths(8) == (8,)
-    assert data.bucket_for(17, (16, 32, 64)) == 32
-    with pytest.raises(ValueError):
-        data.bucket_for(65, (16, 32, 64))
+  assert data.bucket_lengths(64) == (16, 32, 64)
+  assert data.bucket_lengths(100) == (16, 32, 64, 100)
+  assert data.bucket_lengths(8) == (8,)
+  assert data.bucket_for(17, (16, 32, 64)) == 32
+  with pytest.raises(ValueError):
+    data.bucket_for(65, (16, 32, 64))
 
 
 def test_tokenize_pairs_pads_to_bucket(tokenizer):
-    batch = data.tokenize(tokenizer, ["the cat sat", "a dog"], ["on the mat", "barked"], max_len=64)
-    assert batch["input_ids"].shape == (2, 16) and batch["input_ids"].dtype == np.int32
-    first = batch["input_ids"][0][batch["attention_mask"][0] == 1]
-    assert tokenizer.decode(first) == "[CLS] the cat sat [SEP] on the mat [SEP]"
-    # segment ids: 0 for [CLS] the cat sat [SEP], 1 for on the mat [SEP], 0 on padding
-    assert batch["token_type_ids"][0].tolist() == [0] * 5 + [1] * 4 + [0] * 7
-    assert (batch["input_ids"][batch["attention_mask"] == 0] == tokenizer.pad_token_id).all()
+  batch = data.tokenize(tokenizer, ["the cat sat", "a dog"], ["on the mat", "barked"], max_len=64)
+  assert batch["input_ids"].shape == (2, 16) and batch["input_ids"].dtype == np.int32
+  first = batch["input_ids"][0][batch["attention_mask"][0] == 1]
+  assert tokenizer.decode(first) == "[CLS] the cat sat [SEP] on the mat [SEP]"
+  # segment ids: 0 for [CLS] the cat sat [SEP], 1 for on the mat [SEP], 0 on padding
+  assert batch["token_type_ids"][0].tolist() == [0] * 5 + [1] * 4 + [0] * 7
+  assert (batch["input_ids"][batch["attention_mask"] == 0] == tokenizer.pad_token_id).all()
 
 
 def test_truncation_to_max_len(tokenizer):
-    batch = data.tokenize(tokenizer, ["word " * 200], max_len=40, buckets=(16, 32))
-    assert batch["input_ids"].shape == (1, 40) and batch["attention_mask"].sum() == 40
-    assert batch["input_ids"][0, -1] == tokenizer.sep_token_id
+  batch = data.tokenize(tokenizer, ["word " * 200], max_len=40, buckets=(16, 32))
+  assert batch["input_ids"].shape == (1, 40) and batch["attention_mask"].sum() == 40
+  assert batch["input_ids"][0, -1] == tokenizer.sep_token_id
 
 
 def test_rotten_tomatoes_max_len_64_compiles_a_handful_of_shapes(tokenizer, rotten_train):
-    traces = collections.Counter()
+  traces = collections.Counter()
 
-    @jax.jit
-    def step(batch):
-        traces[batch["input_ids"].shape] += 1  # runs only while tracing
-        return jnp.sum(batch["input_ids"] * batch["attention_mask"]) + jnp.sum(batch["labels"])
+  @jax.jit
+  def step(batch):
+    traces[batch["input_ids"].shape] += 1  # runs only while tracing
+    return jnp.sum(batch["input_ids"] * batch["attention_mask"]) + jnp.sum(batch["labels"])
 
-    seen = collections.Counter()
-    for grouped in (False, True):
-        for batch in data.text_batches(rotten_train, tokenizer, 32, max_len=64, seed=0,
-                                       group_by_length=grouped):
-            seen[batch["input_ids"].shape] += 1
-            assert set(batch) == {"input_ids", "attention_mask", "token_type_ids", "labels"}
-            step({k: batch[k] for k in ("input_ids", "attention_mask", "labels")})
-    assert set(seen) <= {(32, 16), (32, 32), (32, 64)}
-    assert sum(traces.values()) == len(seen) <= 3  # one compilation per bucket, not per batch
-    assert sum(seen.values()) == 2 * (len(rotten_train) // 32)
+  seen = collections.Counter()
+  for grouped in (False, True):
+    for batch in data.text_batches(
+      rotten_train, tokenizer, 32, max_len=64, seed=0, group_by_length=grouped
+    ):
+      seen[batch["input_ids"].shape] += 1
+      assert set(batch) == {"input_ids", "attention_mask", "token_type_ids", "labels"}
+      step({k: batch[k] for k in ("input_ids", "attention_mask", "labels")})
+  assert set(seen) <= {(32, 16), (32, 32), (32, 64)}
+  assert sum(traces.values()) == len(seen) <= 3  # one compilation per bucket, not per batch
+  assert sum(seen.values()) == 2 * (len(rotten_train) // 32)
 
 
 def test_group_by_length_reduces_padding(tokenizer, rotten_train):
-    def padding_fraction(grouped):
-        padded = real = 0
-        for batch in data.text_batches(rotten_train, tokenizer, 32, max_len=64, seed=0, group_by_length=grouped):
-            padded += batch["attention_mask"].size
-            real += batch["attention_mask"].sum()
-        return 1 - real / padded
+  def padding_fraction(grouped):
+    padded = real = 0
+    for batch in data.text_batches(
+      rotten_train, tokenizer, 32, max_len=64, seed=0, group_by_length=grouped
+    ):
+      padded += batch["attention_mask"].size
+      real += batch["attention_mask"].sum()
+    return 1 - real / padded
 
-    assert padding_fraction(True) < 0.75 * padding_fraction(False)
+  assert padding_fraction(True) < 0.75 * padding_fraction(False)
 
 
 def test_evaluation_order_covers_every_example_once(tokenizer):
-    dev = data.get_dataset("rotten_tomatoes", "validation")
-    batches = list(data.text_batches(dev, tokenizer, 100, max_len=64, shuffle=False,
-                                     drop_remainder=False, pad_final_batch=True))
-    assert len(batches) == 13 and all(b["input_ids"].shape[0] == 100 for b in batches)
-    masks = np.concatenate([b["example_mask"] for b in batches])
-    labels = np.concatenate([b["labels"] for b in batches])[masks]
-    assert masks.sum() == len(dev) == 1281
-    np.testing.assert_array_equal(labels, dev.columns["label"])
+  dev = data.get_dataset("rotten_tomatoes", "validation")
+  batches = list(
+    data.text_batches(
+      dev, tokenizer, 100, max_len=64, shuffle=False, drop_remainder=False, pad_final_batch=True
+    )
+  )
+  assert len(batches) == 13 and all(b["input_ids"].shape[0] == 100 for b in batches)
+  masks = np.concatenate([b["example_mask"] for b in batches])
+  labels = np.concatenate([b["labels"] for b in batches])[masks]
+  assert masks.sum() == len(dev) == 1281
+  np.testing.assert_array_equal(labels, dev.columns["label"])
 
 
 def _order(iterator, num_batches):
-    return [tuple(next(iterator)["labels"].tolist()) for _ in range(num_batches)]
+  return [tuple(next(iterator)["labels"].tolist()) for _ in range(num_batches)]
 
 
 def _index_batches(num_examples=10, batch_size=3, **kwargs):
-    def make_batch(indices, pad_rows):
-        return {"labels": np.concatenate([indices, -np.ones(pad_rows, int)])}
+  def make_batch(indices, pad_rows):
+    return {"labels": np.concatenate([indices, -np.ones(pad_rows, int)])}
 
-    return data.BatchIterator(num_examples, batch_size, make_batch, **kwargs)
+  return data.BatchIterator(num_examples, batch_size, make_batch, **kwargs)
 
 
 def test_shuffle_is_seeded_and_differs_per_epoch():
-    first = _order(_index_batches(seed=1, num_epochs=None), 6)
-    assert first == _order(_index_batches(seed=1, num_epochs=None), 6)
-    assert first != _order(_index_batches(seed=2, num_epochs=None), 6)
-    epoch0, epoch1 = first[:3], first[3:]
-    assert epoch0 != epoch1
-    assert sorted(sum(epoch0, ())) == sorted(set(sum(epoch0, ())))  # no repeats within an epoch
+  first = _order(_index_batches(seed=1, num_epochs=None), 6)
+  assert first == _order(_index_batches(seed=1, num_epochs=None), 6)
+  assert first != _order(_index_batches(seed=2, num_epochs=None), 6)
+  epoch0, epoch1 = first[:3], first[3:]
+  assert epoch0 != epoch1
+  assert sorted(sum(epoch0, ())) == sorted(set(sum(epoch0, ())))  # no repeats within an epoch
 
 
 @pytest.mark.parametrize("stop_after", [0, 2, 3, 4, 7])
 def test_resume_continues_exactly(stop_after):
-    reference = _order(_index_batches(seed=3, num_epochs=4), 12)
-    interrupted = _index_batches(seed=3, num_epochs=4)
-    _order(interrupted, stop_after)
-    state = interrupted.state()
-    assert state["epoch"] * 3 + state["index"] == stop_after
-    resumed = _index_batches(seed=3, num_epochs=4)
-    resumed.restore(state)
-    assert _order(resumed, 12 - stop_after) == reference[stop_after:]
-    assert len(resumed) == 0 and list(resumed) == []
+  reference = _order(_index_batches(seed=3, num_epochs=4), 12)
+  interrupted = _index_batches(seed=3, num_epochs=4)
+  _order(interrupted, stop_after)
+  state = interrupted.state()
+  assert state["epoch"] * 3 + state["index"] == stop_after
+  resumed = _index_batches(seed=3, num_epochs=4)
+  resumed.restore(state)
+  assert _order(resumed, 12 - stop_after) == reference[stop_after:]
+  assert len(resumed) == 0 and list(resumed) == []
 
 
 def test_resume_with_length_grouping(tokenizer, rotten_train):
-    def iterator():
-        return data.text_batches(rotten_train, tokenizer, 64, max_len=64, seed=7,
-                                 group_by_length=True, num_epochs=2)
+  def iterator():
+    return data.text_batches(
+      rotten_train, tokenizer, 64, max_len=64, seed=7, group_by_length=True, num_epochs=2
+    )
 
-    reference = iterator()
-    for _ in range(170):  # into the second epoch (160 batches per epoch)
-        next(reference)
-    state = reference.state()
-    expected = next(reference)
-    resumed = iterator()
-    resumed.restore(state)
-    assert state == {"epoch": 1, "index": 10}
-    actual = next(resumed)
-    for key in expected:
-        np.testing.assert_array_equal(actual[key], expected[key])
+  reference = iterator()
+  for _ in range(170):  # into the second epoch (160 batches per epoch)
+    next(reference)
+  state = reference.state()
+  expected = next(reference)
+  resumed = iterator()
+  resumed.restore(state)
+  assert state == {"epoch": 1, "index": 10}
+  actual = next(resumed)
+  for key in expected:
+    np.testing.assert_array_equal(actual[key], expected[key])
 
 
 def test_invalid_arguments():
-    with pytest.raises(ValueError, match="cannot both"):
-        _index_batches(pad_final_batch=True)
-    with pytest.raises(ValueError, match="no full batch"):
-        _index_batches(num_examples=2)
-    with pytest.raises(ValueError, match="invalid iterator state"):
-        _index_batches().restore({"epoch": 0, "index": 99})
+  with pytest.raises(ValueError, match="cannot both"):
+    _index_batches(pad_final_batch=True)
+  with pytest.raises(ValueError, match="no full batch"):
+    _index_batches(num_examples=2)
+  with pytest.raises(ValueError, match="invalid iterator state"):
+    _index_batches().restore({"epoch": 0, "index": 99})
 
 
 def test_image_batches_mnist5k():
-    test = data.get_dataset("mnist5k", "test")
-    batches = list(data.image_batches(test, 64, shuffle=False, drop_remainder=False, pad_final_batch=True))
-    assert len(batches) == 8
-    pixels = batches[0]["pixels"]
-    assert pixels.shape == (64, 28, 28, 1) and pixels.dtype == np.float32
-    assert 0.0 <= pixels.min() and pixels.max() <= 1.0 and pixels.max() > 0.9
-    assert batches[-1]["example_mask"].sum() == 500 - 7 * 64
-    np.testing.assert_allclose(batches[0]["pixels"][0], test.columns["image"][0] / 255.0)
-    assert batches[0]["labels"].dtype == np.int32
+  test = data.get_dataset("mnist5k", "test")
+  batches = list(
+    data.image_batches(test, 64, shuffle=False, drop_remainder=False, pad_final_batch=True)
+  )
+  assert len(batches) == 8
+  pixels = batches[0]["pixels"]
+  assert pixels.shape == (64, 28, 28, 1) and pixels.dtype == np.float32
+  assert 0.0 <= pixels.min() and pixels.max() <= 1.0 and pixels.max() > 0.9
+  assert batches[-1]["example_mask"].sum() == 500 - 7 * 64
+  np.testing.assert_allclose(batches[0]["pixels"][0], test.columns["image"][0] / 255.0)
+  assert batches[0]["labels"].dtype == np.int32
 
 
 def test_image_batches_resize():
-    digits = data.get_dataset("digits", "train")
-    batch = next(iter(data.image_batches(digits, 4, image_size=(16, 16), seed=0)))
-    assert batch["pixels"].shape == (4, 16, 16, 1)
+  digits = data.get_dataset("digits", "train")
+  batch = next(iter(data.image_batches(digits, 4, image_size=(16, 16), seed=0)))
+  assert batch["pixels"].shape == (4, 16, 16, 1)
 
 
 def test_grain_can_consume_a_dataset():
-    grain = pytest.importorskip("grain", reason="pip install grain==0.2.18")
-    test = data.get_dataset("mnist5k", "test")
-    pipeline = (
-        grain.MapDataset.source(test)
-        .shuffle(seed=0)
-        .map(lambda e: {"pixels": e["image"].astype(np.float32) / 255.0, "labels": np.int32(e["label"])})
-        .batch(16)
+  grain = pytest.importorskip("grain", reason="pip install grain==0.2.18")
+  test = data.get_dataset("mnist5k", "test")
+  pipeline = (
+    grain.MapDataset.source(test)
+    .shuffle(seed=0)
+    .map(
+      lambda e: {"pixels": e["image"].astype(np.float32) / 255.0, "labels": np.int32(e["label"])}
     )
-    assert len(pipeline) == 32 and pipeline[0]["pixels"].shape == (16, 28, 28, 1)
+    .batch(16)
+  )
+  assert len(pipeline) == 32 and pipeline[0]["pixels"].shape == (16, 28, 28, 1)

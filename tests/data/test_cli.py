@@ -9,28 +9,30 @@ from seven_jax.data.__main__ import main
 
 
 def test_list_prints_every_dataset_and_how_to_get_missing_ones(tmp_path, capsys):
-    assert main(["list", "--data_dir", str(tmp_path)]) == 0
-    output = capsys.readouterr().out
-    for name in data.datasets():
-        assert f"\n{name} " in "\n" + output
-    assert "rotten_tomatoes  available" in output
-    assert "glue/mrpc        MISSING" in output
-    assert "file_format='array_record'" in output
-    assert "datasets available on this machine" in output
+  assert main(["list", "--data_dir", str(tmp_path)]) == 0
+  output = capsys.readouterr().out
+  for name in data.datasets():
+    assert f"\n{name} " in "\n" + output
+  assert "rotten_tomatoes  available" in output
+  assert "glue/mrpc        MISSING" in output
+  assert "file_format='array_record'" in output
+  assert "datasets available on this machine" in output
 
 
 def test_module_runs_as_a_command():
-    result = subprocess.run(
-        [sys.executable, "-m", "seven_jax.data"],
-        capture_output=True, text=True, timeout=120,
-        env={**os.environ, "TFDS_DATA_DIR": "/nonexistent-tfds-dir"},
-    )
-    assert result.returncode == 0, result.stderr
-    assert "mnist5k" in result.stdout and "squad/v1.1" in result.stdout
+  result = subprocess.run(
+    [sys.executable, "-m", "seven_jax.data"],
+    capture_output=True,
+    text=True,
+    timeout=120,
+    env={**os.environ, "TFDS_DATA_DIR": "/nonexistent-tfds-dir"},
+  )
+  assert result.returncode == 0, result.stderr
+  assert "mnist5k" in result.stdout and "squad/v1.1" in result.stdout
 
 
 def test_prepare_refuses_offline_datasets():
-    import pytest
+  import pytest
 
-    with pytest.raises(SystemExit, match="not a tfds dataset"):
-        main(["prepare", "rotten_tomatoes"])
+  with pytest.raises(SystemExit, match="not a tfds dataset"):
+    main(["prepare", "rotten_tomatoes"])

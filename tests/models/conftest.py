@@ -14,12 +14,11 @@ import pytest  # noqa: E402
 warnings.filterwarnings("ignore", message=".*TensorFlow and JAX classes.*")
 
 
-
-
 @pytest.fixture(scope="session")
 def minilm_path():
   try:
     from seven_jax.models import bert
+
     return bert.default_model_path()
   except ImportError as e:
     pytest.skip(str(e))

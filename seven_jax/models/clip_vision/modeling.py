@@ -52,11 +52,11 @@ class CLIPVisionConfig:
   def __post_init__(self):
     if self.hidden_size % self.num_attention_heads:
       raise ValueError(
-          f"hidden_size ({self.hidden_size}) must be divisible by "
-          f"num_attention_heads ({self.num_attention_heads})")
+        f"hidden_size ({self.hidden_size}) must be divisible by "
+        f"num_attention_heads ({self.num_attention_heads})"
+      )
     if self.image_size % self.patch_size:
-      raise ValueError(f"patch_size ({self.patch_size}) must divide "
-                       f"image_size ({self.image_size})")
+      raise ValueError(f"patch_size ({self.patch_size}) must divide image_size ({self.image_size})")
     _activation(self.hidden_act)
 
   @property
@@ -80,9 +80,12 @@ class CLIPVisionConfig:
     d = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
     d.pop("dtype")
     num_labels = d.pop("num_labels")
-    d.update(model_type="clip_vision_model", architectures=["CLIPVisionModel"],
-             id2label={str(i): f"LABEL_{i}" for i in range(num_labels)},
-             label2id={f"LABEL_{i}": i for i in range(num_labels)})
+    d.update(
+      model_type="clip_vision_model",
+      architectures=["CLIPVisionModel"],
+      id2label={str(i): f"LABEL_{i}" for i in range(num_labels)},
+      label2id={f"LABEL_{i}": i for i in range(num_labels)},
+    )
     return d
 
 
@@ -93,46 +96,61 @@ def _activation(name: str):
     return lambda x: jax.nn.gelu(x, approximate=False)
   if name in ("gelu_new", "gelu_pytorch_tanh"):
     return lambda x: jax.nn.gelu(x, approximate=True)
-  raise ValueError(f"hidden_act {name!r} is not supported "
-                   "(use 'quick_gelu', 'gelu' or 'gelu_new')")
+  raise ValueError(f"hidden_act {name!r} is not supported (use 'quick_gelu', 'gelu' or 'gelu_new')")
 
 
 def _dense(cfg, din, dout, rngs):
-  return nnx.Linear(din, dout, dtype=cfg.dtype, param_dtype=jnp.float32,
-                    kernel_init=nnx.initializers.normal(cfg.initializer_range),
-                    bias_init=nnx.initializers.zeros, rngs=rngs)
+  return nnx.Linear(
+    din,
+    dout,
+    dtype=cfg.dtype,
+    param_dtype=jnp.float32,
+    kernel_init=nnx.initializers.normal(cfg.initializer_range),
+    bias_init=nnx.initializers.zeros,
+    rngs=rngs,
+  )
 
 
 def _layer_norm(cfg, rngs):
-  return nnx.LayerNorm(cfg.hidden_size, epsilon=cfg.layer_norm_eps,
-                       dtype=jnp.float32, param_dtype=jnp.float32, rngs=rngs)
+  return nnx.LayerNorm(
+    cfg.hidden_size,
+    epsilon=cfg.layer_norm_eps,
+    dtype=jnp.float32,
+    param_dtype=jnp.float32,
+    rngs=rngs,
+  )
 
 
 class CLIPVisionEmbeddings(nnx.Module):
-
   def __init__(self, cfg: CLIPVisionConfig, *, rngs: nnx.Rngs):
     init = nnx.initializers.normal(cfg.initializer_range)
     self.class_embedding = nnx.Param(init(rngs.params(), (cfg.hidden_size,)))
     p = cfg.patch_size
     self.patch_embedding = nnx.Conv(
-        cfg.num_channels, cfg.hidden_size, kernel_size=(p, p), strides=(p, p),
-        padding="VALID", use_bias=False, dtype=cfg.dtype,
-        param_dtype=jnp.float32, kernel_init=init, rngs=rngs)
-    self.position_embedding = nnx.Embed(cfg.num_patches + 1, cfg.hidden_size,
-                                        param_dtype=jnp.float32,
-                                        embedding_init=init, rngs=rngs)
+      cfg.num_channels,
+      cfg.hidden_size,
+      kernel_size=(p, p),
+      strides=(p, p),
+      padding="VALID",
+      use_bias=False,
+      dtype=cfg.dtype,
+      param_dtype=jnp.float32,
+      kernel_init=init,
+      rngs=rngs,
+    )
+    self.position_embedding = nnx.Embed(
+      cfg.num_patches + 1, cfg.hidden_size, param_dtype=jnp.float32, embedding_init=init, rngs=rngs
+    )
 
   def __call__(self, x):
     y = self.patch_embedding(x)
     y = y.reshape(y.shape[0], -1, y.shape[-1])
-    cls = jnp.broadcast_to(self.class_embedding[...].astype(y.dtype),
-                           (y.shape[0], 1, y.shape[-1]))
+    cls = jnp.broadcast_to(self.class_embedding[...].astype(y.dtype), (y.shape[0], 1, y.shape[-1]))
     y = jnp.concatenate([cls, y], axis=1)
     return y + self.position_embedding.embedding[...].astype(y.dtype)[None]
 
 
 class CLIPAttention(nnx.Module):
-
   def __init__(self, cfg: CLIPVisionConfig, *, rngs: nnx.Rngs):
     h = cfg.hidden_size
     self.k_proj = _dense(cfg, h, h, rngs)
@@ -148,15 +166,13 @@ class CLIPAttention(nnx.Module):
     split = lambda t: t.reshape(t.shape[:-1] + (self.num_heads, self.head_dim))
     q, k, v = split(self.q_proj(x)), split(self.k_proj(x)), split(self.v_proj(x))
     q = q / jnp.asarray(math.sqrt(self.head_dim), q.dtype)
-    scores = jnp.einsum("bqhd,bkhd->bhqk", q, k,
-                        preferred_element_type=jnp.float32)
+    scores = jnp.einsum("bqhd,bkhd->bhqk", q, k, preferred_element_type=jnp.float32)
     probs = self.dropout(jax.nn.softmax(scores, axis=-1)).astype(self.dtype)
     out = jnp.einsum("bhqk,bkhd->bqhd", probs, v)
     return self.out_proj(out.reshape(out.shape[:2] + (-1,)))
 
 
 class CLIPMLP(nnx.Module):
-
   def __init__(self, cfg: CLIPVisionConfig, *, rngs: nnx.Rngs):
     self.fc1 = _dense(cfg, cfg.hidden_size, cfg.intermediate_size, rngs)
     self.fc2 = _dense(cfg, cfg.intermediate_size, cfg.hidden_size, rngs)
@@ -167,7 +183,6 @@ class CLIPMLP(nnx.Module):
 
 
 class CLIPEncoderLayer(nnx.Module):
-
   def __init__(self, cfg: CLIPVisionConfig, *, rngs: nnx.Rngs):
     self.self_attn = CLIPAttention(cfg, rngs=rngs)
     self.layer_norm1 = _layer_norm(cfg, rngs)
@@ -181,10 +196,8 @@ class CLIPEncoderLayer(nnx.Module):
 
 
 class CLIPEncoder(nnx.Module):
-
   def __init__(self, cfg: CLIPVisionConfig, *, rngs: nnx.Rngs):
-    self.layers = nnx.List(
-        [CLIPEncoderLayer(cfg, rngs=rngs) for _ in range(cfg.num_hidden_layers)])
+    self.layers = nnx.List([CLIPEncoderLayer(cfg, rngs=rngs) for _ in range(cfg.num_hidden_layers)])
 
   def __call__(self, x):
     for layer in self.layers:
@@ -210,8 +223,9 @@ class CLIPVisionTransformer(nnx.Module):
     if not channels_last:
       x = jnp.transpose(x, (0, 2, 3, 1))
     if x.shape[-1] != cfg.num_channels:
-      raise ValueError(f"pixel_values has {x.shape[-1]} channels but the "
-                       f"config expects {cfg.num_channels}")
+      raise ValueError(
+        f"pixel_values has {x.shape[-1]} channels but the config expects {cfg.num_channels}"
+      )
     h = self.embeddings(x.astype(cfg.dtype))
     h = self.encoder(self.pre_layrnorm(h).astype(cfg.dtype))
     return h, self.post_layernorm(h[:, 0])

@@ -58,11 +58,11 @@ class ViTConfig:
   def __post_init__(self):
     if self.hidden_size % self.num_attention_heads:
       raise ValueError(
-          f"hidden_size ({self.hidden_size}) must be divisible by "
-          f"num_attention_heads ({self.num_attention_heads})")
+        f"hidden_size ({self.hidden_size}) must be divisible by "
+        f"num_attention_heads ({self.num_attention_heads})"
+      )
     if self.image_size % self.patch_size:
-      raise ValueError(f"patch_size ({self.patch_size}) must divide "
-                       f"image_size ({self.image_size})")
+      raise ValueError(f"patch_size ({self.patch_size}) must divide image_size ({self.image_size})")
     if self.pooler_output_size is None:
       self.pooler_output_size = self.hidden_size
     _activation(self.hidden_act)
@@ -79,8 +79,7 @@ class ViTConfig:
     if "num_labels" not in kw and "id2label" in d:
       kw["num_labels"] = len(d["id2label"])
     if d.get("pooler_act", "tanh") != "tanh":
-      raise ValueError(f"only pooler_act='tanh' is supported, got "
-                       f"{d['pooler_act']!r}")
+      raise ValueError(f"only pooler_act='tanh' is supported, got {d['pooler_act']!r}")
     kw.update(overrides)
     return cls(**kw)
 
@@ -89,9 +88,13 @@ class ViTConfig:
     d = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
     d.pop("dtype")
     num_labels = d.pop("num_labels")
-    d.update(model_type="vit", architectures=["ViTModel"], pooler_act="tanh",
-             id2label={str(i): f"LABEL_{i}" for i in range(num_labels)},
-             label2id={f"LABEL_{i}": i for i in range(num_labels)})
+    d.update(
+      model_type="vit",
+      architectures=["ViTModel"],
+      pooler_act="tanh",
+      id2label={str(i): f"LABEL_{i}" for i in range(num_labels)},
+      label2id={f"LABEL_{i}": i for i in range(num_labels)},
+    )
     return d
 
 
@@ -102,35 +105,51 @@ def _activation(name: str):
     return lambda x: jax.nn.gelu(x, approximate=True)
   if name == "relu":
     return jax.nn.relu
-  raise ValueError(f"hidden_act {name!r} is not supported "
-                   "(use 'gelu', 'gelu_new' or 'relu')")
+  raise ValueError(f"hidden_act {name!r} is not supported (use 'gelu', 'gelu_new' or 'relu')")
 
 
 def _init(cfg: ViTConfig):
   # Same family as Hugging Face's Flax ViT: truncated normal, fan-in scaled.
-  return nnx.initializers.variance_scaling(cfg.initializer_range ** 2,
-                                           "fan_in", "truncated_normal")
+  return nnx.initializers.variance_scaling(cfg.initializer_range**2, "fan_in", "truncated_normal")
 
 
 def _dense(cfg, din, dout, rngs, use_bias=True):
-  return nnx.Linear(din, dout, use_bias=use_bias, dtype=cfg.dtype,
-                    param_dtype=jnp.float32, kernel_init=_init(cfg),
-                    bias_init=nnx.initializers.zeros, rngs=rngs)
+  return nnx.Linear(
+    din,
+    dout,
+    use_bias=use_bias,
+    dtype=cfg.dtype,
+    param_dtype=jnp.float32,
+    kernel_init=_init(cfg),
+    bias_init=nnx.initializers.zeros,
+    rngs=rngs,
+  )
 
 
 def _layer_norm(cfg, rngs):
-  return nnx.LayerNorm(cfg.hidden_size, epsilon=cfg.layer_norm_eps,
-                       dtype=jnp.float32, param_dtype=jnp.float32, rngs=rngs)
+  return nnx.LayerNorm(
+    cfg.hidden_size,
+    epsilon=cfg.layer_norm_eps,
+    dtype=jnp.float32,
+    param_dtype=jnp.float32,
+    rngs=rngs,
+  )
 
 
 class ViTPatchEmbeddings(nnx.Module):
-
   def __init__(self, cfg: ViTConfig, *, rngs: nnx.Rngs):
     p = cfg.patch_size
     self.projection = nnx.Conv(
-        cfg.num_channels, cfg.hidden_size, kernel_size=(p, p), strides=(p, p),
-        padding="VALID", dtype=cfg.dtype, param_dtype=jnp.float32,
-        kernel_init=_init(cfg), rngs=rngs)
+      cfg.num_channels,
+      cfg.hidden_size,
+      kernel_size=(p, p),
+      strides=(p, p),
+      padding="VALID",
+      dtype=cfg.dtype,
+      param_dtype=jnp.float32,
+      kernel_init=_init(cfg),
+      rngs=rngs,
+    )
 
   def __call__(self, x):
     y = self.projection(x)
@@ -145,20 +164,19 @@ class ViTEmbeddings(nnx.Module):
     self.cls_token = nnx.Param(init(rngs.params(), (1, 1, cfg.hidden_size)))
     self.patch_embeddings = ViTPatchEmbeddings(cfg, rngs=rngs)
     self.position_embeddings = nnx.Param(
-        init(rngs.params(), (1, cfg.num_patches + 1, cfg.hidden_size)))
+      init(rngs.params(), (1, cfg.num_patches + 1, cfg.hidden_size))
+    )
     self.dropout = nnx.Dropout(cfg.hidden_dropout_prob, rngs=rngs)
     self.dtype = cfg.dtype
 
   def __call__(self, pixel_values):
     x = self.patch_embeddings(pixel_values)
-    cls = jnp.broadcast_to(self.cls_token[...].astype(x.dtype),
-                           (x.shape[0], 1, x.shape[-1]))
+    cls = jnp.broadcast_to(self.cls_token[...].astype(x.dtype), (x.shape[0], 1, x.shape[-1]))
     x = jnp.concatenate([cls, x], axis=1)
     return self.dropout(x + self.position_embeddings[...].astype(x.dtype))
 
 
 class ViTSelfAttention(nnx.Module):
-
   def __init__(self, cfg: ViTConfig, *, rngs: nnx.Rngs):
     h = cfg.hidden_size
     self.query = _dense(cfg, h, h, rngs, cfg.qkv_bias)
@@ -173,15 +191,13 @@ class ViTSelfAttention(nnx.Module):
     split = lambda t: t.reshape(t.shape[:-1] + (self.num_heads, self.head_dim))
     q, k, v = split(self.query(x)), split(self.key(x)), split(self.value(x))
     q = q / jnp.asarray(math.sqrt(self.head_dim), q.dtype)
-    scores = jnp.einsum("bqhd,bkhd->bhqk", q, k,
-                        preferred_element_type=jnp.float32)
+    scores = jnp.einsum("bqhd,bkhd->bhqk", q, k, preferred_element_type=jnp.float32)
     probs = self.dropout(jax.nn.softmax(scores, axis=-1)).astype(self.dtype)
     out = jnp.einsum("bhqk,bkhd->bqhd", probs, v)
     return out.reshape(out.shape[:2] + (-1,))
 
 
 class ViTSelfOutput(nnx.Module):
-
   def __init__(self, cfg: ViTConfig, *, rngs: nnx.Rngs):
     self.dense = _dense(cfg, cfg.hidden_size, cfg.hidden_size, rngs)
     self.dropout = nnx.Dropout(cfg.hidden_dropout_prob, rngs=rngs)
@@ -191,7 +207,6 @@ class ViTSelfOutput(nnx.Module):
 
 
 class ViTAttention(nnx.Module):
-
   def __init__(self, cfg: ViTConfig, *, rngs: nnx.Rngs):
     self.attention = ViTSelfAttention(cfg, rngs=rngs)
     self.output = ViTSelfOutput(cfg, rngs=rngs)
@@ -201,7 +216,6 @@ class ViTAttention(nnx.Module):
 
 
 class ViTIntermediate(nnx.Module):
-
   def __init__(self, cfg: ViTConfig, *, rngs: nnx.Rngs):
     self.dense = _dense(cfg, cfg.hidden_size, cfg.intermediate_size, rngs)
     self.act = _activation(cfg.hidden_act)
@@ -211,7 +225,6 @@ class ViTIntermediate(nnx.Module):
 
 
 class ViTOutput(nnx.Module):
-
   def __init__(self, cfg: ViTConfig, *, rngs: nnx.Rngs):
     self.dense = _dense(cfg, cfg.intermediate_size, cfg.hidden_size, rngs)
     self.dropout = nnx.Dropout(cfg.hidden_dropout_prob, rngs=rngs)
@@ -233,15 +246,12 @@ class ViTLayer(nnx.Module):
 
   def __call__(self, x):
     h = self.attention(self.layernorm_before(x).astype(self.dtype)) + x
-    return self.output(
-        self.intermediate(self.layernorm_after(h).astype(self.dtype)), h)
+    return self.output(self.intermediate(self.layernorm_after(h).astype(self.dtype)), h)
 
 
 class ViTEncoder(nnx.Module):
-
   def __init__(self, cfg: ViTConfig, *, rngs: nnx.Rngs):
-    self.layer = nnx.List(
-        [ViTLayer(cfg, rngs=rngs) for _ in range(cfg.num_hidden_layers)])
+    self.layer = nnx.List([ViTLayer(cfg, rngs=rngs) for _ in range(cfg.num_hidden_layers)])
 
   def __call__(self, x):
     for layer in self.layer:
@@ -250,7 +260,6 @@ class ViTEncoder(nnx.Module):
 
 
 class ViTPooler(nnx.Module):
-
   def __init__(self, cfg: ViTConfig, *, rngs: nnx.Rngs):
     self.dense = _dense(cfg, cfg.hidden_size, cfg.pooler_output_size, rngs)
 
@@ -266,8 +275,9 @@ def _to_nhwc(pixel_values, cfg: ViTConfig, channels_last: bool):
     x = jnp.transpose(x, (0, 2, 3, 1))
   if x.shape[-1] != cfg.num_channels:
     raise ValueError(
-        f"pixel_values has {x.shape[-1]} channels but the config expects "
-        f"{cfg.num_channels} (channels_last={channels_last})")
+      f"pixel_values has {x.shape[-1]} channels but the config expects "
+      f"{cfg.num_channels} (channels_last={channels_last})"
+    )
   return x.astype(cfg.dtype)
 
 
@@ -278,8 +288,7 @@ class ViTModel(nnx.Module):
   ``channels_last=True`` for NHWC.
   """
 
-  def __init__(self, cfg: ViTConfig, *, add_pooling_layer: bool = True,
-               rngs: nnx.Rngs):
+  def __init__(self, cfg: ViTConfig, *, add_pooling_layer: bool = True, rngs: nnx.Rngs):
     self.config = cfg
     self.embeddings = ViTEmbeddings(cfg, rngs=rngs)
     self.encoder = ViTEncoder(cfg, rngs=rngs)
@@ -302,5 +311,4 @@ class ViTForImageClassification(nnx.Module):
 
   def __call__(self, pixel_values, *, channels_last: bool = False):
     h, _ = self.vit(pixel_values, channels_last=channels_last)
-    return self.classifier(h[:, 0].astype(self.config.dtype)).astype(
-        jnp.float32)
+    return self.classifier(h[:, 0].astype(self.config.dtype)).astype(jnp.float32)

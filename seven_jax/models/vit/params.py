@@ -13,21 +13,24 @@ from seven_jax.models import _hf
 from seven_jax.models.vit import modeling
 
 TASKS = {
-    "base": (modeling.ViTModel, ()),
-    "image_classification": (modeling.ViTForImageClassification,
-                             ("classifier",)),
+  "base": (modeling.ViTModel, ()),
+  "image_classification": (modeling.ViTForImageClassification, ("classifier",)),
 }
 
 
 def load_config(path_or_id: str | os.PathLike, **overrides) -> modeling.ViTConfig:
   """Reads ``config.json`` into a :class:`ViTConfig` (overrides win)."""
-  return modeling.ViTConfig.from_dict(
-      _hf.read_config(_hf.resolve_dir(path_or_id)), **overrides)
+  return modeling.ViTConfig.from_dict(_hf.read_config(_hf.resolve_dir(path_or_id)), **overrides)
 
 
-def from_pretrained(path_or_id: str | os.PathLike, *,
-                    task: str = "image_classification", seed: int = 0,
-                    return_info: bool = False, **overrides):
+def from_pretrained(
+  path_or_id: str | os.PathLike,
+  *,
+  task: str = "image_classification",
+  seed: int = 0,
+  return_info: bool = False,
+  **overrides,
+):
   """Builds a ViT and loads Hugging Face weights (config + safetensors).
 
   Args:
@@ -45,21 +48,25 @@ def from_pretrained(path_or_id: str | os.PathLike, *,
   sd = _hf.load_state_dict(ckpt)
   # A classification checkpoint has no pooler; keep it fresh for "base".
   optional = heads + (("pooler",) if task == "base" else ())
-  model, fresh = _hf.build_and_load(lambda: cls(cfg, rngs=nnx.Rngs(seed)), sd,
-                                    prefix="vit", optional=optional)
+  model, fresh = _hf.build_and_load(
+    lambda: cls(cfg, rngs=nnx.Rngs(seed)), sd, prefix="vit", optional=optional
+  )
   return (model, {"newly_initialized": fresh}) if return_info else model
 
 
 def to_hf_state_dict(model_or_params) -> dict[str, np.ndarray]:
   """PyTorch-layout state dict with Hugging Face ViT key names."""
-  state = (nnx.state(model_or_params, nnx.Param)
-           if isinstance(model_or_params, nnx.Module) else model_or_params)
+  state = (
+    nnx.state(model_or_params, nnx.Param)
+    if isinstance(model_or_params, nnx.Module)
+    else model_or_params
+  )
   return _hf.state_dict_from_params(state)
 
 
-def is_prunable_path(names: tuple[str, ...], *,
-                     include_patch_embedding: bool = False,
-                     include_head: bool = False) -> bool:
+def is_prunable_path(
+  names: tuple[str, ...], *, include_patch_embedding: bool = False, include_head: bool = False
+) -> bool:
   """Whether a ViT parameter (by path names) is in the SEVEN preset.
 
   Default: every encoder ``kernel`` (Q/K/V, attention output, MLP in/out).
@@ -77,20 +84,26 @@ def is_prunable_path(names: tuple[str, ...], *,
   return False
 
 
-def prunable(params_or_model: Any, *, include_patch_embedding: bool = False,
-             include_head: bool = False):
+def prunable(
+  params_or_model: Any, *, include_patch_embedding: bool = False, include_head: bool = False
+):
   """Bool pytree (structure of the param state) selecting prunable kernels.
 
   Accepts ``nnx.state(model, nnx.Param)``, a pure dict, an abstract state, a
   Hugging Face Flax params dict, or the model itself.
   """
-  tree = (nnx.state(params_or_model, nnx.Param)
-          if isinstance(params_or_model, nnx.Module) else params_or_model)
+  tree = (
+    nnx.state(params_or_model, nnx.Param)
+    if isinstance(params_or_model, nnx.Module)
+    else params_or_model
+  )
   # Strip nnx.Variable wrappers: nnx.Optimizer calls tx.init on the wrapped
   # state but tx.update on nnx.as_pure(state). A tree of bare bools is a
   # tree prefix of both, so it works as an optax mask either way.
   tree = nnx.as_pure(tree)
   return jax.tree_util.tree_map_with_path(
-      lambda p, _: is_prunable_path(
-          _hf.path_names(p), include_patch_embedding=include_patch_embedding,
-          include_head=include_head), tree)
+    lambda p, _: is_prunable_path(
+      _hf.path_names(p), include_patch_embedding=include_patch_embedding, include_head=include_head
+    ),
+    tree,
+  )
