@@ -36,7 +36,6 @@ MNLI is evaluated on ``validation_matched`` (the primary ``accuracy``) and
 from __future__ import annotations
 
 import argparse
-import dataclasses
 
 
 from experiments import common, text
@@ -128,52 +127,36 @@ def parser() -> argparse.ArgumentParser:
     f"epochs={PAPER_EPOCHS[t]}"
     for t, o in OFFICIAL.items()
   )
-  p = argparse.ArgumentParser(
+  p = common.experiment_parser(
     prog="python -m experiments.glue",
     description=__doc__.splitlines()[0],
-    formatter_class=argparse.RawDescriptionHelpFormatter,
+    presets=PRESETS,
+    default_preset="paper",
+    # --task is the short GLUE name below, so it is not a config-field flag here.
+    defaults=common.EpochConfig(**preset("paper", "mrpc")),
+    skip=("task",),
     epilog="The 'paper' preset per task (the flag help shows MRPC's values; "
     "lr 2e-5, batch 32, max_len 128 for all):\n" + table,
   )
   p.add_argument("--task", required=True, choices=TASKS, help="GLUE task")
-  p.add_argument("--preset", default="paper", choices=sorted(PRESETS))
-  p.add_argument(
-    "--methods",
-    default=None,
-    help="comma-separated methods to run in turn (default: the preset's "
-    "method, seven); overrides --method",
-  )
-  defaults = common.EpochConfig(**preset("paper", "mrpc"))
-  # --task is the short GLUE name above, so it is not a config-field flag here.
-  common.add_config_flags(p, defaults, skip=("task",))
   return p
 
 
 def configs_from_args(argv=None):
   """Parses the command line into one validated config per method."""
-  p = parser()
-  args = p.parse_args(argv)
-  try:
+
+  def preset_values(args):
     values = preset(args.preset, args.task)
     args.task = None  # the config's task is glue/<name>, from the preset
-    base = common.config_from_args(args, values, cls=common.EpochConfig)
-    explicit = common.explicit_fields(args, common.EpochConfig)
-    if base.epochs > 0 or base.eval_every < 0:
-      train_size = len(sj_data.get_dataset(base.task, "train"))
-      base = common.resolve_epochs(base, train_size, explicit=explicit)
-    methods = args.methods.split(",") if args.methods else [base.method]
-    configs = [dataclasses.replace(base, method=m.strip()) for m in methods]
-    spec = sj_data.get_spec(base.task)
-    for split in text.eval_splits(base):
-      if split not in spec.splits:
-        raise ValueError(
-          f"unknown eval split {split!r} for {base.task}; valid splits: {', '.join(spec.splits)}"
-        )
-    for cfg in configs:
-      common.validate(cfg)
-  except (ValueError, sj_data.DatasetUnavailableError) as e:
-    p.error(str(e))
-  return configs
+    return values
+
+  return common.parse_configs(
+    parser(),
+    argv,
+    cls=common.EpochConfig,
+    preset_values=preset_values,
+    train_size=lambda cfg: len(sj_data.get_dataset(cfg.task, "train")),
+  )
 
 
 def main(argv=None):

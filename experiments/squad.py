@@ -196,52 +196,38 @@ def build_task(cfg: SquadConfig) -> common.Task:
 
 
 def parser() -> argparse.ArgumentParser:
-  p = argparse.ArgumentParser(
-    prog="python -m experiments.squad", description=__doc__.splitlines()[0]
+  return common.experiment_parser(
+    prog="python -m experiments.squad",
+    description=__doc__.splitlines()[0],
+    presets=PRESETS,
+    default_preset="paper",
+    defaults=SquadConfig(**PRESETS["paper"]),
   )
-  p.add_argument("--preset", default="paper", choices=sorted(PRESETS))
-  p.add_argument(
-    "--methods",
-    default=None,
-    help="comma-separated methods to run in turn (default: the preset's "
-    "method, seven); overrides --method",
-  )
-  common.add_config_flags(p, SquadConfig(**PRESETS["paper"]))
-  return p
+
+
+def check(cfg: SquadConfig) -> None:
+  """SQuAD's own flags (the shared ones are checked by :func:`common.check_config`)."""
+  valid = qa_tasks()
+  if cfg.task not in valid:
+    raise ValueError(f"argument --task: unknown task {cfg.task!r}; valid tasks: {', '.join(valid)}")
+  if not 0 < cfg.doc_stride < cfg.max_len:
+    raise ValueError(
+      f"argument --doc-stride: doc_stride must be in (0, max_len={cfg.max_len}), "
+      f"got {cfg.doc_stride}"
+    )
 
 
 def configs_from_args(argv=None):
   """Parses the command line into one validated config per method."""
-  p = parser()
-  args = p.parse_args(argv)
-  try:
-    base = common.config_from_args(args, PRESETS[args.preset], cls=SquadConfig)
-    valid = qa_tasks()
-    if base.task not in valid:
-      raise ValueError(f"unknown task {base.task!r}; valid tasks: {', '.join(valid)}")
-    spec = sj_data.get_spec(base.task)
-    if base.eval_split not in spec.splits:
-      raise ValueError(
-        f"unknown eval split {base.eval_split!r}; valid splits: {', '.join(spec.splits)}"
-      )
-    if not 0 < base.doc_stride < base.max_len:
-      raise ValueError(f"doc_stride must be in (0, max_len={base.max_len}), got {base.doc_stride}")
-    if base.n_best < 1 or base.max_answer_length < 1:
-      raise ValueError("n_best and max_answer_length must be >= 1")
-    methods = [m.strip() for m in args.methods.split(",")] if args.methods else [base.method]
-    for method in methods:  # before tokenizing the training set, which takes a while
-      common.check_method(method)
-    if base.epochs > 0 or base.eval_every < 0:
-      # Steps per epoch count features (windows), not questions.
-      base = common.resolve_epochs(
-        base, len(train_features(base)), explicit=common.explicit_fields(args, SquadConfig)
-      )
-    configs = [dataclasses.replace(base, method=m) for m in methods]
-    for cfg in configs:
-      common.validate(cfg)
-  except (ValueError, sj_data.DatasetUnavailableError) as e:
-    p.error(str(e))
-  return configs
+  return common.parse_configs(
+    parser(),
+    argv,
+    cls=SquadConfig,
+    preset_values=lambda args: PRESETS[args.preset],
+    check=check,
+    # Steps per epoch count features (windows), not questions.
+    train_size=lambda cfg: len(train_features(cfg)),
+  )
 
 
 def main(argv=None):
