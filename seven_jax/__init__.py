@@ -3,7 +3,13 @@
 The core is :func:`seven_mask`, which wraps any optax optimizer and prunes
 while fine-tuning (SEVEN_dyn); :func:`masks` reads the masks back and
 :func:`sparsity_report` tabulates them.
+
+``import seven_jax`` loads only the core (JAX, optax, numpy); the model
+presets (``seven_jax.models``), the data registry (``seven_jax.data``), the
+metrics, checkpoints (orbax) and export load on first use.
 """
+
+import importlib
 
 from seven_jax.prunable import default_prunable, resolve_prunable
 from seven_jax.report import SparsityReport, sparsity_report
@@ -15,7 +21,15 @@ from seven_jax.threshold import (
   sort_reference_threshold,
   topk_masks,
 )
-from seven_jax.transform import SevenMaskState, find_state, masks, seven_mask
+from seven_jax.state import (
+  FixedMaskState,
+  PruningState,
+  SevenMaskState,
+  find_state,
+  freeze,
+  masks,
+  prunable_tree,
+)
 from seven_jax.scores import (
   ScoreInputs,
   ScoreRule,
@@ -24,19 +38,46 @@ from seven_jax.scores import (
   register_rule,
   soft_movement_penalty,
 )
-from seven_jax.engine import PruningState, pruning_mask
-from seven_jax.prepruning import FixedMaskState, fixed_mask, freeze, prune_before_finetuning
-from seven_jax import data, metrics, models  # subpackages, cheap to import
-from seven_jax.checkpoint import CheckpointManager
-from seven_jax.export import export_pruned, sparse_memory_report
+from seven_jax.engine import fixed_mask, pruning_mask
+from seven_jax.transform import seven_mask
+from seven_jax.prepruning import prune_before_finetuning
 
 __version__ = "0.1.0"
+
+# Loaded on first access (module attribute -> (module, attribute or None)).
+_LAZY = {
+  "data": ("seven_jax.data", None),
+  "metrics": ("seven_jax.metrics", None),
+  "models": ("seven_jax.models", None),
+  "analysis": ("seven_jax.analysis", None),
+  "checkpoint": ("seven_jax.checkpoint", None),
+  "export": ("seven_jax.export", None),
+  "CheckpointManager": ("seven_jax.checkpoint", "CheckpointManager"),
+  "export_pruned": ("seven_jax.export", "export_pruned"),
+  "sparse_memory_report": ("seven_jax.export", "sparse_memory_report"),
+}
+
+
+def __getattr__(name):
+  if name in _LAZY:
+    module_name, attr = _LAZY[name]
+    module = importlib.import_module(module_name)
+    value = module if attr is None else getattr(module, attr)
+    globals()[name] = value
+    return value
+  raise AttributeError(f"module 'seven_jax' has no attribute {name!r}")
+
+
+def __dir__():
+  return sorted(set(globals()) | set(_LAZY))
+
 
 __all__ = [
   "seven_mask",
   "SevenMaskState",
   "masks",
   "find_state",
+  "prunable_tree",
   "sparsity_report",
   "SparsityReport",
   "cubic_keep_ratio",

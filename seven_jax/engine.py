@@ -1,14 +1,22 @@
-"""One pruning engine for every dynamic method: ``pruning_mask``.
+r"""One pruning engine for every dynamic method: ``pruning_mask`` and ``fixed_mask``.
 
 :func:`pruning_mask` wraps an optax optimizer exactly as
 :func:`seven_jax.seven_mask` does (which is this engine with the ``"seven"``
 rule) and takes the score rule by name from :mod:`seven_jax.scores`; the
-selection step is :func:`seven_jax.selection.select_masks`.
+selection step is :func:`seven_jax.selection.select_masks`. SEVEN_pre
+(:func:`seven_jax.prune_before_finetuning`) is the same engine with an
+optimizer that does not move the weights.
+
+Every step of a prunable leaf goes through one pure function,
+:func:`score_leaf`; the rest of ``update`` is tree maps over the params, the
+gradients and the state, whose non-prunable leaves are
+:class:`optax.MaskedNode` holes (:mod:`seven_jax.state`).
 """
 
 from __future__ import annotations
 
-from typing import Any, Callable, NamedTuple, Optional
+import inspect
+from typing import Any, Optional
 
 import jax
 import jax.numpy as jnp
@@ -16,51 +24,172 @@ import numpy as np
 import optax
 from jax import lax
 
-from seven_jax import schedules, selection, storage, transform
+from seven_jax import schedules, selection, storage, validation
 from seven_jax.prunable import PrunableSpec, path_str, resolve_prunable
 from seven_jax.scores import ScoreInputs, ScoreRule, get_rule, resolve_hparams
+from seven_jax.state import (
+  HOLE,
+  FixedMaskState,
+  Layout,
+  PruningState,
+  is_hole,
+  map_kept,
+  placeholder_layout,
+)
 from seven_jax.threshold import canonicalize_scores
 
-__all__ = ["pruning_mask", "PruningState"]
+__all__ = ["pruning_mask", "PruningState", "fixed_mask", "FixedMaskState", "score_leaf"]
 
-_SCHEDULES = ("cubic", "exponential")
+SCHEDULES = ("cubic", "exponential")
+TIES_SUPPORTED = "ties" in inspect.signature(selection.select_masks).parameters
+
+_NO_PARAMS_MSG = "{name} needs the current parameters: call tx.update(grads, state, params)."
 
 
-class PruningState(NamedTuple):
-  """State of :func:`pruning_mask`. Every field is an array (no ``None``).
+# ------------------------------------------------------------ the leaf step
 
-  Attributes:
-    count: int32, number of ``update`` calls so far.
-    masks: bool, shaped like params for prunable leaves (``True`` = kept);
-      for the others a static :class:`seven_jax.transform.AllKept` that
-      records the shape at no cost (:func:`seven_jax.masks` expands it).
-    stats: tuple of the rule's statistics, each a params-shaped tree
-      (``stats_dtype`` for prunable leaves, a 0-d float32 placeholder for the
-      others).
-    scores: scores, same layout and dtype.
-    inner_state: state of the wrapped optimizer.
+
+def score_leaf(rule: ScoreRule, hp: dict, inputs: ScoreInputs, stats, score, *, resurrect: bool):
+  """The pure per-leaf score step every method and entry point shares.
+
+  ``rule.update`` on float32 inputs, then canonical scores
+  (:func:`seven_jax.threshold.canonicalize_scores`) and, without
+  resurrection, score 0 for pruned weights (SEVEN's (E7)). A statistic that
+  would become non-finite (the weights or the inner update went NaN) keeps
+  its previous value, so one bad step cannot poison a rule's EMAs for good.
+
+  Returns:
+    ``(stats, score)``, float32.
   """
-
-  count: jax.Array
-  masks: Any
-  stats: tuple
-  scores: Any
-  inner_state: Any
-
-
-transform._MASK_STATE_TYPES.append(PruningState)
-
-
-def _is_concrete(x) -> bool:
-  return not isinstance(x, jax.core.Tracer)
+  stats = tuple(jnp.asarray(s, jnp.float32) for s in stats)
+  new_stats, new_score = rule.update(hp, inputs, stats, jnp.asarray(score, jnp.float32))
+  new_stats = tuple(
+    jnp.where(jnp.isfinite(new), new, old) for new, old in zip(new_stats, stats, strict=True)
+  )
+  new_score = canonicalize_scores(new_score)
+  if not resurrect and not rule.signed:
+    new_score = jnp.where(inputs.mask, new_score, 0.0)
+  return new_stats, new_score
 
 
-def _check_range(name, value, low, high):
-  if not _is_concrete(value):
-    return
-  v = float(np.asarray(value))
-  if not (low <= v < high) or not np.isfinite(v):
-    raise ValueError(f"{name} must be in [{low}, {high}), got {value!r}.")
+def _finite(x):
+  return jnp.where(jnp.isfinite(x), x, 0.0)
+
+
+def _kept_leaves(mask_tree, tree) -> list:
+  """The leaves of ``tree`` (params-shaped) at the prunable positions."""
+  flat, treedef = jax.tree.flatten(mask_tree, is_leaf=is_hole)
+  return [x for m, x in zip(flat, treedef.flatten_up_to(tree), strict=True) if not is_hole(m)]
+
+
+def select_kwargs(ties):
+  if ties is None:
+    return {}
+  if not TIES_SUPPORTED:
+    raise ValueError("ties= needs a seven_jax.selection that supports it (not this version).")
+  return {"ties": ties}
+
+
+def check_ties(ties):
+  if ties is not None:
+    validation.check_choice("ties", ties, ("exact", "keep_all"))
+  return ties
+
+
+# --------------------------------------------------------- hyper-parameters
+
+
+def _as_int32(x):
+  return jnp.asarray(x).astype(jnp.int32) if isinstance(x, jax.Array) else x
+
+
+def clip_traced_schedule(sparsity, start_step, pruning_steps, update_every, total):
+  """Injected (array) values clipped into their valid ranges.
+
+  ``sparsity`` into ``[0, 1 - 1/D]`` (at least one weight is kept),
+  ``start_step >= 0``, ``pruning_steps >= 2``, ``update_every >= 1``. Python
+  numbers were checked when the transformation was built and pass unchanged.
+  """
+  if isinstance(sparsity, jax.Array):
+    sparsity = jnp.clip(jnp.asarray(sparsity, jnp.float32), 0.0, 1.0 - 1.0 / max(total, 1))
+  if isinstance(start_step, jax.Array):
+    start_step = jnp.maximum(_as_int32(start_step), 0)
+  if isinstance(pruning_steps, jax.Array):
+    pruning_steps = jnp.maximum(_as_int32(pruning_steps), 2)
+  if isinstance(update_every, jax.Array):
+    update_every = jnp.maximum(_as_int32(update_every), 1)
+  return sparsity, start_step, pruning_steps, update_every
+
+
+_BELOW_ONE = float(np.nextafter(np.float32(1.0), np.float32(0.0)))
+
+
+def clip_traced_rates(hp: dict, names=("b1", "b2")) -> dict:
+  """EMA rates given as arrays (injected) clipped into ``[0, 1)`` in float32."""
+  hp = dict(hp)
+  for name in names:
+    if isinstance(hp.get(name), jax.Array):
+      hp[name] = jnp.clip(jnp.asarray(hp[name], jnp.float32), 0.0, _BELOW_ONE)
+  return hp
+
+
+# ------------------------------------------------------------------- engine
+
+
+def _check_leaves(params, spec, nm):
+  flat, treedef = jax.tree_util.tree_flatten_with_path(params)
+  flat_spec = treedef.flatten_up_to(spec)
+  for (path, p), s in zip(flat, flat_spec, strict=True):
+    if s and jnp.iscomplexobj(p):
+      raise TypeError(
+        f"prunable leaf '{path_str(path)}' is {jnp.result_type(p)}: scores rank real weights; "
+        "leave complex leaves out with prunable= (they are then updated by the inner optimizer)."
+      )
+    if s and not jnp.issubdtype(jnp.result_type(p), jnp.floating):
+      raise TypeError(
+        f"prunable leaf '{path_str(path)}' has dtype {jnp.result_type(p)}; only floating "
+        "point weights can be pruned."
+      )
+  if nm is not None:
+    selection.check_pattern_shapes(
+      nm,
+      [p for (_, p), s in zip(flat, flat_spec) if s],
+      [path_str(k) for (k, _), s in zip(flat, flat_spec) if s],
+    )
+
+
+def _layout_trees(params, spec, num_stats, stats_dtype):
+  """Masks, stats and scores created like their params (holes elsewhere)."""
+  masks = jax.tree.map(lambda p, s: jnp.ones_like(p, jnp.bool_) if s else HOLE, params, spec)
+  zeros = lambda: jax.tree.map(
+    lambda p, s: jnp.zeros_like(p, stats_dtype) if s else HOLE, params, spec
+  )
+  holes = tuple(
+    tuple(np.shape(p)) for p, s in zip(jax.tree.leaves(params), jax.tree.leaves(spec)) if not s
+  )
+  return masks, tuple(zeros() for _ in range(num_stats)), zeros(), Layout(holes)
+
+
+def _zero_schedule_free_z(inner_state, mask_tree):
+  """``optax.contrib.schedule_free`` keeps the sequence ``z`` in its state and
+  evaluates at an average of ``z`` and the params: pruned entries of ``z``
+  must be 0 too, for the evaluated weights to be exactly 0."""
+  try:
+    from optax.contrib import ScheduleFreeState  # optax is imported anyway
+  except ImportError:  # pragma: no cover - older optax
+    return inner_state
+  is_sf = lambda x: isinstance(x, ScheduleFreeState)
+
+  def fix(x):
+    if not is_sf(x):
+      return x
+    try:
+      z = map_kept(lambda m, zi: jnp.where(m, zi, jnp.zeros_like(zi)), mask_tree, x.z)
+    except (ValueError, TypeError):  # z is not shaped like these params
+      return x
+    return x._replace(z=z)
+
+  return jax.tree.map(fix, inner_state, is_leaf=is_sf)
 
 
 def build_transform(
@@ -79,112 +208,119 @@ def build_transform(
   schedule: str = "cubic",
   threshold: Optional[float] = None,
   stats_dtype=jnp.float32,
-  pack: Optional[Callable] = None,
-  unpack: Optional[Callable] = None,
+  state_type=PruningState,
   name: str = "pruning_mask",
+  window: Optional[int] = None,
+  ties: Optional[str] = None,
 ) -> optax.GradientTransformationExtraArgs:
-  """The engine. ``pack(count, masks, stats, scores, inner_state)`` builds the
-  state and ``unpack(state)`` reads those five back; by default the state is a
-  :class:`PruningState`. Arguments are assumed checked."""
+  """The engine; arguments are assumed checked.
+
+  The pruning window is ``window`` update calls from ``start_step`` (default
+  ``pruning_steps - 1``, the official SEVEN loop; SEVEN_pre uses
+  ``pruning_steps``, so that its last step keeps exactly ``1 - sparsity``).
+  """
   inner = optax.with_extra_args_support(inner)
-  pack = pack or (lambda c, m, st, s, i: PruningState(c, m, tuple(st), s, i))
-  unpack = unpack or (lambda s: (s.count, s.masks, s.stats, s.scores, s.inner_state))
   num_stats = rule.num_stats
-  final_keep = 1.0 - sparsity
   stats_dtype = storage.check_stats_dtype(stats_dtype)
+  select_kw = select_kwargs(ties)
+
+  def split_lookahead(params):
+    # With optax.lookahead inside, params are LookaheadParams(fast, slow): the
+    # fast weights are scored and masked, the slow ones masked alike.
+    if isinstance(params, optax.LookaheadParams):
+      return params.fast, True
+    return params, False
 
   def init_fn(params):
     if type(params).__name__ == "_ParamsPlaceholder":
       # optax.tree.map_params probes init with a leafless placeholder.
-      return pack(
-        jnp.zeros([], jnp.int32), params, (params,) * num_stats, params, inner.init(params)
+      return state_type(
+        jnp.zeros([], jnp.int32),
+        params,
+        (params,) * num_stats,
+        params,
+        inner.init(params),
+        placeholder_layout(),
       )
-    spec = resolve_prunable(prunable, params)
-    if nm is not None:
-      flat, treedef = jax.tree_util.tree_flatten_with_path(params)
-      flat_spec = treedef.flatten_up_to(spec)
-      selection.check_pattern_shapes(
-        nm,
-        [p for (_, p), s in zip(flat, flat_spec) if s],
-        [path_str(k) for (k, _), s in zip(flat, flat_spec) if s],
-      )
-    stat = lambda p, s: jnp.zeros(jnp.shape(p), stats_dtype) if s else jnp.zeros((), jnp.float32)
-    zeros = lambda: jax.tree.map(stat, params, spec)
-    # Non-prunable leaves are never masked: a static AllKept records their
-    # shape (for seven_jax.masks) without a byte per weight.
-    keep = lambda p, s: (
-      jnp.ones(jnp.shape(p), jnp.bool_) if s else transform.AllKept(tuple(jnp.shape(p)))
-    )
-    return pack(
-      jnp.zeros([], jnp.int32),
-      jax.tree.map(keep, params, spec),
-      tuple(zeros() for _ in range(num_stats)),
-      zeros(),
-      inner.init(params),
-    )
+    weights, _ = split_lookahead(params)
+    spec = resolve_prunable(prunable, weights)
+    _check_leaves(weights, spec, nm)
+    masks, stats, scores, layout = _layout_trees(weights, spec, num_stats, stats_dtype)
+    return state_type(jnp.zeros([], jnp.int32), masks, stats, scores, inner.init(params), layout)
 
   def update_fn(updates, state, params=None, **extra_args):
     if params is None:
-      raise ValueError(transform._NO_PARAMS_MSG.replace("seven_mask", name))
-    count, state_masks, state_stats, state_scores, state_inner = unpack(state)
-    spec = resolve_prunable(prunable, params)
-    treedef = jax.tree.structure(params)
-    is_prunable = treedef.flatten_up_to(spec)
-    flat_params = treedef.flatten_up_to(params)
-    flat_masks = treedef.flatten_up_to(state_masks)
-    flat_grads = treedef.flatten_up_to(updates)
+      raise ValueError(_NO_PARAMS_MSG.format(name=name))
+    weights, lookahead = split_lookahead(params)
+    mask_tree = state.masks
+    total = int(sum(np.prod(np.shape(w), dtype=np.int64) for w in _kept_leaves(mask_tree, weights)))
+    sp, start, n_steps, every = clip_traced_schedule(
+      sparsity, start_step, pruning_steps, update_every, total
+    )
+    final_keep = 1.0 - sp
+    length = n_steps - 1 if window is None else window
 
     # Gradient of the masked network: pruned coordinates get exactly 0.
-    flat_grads = [
-      jnp.where(m, g, jnp.zeros_like(g)) if s else g
-      for g, m, s in zip(flat_grads, flat_masks, is_prunable)
-    ]
-    grads = treedef.unflatten(flat_grads)
-    inner_updates, inner_state = inner.update(grads, state_inner, params, **extra_args)
-    flat_inner = treedef.flatten_up_to(inner_updates)
+    grads = map_kept(lambda m, g: jnp.where(m, g, jnp.zeros_like(g)), mask_tree, updates)
+    try:
+      inner_updates, inner_state = inner.update(grads, state.inner_state, params, **extra_args)
+    except (ValueError, AttributeError) as err:
+      if not lookahead and ("named tuple" in str(err) or "fast" in str(err)):
+        raise ValueError(
+          f"the inner optimizer of {name} needs optax.LookaheadParams (optax.lookahead): "
+          "pass params = optax.LookaheadParams.init_synced(params) to init and update, "
+          f"and {name} masks the fast and the slow weights."
+        ) from err
+      raise
+    fast_updates = inner_updates.fast if lookahead else inner_updates
 
-    idx = [i for i, s in enumerate(is_prunable) if s]
-    total = int(sum(np.prod(np.shape(flat_params[i]), dtype=np.int64) for i in idx))
-    t = count
-    window_end = start_step + pruning_steps - 1
-    in_window = (t >= start_step) & (t < window_end)
-    local_step = t - start_step
-    is_last = local_step == window_end - 1 - start_step
+    t = state.count
+    local_step = t - start
+    in_window = (local_step >= 0) & (local_step < length)
+    is_last = local_step == length - 1
 
     def prune(operand):
-      masks_p, stats_p, s_p = operand
-      # Statistics are stored in stats_dtype and computed in float32.
-      stats_p = [tuple(x.astype(jnp.float32) for x in st) for st in stats_p]
-      s_p = [x.astype(jnp.float32) for x in s_p]
-      new_stats, new_s = [], []
-      for j, i in enumerate(idx):
-        w = flat_params[i].astype(jnp.float32)
+      masks_l, stats_l, scores_l = operand
+      after = map_kept(
+        lambda m, w, u: w.astype(jnp.float32) + u.astype(jnp.float32),
+        mask_tree,
+        weights,
+        fast_updates,
+      )
+      new_stats, new_scores = [], []
+      leaves = zip(
+        _kept_leaves(mask_tree, weights),
+        _kept_leaves(mask_tree, after),
+        _kept_leaves(mask_tree, grads),
+        masks_l,
+        strict=True,
+      )
+      for j, (w, w_after, g, m) in enumerate(leaves):
         inputs = ScoreInputs(
-          param=w,
-          weight_after=w + flat_inner[i].astype(jnp.float32),
-          grad=flat_grads[i],
-          mask=masks_p[j],
+          param=_finite(w.astype(jnp.float32)),
+          weight_after=_finite(w_after),
+          grad=g,
+          mask=m,
           local_step=local_step,
           is_last=is_last,
           total=total,
         )
-        st, score = rule.update(hp, inputs, tuple(stats_p[j]), s_p[j])
-        score = canonicalize_scores(score)
-        if not resurrect and not rule.signed:
-          score = jnp.where(masks_p[j], score, 0.0)  # SEVEN's (E7)
-        new_stats.append(tuple(st))
-        new_s.append(score)
+        st, s = score_leaf(
+          rule, hp, inputs, [x[j] for x in stats_l], scores_l[j], resurrect=resurrect
+        )
+        new_stats.append(st)
+        new_scores.append(s)
 
       if schedule == "cubic":
-        keep_ratio = schedules.cubic_keep_ratio(local_step, pruning_steps, final_keep)
+        keep_ratio = schedules.cubic_keep_ratio(local_step, n_steps, final_keep)
       else:
-        keep_ratio = schedules.exponential_keep_ratio(local_step, pruning_steps - 1, final_keep)
+        keep_ratio = schedules.exponential_keep_ratio(local_step, length, final_keep)
 
       def select(_):
         nm_keep = selection.nm_keep_count(keep_ratio, nm, is_last) if nm else None
         return selection.select_masks(
-          new_s,
-          masks_p,
+          new_scores,
+          masks_l,
           keep_ratio,
           scope=scope,
           nm=nm,
@@ -192,48 +328,52 @@ def build_transform(
           resurrect=resurrect,
           signed=rule.signed,
           threshold=threshold,
+          **select_kw,
         )
 
-      select_now = ((local_step + 1) % update_every == 0) | is_last
+      select_now = ((local_step + 1) % every == 0) | is_last
       # The mask is chosen from the float32 scores; only the stored copy is
       # rounded (stochastically, for bfloat16: see seven_jax.storage).
-      new_masks = lax.cond(select_now, select, lambda _: list(masks_p), None)
-      new_stats = [
-        tuple(storage.store(x, stats_dtype, t, (num_stats + 1) * j + n) for n, x in enumerate(st))
-        for j, st in enumerate(new_stats)
+      new_masks = lax.cond(select_now, select, lambda _: list(masks_l), None)
+      salt = lambda j, n: (num_stats + 1) * j + n
+      stored_stats = [
+        [storage.store(st[n], stats_dtype, t, salt(j, n)) for j, st in enumerate(new_stats)]
+        for n in range(num_stats)
       ]
-      new_s = [
-        storage.store(x, stats_dtype, t, (num_stats + 1) * j + num_stats)
-        for j, x in enumerate(new_s)
+      stored_scores = [
+        storage.store(s, stats_dtype, t, salt(j, num_stats)) for j, s in enumerate(new_scores)
       ]
-      return new_masks, new_stats, new_s
+      return list(new_masks), stored_stats, stored_scores
 
-    flat_stats = [treedef.flatten_up_to(tree) for tree in state_stats]
-    flat_s = treedef.flatten_up_to(state_scores)
     operand = (
-      [flat_masks[i] for i in idx],
-      [tuple(fs[i] for fs in flat_stats) for i in idx],
-      [flat_s[i] for i in idx],
+      jax.tree.leaves(mask_tree),
+      [jax.tree.leaves(tree) for tree in state.stats],
+      jax.tree.leaves(state.scores),
     )
-    masks_p, stats_p, s_p = lax.cond(in_window, prune, lambda op: op, operand)
-    for j, i in enumerate(idx):
-      flat_masks[i], flat_s[i] = masks_p[j], s_p[j]
-      for n in range(num_stats):
-        flat_stats[n][i] = stats_p[j][n]
+    masks_l, stats_l, scores_l = lax.cond(in_window, prune, lambda op: op, operand)
+    structure = jax.tree.structure(mask_tree)
+    new_masks = jax.tree.unflatten(structure, masks_l)
 
     # Pruned weights land exactly on 0 once the update is applied.
-    final = []
-    for u, p, m, s in zip(flat_inner, flat_params, flat_masks, is_prunable):
-      final.append(jnp.where(m, u, -p.astype(u.dtype)) if s else u)
+    emit = lambda m, u, w: jnp.where(m, u, -w.astype(u.dtype))
+    if lookahead:
+      final = optax.LookaheadParams(
+        map_kept(emit, new_masks, inner_updates.fast, params.fast),
+        map_kept(emit, new_masks, inner_updates.slow, params.slow),
+      )
+    else:
+      final = map_kept(emit, new_masks, inner_updates, params)
+    inner_state = _zero_schedule_free_z(inner_state, new_masks)
 
-    new_state = pack(
+    new_state = state_type(
       optax.safe_increment(t),
-      treedef.unflatten(flat_masks),
-      tuple(treedef.unflatten(fs) for fs in flat_stats),
-      treedef.unflatten(flat_s),
+      new_masks,
+      tuple(jax.tree.unflatten(structure, s) for s in stats_l),
+      jax.tree.unflatten(structure, scores_l),
       inner_state,
+      state.layout,
     )
-    return treedef.unflatten(final), new_state
+    return final, new_state
 
   return optax.GradientTransformationExtraArgs(init_fn, update_fn)
 
@@ -251,7 +391,8 @@ def pruning_mask(
   pattern: Optional[str] = None,
   update_every: Optional[int] = None,
   schedule: str = "cubic",
-  stats_dtype=jnp.float32,
+  stats_dtype="float32",
+  ties: Optional[str] = None,
   **method_kwargs,
 ) -> optax.GradientTransformationExtraArgs:
   r"""Prunes while fine-tuning with any registered dynamic method.
@@ -274,12 +415,16 @@ def pruning_mask(
   pruned weights are exactly 0.
 
   Args:
-    inner: the optimizer of the kept weights.
+    inner: the optimizer of the kept weights (``optax.lookahead(...)`` works
+      too, with ``optax.LookaheadParams`` as params: fast and slow weights
+      are both exactly 0 where pruned; so does
+      ``optax.contrib.schedule_free``, whose evaluated weights are then 0
+      where pruned).
     method: a registered dynamic method name, or a :class:`ScoreRule`.
     sparsity: final fraction of pruned weights in ``[0, 1)``; with ``pattern``
       it defaults to (and must equal) ``1 - N/M``.
-    start_step: dense steps before pruning starts.
-    pruning_steps: ``N`` (>= 2), length of the schedule.
+    start_step: dense steps before pruning starts (an integer >= 0).
+    pruning_steps: ``N`` (an integer >= 2), length of the schedule.
     prunable: as in :func:`seven_jax.seven_mask`.
     scope: ``"global"`` (one budget over all prunable weights) or
       ``"per_leaf"`` (every leaf at the same ratio).
@@ -293,14 +438,20 @@ def pruning_mask(
     update_every: mask period in window steps; ``None`` takes the method's
       (``delta_t`` for ``platon``, else 1).
     schedule: ``"cubic"`` or ``"exponential"``.
-    stats_dtype: storage of the rule's statistics and scores, ``jnp.float32``
-      or ``jnp.bfloat16`` (half the bytes, stochastically rounded; see
-      :mod:`seven_jax.storage`). Computation is float32 either way.
+    stats_dtype: storage of the rule's statistics and scores, ``"float32"``
+      or ``"bfloat16"`` (or the dtypes; half the bytes, stochastically
+      rounded; see :mod:`seven_jax.storage`). Computation is float32 either
+      way.
+    ties: how the threshold treats scores tied with the k-th
+      (:func:`seven_jax.selection.select_masks`); ``None`` takes its default.
     **method_kwargs: the method's hyper-parameters, e.g. ``b1``, ``b2`` for
       ``seven`` and ``platon``; unknown names raise. Under
       ``optax.inject_hyperparams`` they are static (``sparsity``,
-      ``start_step`` and ``pruning_steps`` can be injected; pass
-      ``static_args=("method", "prunable")``).
+      ``start_step``, ``pruning_steps`` and ``update_every`` can be injected;
+      pass ``static_args=("method", "prunable")``). Injected values out of
+      range are clipped where they are used: ``sparsity`` into
+      ``[0, 1 - 1/D]`` (``D`` prunable weights), ``start_step`` to
+      ``>= 0``, ``pruning_steps`` to ``>= 2``, ``update_every`` to ``>= 1``.
 
   Returns:
     An :class:`optax.GradientTransformationExtraArgs` with a
@@ -326,38 +477,36 @@ def pruning_mask(
     implied = 1.0 - nm[0] / nm[1]
     if sparsity is None:
       sparsity = implied
-    elif _is_concrete(sparsity) and abs(float(sparsity) - implied) > 1e-6:
-      raise ValueError(
-        f"sparsity={sparsity!r} contradicts pattern={pattern!r}, "
-        f"which prunes exactly {implied:g}; drop one of them."
-      )
+    elif not validation.is_traced(sparsity):
+      if abs(validation.check_fraction("sparsity", sparsity) - implied) > 1e-6:
+        raise ValueError(
+          f"sparsity={sparsity!r} contradicts pattern={pattern!r}, "
+          f"which prunes exactly {implied:g}; drop one of them."
+        )
   if sparsity is None:
     raise ValueError(
       "sparsity is required (a float in [0, 1)) unless a pattern such as '2:4' is given."
     )
-  _check_range("sparsity", sparsity, 0.0, 1.0)
-  for name in ("b1", "b2"):
-    if name in hp:
-      _check_range(name, hp[name], 0.0, 1.0)
-  if _is_concrete(start_step) and int(np.asarray(start_step)) < 0:
-    raise ValueError(f"start_step must be >= 0, got {start_step!r}.")
-  if _is_concrete(pruning_steps) and int(np.asarray(pruning_steps)) < 2:
-    raise ValueError(f"pruning_steps must be >= 2, got {pruning_steps!r}.")
-  if scope not in selection.SCOPES:
-    raise ValueError(f"scope must be one of {selection.SCOPES}, got {scope!r}.")
-  if schedule not in _SCHEDULES:
-    raise ValueError(f"schedule must be one of {_SCHEDULES}, got {schedule!r}.")
+  check_schedule_args(sparsity, start_step, pruning_steps)
+  for hp_name in ("b1", "b2"):
+    if hp_name in hp:
+      validation.check_fraction(hp_name, hp[hp_name])
+  for hp_name in ("signed_first_moment", "correction"):
+    if hp_name in hp:
+      validation.check_bool(hp_name, hp[hp_name])
+  hp = clip_traced_rates(hp)
+  validation.check_choice("scope", scope, selection.SCOPES)
+  validation.check_choice("schedule", schedule, SCHEDULES)
   if update_every is None:
     update_every = rule.update_every(hp)
-  if _is_concrete(update_every) and int(np.asarray(update_every)) < 1:
-    raise ValueError(f"update_every must be >= 1, got {update_every!r}.")
+  validation.check_int("update_every", update_every, 1)
   threshold = rule.threshold(hp)
   if threshold is not None and nm is not None:
     raise ValueError(
       "a fixed score threshold and an N:M pattern exclude each "
       "other; pass one of threshold= or pattern=."
     )
-  resurrect = rule.resurrect if resurrect is None else bool(resurrect)
+  resurrect = rule.resurrect if resurrect is None else validation.check_bool("resurrect", resurrect)
   return build_transform(
     inner,
     rule,
@@ -373,4 +522,81 @@ def pruning_mask(
     schedule=schedule,
     threshold=threshold,
     stats_dtype=stats_dtype,
+    ties=check_ties(ties),
   )
+
+
+def check_schedule_args(sparsity, start_step, pruning_steps) -> None:
+  """The checks shared by ``seven_mask`` and ``pruning_mask`` (traced values pass)."""
+  validation.check_fraction("sparsity", sparsity)
+  validation.check_int("start_step", start_step, 0)
+  validation.check_int("pruning_steps", pruning_steps, 2)
+
+
+# --------------------------------------------------------------- fixed mask
+
+
+def fixed_mask(
+  inner: optax.GradientTransformation, masks: Any
+) -> optax.GradientTransformationExtraArgs:
+  """Fine-tunes with a frozen mask; pruned weights are exactly 0 after every step.
+
+  The gradient is masked (the gradient of the masked network ``W * M``), the
+  inner optimizer moves the kept weights, and the emitted update is
+  ``where(M, u, -W)``, so after ``optax.apply_updates`` every pruned weight is
+  exactly 0, also on the first step if the weights were not zeroed yet.
+
+  Args:
+    inner: the optimizer of the kept weights.
+    masks: pytree of bools shaped like params (``True`` = kept), e.g. from
+      :func:`prune_before_finetuning` or :func:`seven_jax.masks`. Leaves that
+      are all ``True`` cost nothing in the state (an ``optax.MaskedNode``);
+      the others are stored like their parameter (same sharding).
+  """
+  flat_masks, masks_def = jax.tree.flatten(masks)
+  for i, m in enumerate(flat_masks):
+    if not validation.is_traced(m):
+      dtype = np.asarray(m).dtype
+      if dtype != np.bool_:
+        path = path_str(jax.tree_util.tree_flatten_with_path(masks)[0][i][0])
+        raise TypeError(f"masks must hold bools; the mask of '{path}' has dtype {dtype}.")
+  inner = optax.with_extra_args_support(inner)
+
+  def init_fn(params):
+    if type(params).__name__ == "_ParamsPlaceholder":
+      return FixedMaskState(
+        jnp.zeros([], jnp.int32), params, inner.init(params), placeholder_layout()
+      )
+    p_def = jax.tree.structure(params)
+    if p_def != masks_def:
+      raise ValueError(
+        f"masks must have the structure of params; params: {p_def}, masks: {masks_def}."
+      )
+    stored, holes = [], []
+    for (path, p), m in zip(
+      jax.tree_util.tree_flatten_with_path(params)[0], flat_masks, strict=True
+    ):
+      if np.shape(p) != np.shape(m):
+        raise ValueError(
+          f"mask of '{path_str(path)}' has shape {np.shape(m)}, the parameter {np.shape(p)}."
+        )
+      if not validation.is_traced(m) and bool(np.all(np.asarray(m))):
+        stored.append(HOLE)
+        holes.append(tuple(np.shape(p)))
+      else:
+        # Like the parameter (its sharding), holding the given bools.
+        stored.append(jnp.logical_and(jnp.ones_like(p, jnp.bool_), m))
+    return FixedMaskState(
+      jnp.zeros([], jnp.int32), p_def.unflatten(stored), inner.init(params), Layout(tuple(holes))
+    )
+
+  def update_fn(updates, state, params=None, **extra_args):
+    if params is None:
+      raise ValueError(_NO_PARAMS_MSG.format(name="fixed_mask"))
+    grads = map_kept(lambda m, g: jnp.where(m, g, jnp.zeros_like(g)), state.masks, updates)
+    u, inner_state = inner.update(grads, state.inner_state, params, **extra_args)
+    final = map_kept(lambda m, u_, p: jnp.where(m, u_, -p.astype(u_.dtype)), state.masks, u, params)
+    inner_state = _zero_schedule_free_z(inner_state, state.masks)
+    return final, state._replace(count=optax.safe_increment(state.count), inner_state=inner_state)
+
+  return optax.GradientTransformationExtraArgs(init_fn, update_fn)

@@ -64,120 +64,14 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from seven_jax import schedules, selection, transform
+from seven_jax import engine, schedules, selection, validation
+from seven_jax.engine import FixedMaskState, fixed_mask
 from seven_jax.prunable import PrunableSpec, path_str, resolve_prunable
-from seven_jax.scores import DYNAMIC_RULES, PRE_METHODS, ScoreInputs, methods, resolve_hparams
+from seven_jax.scores import DYNAMIC_RULES, PreMethod, pre_method, resolve_hparams
+from seven_jax.state import freeze, masks as state_masks
 from seven_jax.threshold import canonicalize_scores
 
 __all__ = ["prune_before_finetuning", "fixed_mask", "FixedMaskState", "freeze", "PreMethod"]
-
-
-# ---------------------------------------------------------------- fixed mask
-
-
-class FixedMaskState(NamedTuple):
-  """State of :func:`fixed_mask`: the frozen masks and the inner state."""
-
-  count: jax.Array
-  masks: Any
-  inner_state: Any
-
-
-transform._MASK_STATE_TYPES.append(FixedMaskState)
-
-
-def fixed_mask(
-  inner: optax.GradientTransformation, masks: Any
-) -> optax.GradientTransformationExtraArgs:
-  """Fine-tunes with a frozen mask; pruned weights are exactly 0 after every step.
-
-  The gradient is masked (the gradient of the masked network ``W * M``), the
-  inner optimizer moves the kept weights, and the emitted update is
-  ``where(M, u, -W)``, so after ``optax.apply_updates`` every pruned weight is
-  exactly 0, also on the first step if the weights were not zeroed yet.
-
-  Args:
-    inner: the optimizer of the kept weights.
-    masks: pytree of bools shaped like params (``True`` = kept), e.g. from
-      :func:`prune_before_finetuning`; non-prunable leaves all ``True``.
-  """
-  masks = jax.tree.map(lambda m: jnp.asarray(m, jnp.bool_), masks)
-  inner = optax.with_extra_args_support(inner)
-
-  def init_fn(params):
-    if type(params).__name__ == "_ParamsPlaceholder":
-      return FixedMaskState(jnp.zeros([], jnp.int32), params, inner.init(params))
-    p_def, m_def = jax.tree.structure(params), jax.tree.structure(masks)
-    if p_def != m_def:
-      raise ValueError(f"masks must have the structure of params; params: {p_def}, masks: {m_def}.")
-    for (path, p), m in zip(
-      jax.tree_util.tree_flatten_with_path(params)[0], jax.tree.leaves(masks)
-    ):
-      if np.shape(p) != np.shape(m):
-        raise ValueError(
-          f"mask of '{path_str(path)}' has shape {np.shape(m)}, the parameter {np.shape(p)}."
-        )
-    return FixedMaskState(jnp.zeros([], jnp.int32), masks, inner.init(params))
-
-  def update_fn(updates, state, params=None, **extra_args):
-    if params is None:
-      raise ValueError(
-        "fixed_mask needs the current parameters: call tx.update(grads, state, params)."
-      )
-    grads = jax.tree.map(lambda g, m: jnp.where(m, g, jnp.zeros_like(g)), updates, state.masks)
-    u, inner_state = inner.update(grads, state.inner_state, params, **extra_args)
-    final = jax.tree.map(
-      lambda u_, p, m: jnp.where(m, u_, -p.astype(u_.dtype)), u, params, state.masks
-    )
-    return final, FixedMaskState(optax.safe_increment(state.count), state.masks, inner_state)
-
-  return optax.GradientTransformationExtraArgs(init_fn, update_fn)
-
-
-def freeze(opt_state: Any) -> Any:
-  """Swaps every pruning state in ``opt_state`` for a :class:`FixedMaskState`.
-
-  After the pruning window the masks never change, yet ``seven_mask`` (and
-  every ``pruning_mask``) still carries its statistics, 12 bytes per prunable
-  weight, through a ``lax.cond`` every step. Freezing keeps the masks, the
-  step count and the inner optimizer's state (so Adam's moments carry on)
-  and drops the rest; continue with :func:`fixed_mask` in the same place of
-  the optimizer, which gives the same updates (up to float rounding)::
-
-    tx = seven_jax.fixed_mask(optax.adamw(2e-5), seven_jax.masks(opt_state))
-    opt_state = seven_jax.freeze(opt_state)
-
-  The optimizer changes, so the training step is traced and compiled again.
-  """
-  types = tuple(t for t in transform._MASK_STATE_TYPES if t is not FixedMaskState)
-  is_mask_state = lambda x: isinstance(x, types)
-  transform.find_state(opt_state)  # a clear error when there is none
-
-  def to_fixed(x):
-    if not is_mask_state(x):
-      return x
-    return FixedMaskState(x.count, transform.masks(x), x.inner_state)
-
-  return jax.tree.map(to_fixed, opt_state, is_leaf=is_mask_state)
-
-
-# ---------------------------------------------------------- pre-pruning core
-
-
-class PreMethod(NamedTuple):
-  """A pre-pruning method: its runner and defaults.
-
-  ``run(ctx) -> (prunable masks, params)``; ``batches(steps, per_step)`` is the
-  number of mini-batches it reads.
-  """
-
-  name: str
-  run: Callable
-  default_steps: int
-  batches: Callable[[int, int], int]
-  resurrect: bool = False
-  summary: str = ""
-  rule: Optional[str] = None  # the dynamic score rule ``_run_rule`` uses
 
 
 class _Batches:
@@ -230,6 +124,8 @@ class _Context(NamedTuple):
   input_dtype: Any
   hp: dict
   rule: Optional[str]
+  spec: Any = None  # the resolved prunable tree
+  ties: Optional[str] = None
 
   def flat(self, tree):
     return self.treedef.flatten_up_to(tree)
@@ -262,10 +158,11 @@ class _Context(NamedTuple):
       nm_keep=nm_keep,
       resurrect=self.resurrect if resurrect is None else resurrect,
       signed=signed,
+      **engine.select_kwargs(self.ties),
     )
 
   def ones(self):
-    return [jnp.ones(jnp.shape(p), jnp.bool_) for p in self.prunable_leaves(self.params)]
+    return [jnp.ones_like(p, jnp.bool_) for p in self.prunable_leaves(self.params)]
 
 
 def _mean_grad(ctx: _Context, grad_fn, params, count: int):
@@ -282,53 +179,48 @@ def _mean_grad(ctx: _Context, grad_fn, params, count: int):
 # ------------------------------------------------------------------ runners
 
 
+def rule_transform(ctx: _Context) -> optax.GradientTransformationExtraArgs:
+  """SEVEN_pre and every dynamic rule before fine-tuning: the pruning engine
+  itself, over a window of ``steps`` updates from step 0, with the cubic keep
+  ratio of ``K = steps`` (exactly ``1 - sparsity`` on the last step) and a
+  mask chosen every step. Without ``optimizer`` the inner optimizer is
+  ``optax.set_to_zero()``: the weights do not move, only pruned ones become
+  0 (``W_p = W_0 * M``)."""
+  return engine.build_transform(
+    ctx.optimizer if ctx.optimizer is not None else optax.set_to_zero(),
+    DYNAMIC_RULES[ctx.rule],
+    ctx.hp,
+    sparsity=1.0 - ctx.final_keep,
+    start_step=0,
+    pruning_steps=ctx.steps,
+    prunable=ctx.spec,
+    scope=ctx.scope,
+    resurrect=ctx.resurrect,
+    update_every=1,
+    nm=ctx.nm,
+    window=ctx.steps,
+    name="prune_before_finetuning",
+    ties=ctx.ties,
+  )
+
+
 def _run_rule(ctx: _Context):
   """Any dynamic score rule along the cubic schedule over ``steps`` batches."""
-  rule = DYNAMIC_RULES[ctx.rule]
   grad_fn = jax.jit(jax.grad(ctx.loss_fn))
-  opt = ctx.optimizer
-  signed = rule.signed
+  tx = rule_transform(ctx)
 
   @jax.jit
-  def step(params, masks, stats, scores, opt_state, grads, p):
-    flat_g = ctx.prunable_leaves(grads)
-    flat_g = [jnp.where(m, g, jnp.zeros_like(g)) for g, m in zip(flat_g, masks)]
-    if opt is not None:
-      grads = ctx.with_prunable(grads, flat_g)
-      u, opt_state = opt.update(grads, opt_state, params)
-      after = optax.apply_updates(params, u)
-    else:
-      after = params
-    is_last = p == ctx.steps - 1
-    new_stats, new_scores = [], []
-    for j, (w, wa, g) in enumerate(
-      zip(ctx.prunable_leaves(params), ctx.prunable_leaves(after), flat_g)
-    ):
-      w32 = w.astype(jnp.float32)
-      x = ScoreInputs(w32, wa.astype(jnp.float32), g, masks[j], p, is_last, ctx.total)
-      st, s = rule.update(ctx.hp, x, stats[j], scores[j])
-      s = canonicalize_scores(s)
-      if not ctx.resurrect and not signed:
-        s = jnp.where(masks[j], s, 0.0)  # SEVEN's (E7)
-      new_stats.append(tuple(st))
-      new_scores.append(s)
-    ratio = schedules.cubic_keep_ratio(p, ctx.steps, ctx.final_keep)
-    new_masks = ctx.select(new_scores, masks, ratio, is_last, signed=signed)
-    after = ctx.apply_masks(after, new_masks)
-    return after, new_masks, new_stats, new_scores, opt_state
+  def step(params, state, grads):
+    updates, state = tx.update(grads, state, params)
+    return optax.apply_updates(params, updates), state
 
-  params = ctx.params
-  masks = ctx.ones()
-  zeros = [jnp.zeros(jnp.shape(w), jnp.float32) for w in ctx.prunable_leaves(params)]
-  stats = [tuple(jnp.zeros_like(z) for _ in range(rule.num_stats)) for z in zeros]
-  scores = zeros
-  opt_state = opt.init(params) if opt is not None else None
-  for p in range(ctx.steps):
-    grads, _ = _mean_grad(ctx, grad_fn, ctx.apply_masks(params, masks), ctx.per_step)
-    params, masks, stats, scores, opt_state = step(
-      ctx.apply_masks(params, masks), masks, stats, scores, opt_state, grads, jnp.int32(p)
-    )
-  return masks, params
+  params, state = ctx.params, tx.init(ctx.params)
+  for _ in range(ctx.steps):
+    # The weights entering a step are already masked (the engine's update
+    # zeroes pruned weights): the gradient is that of the masked model.
+    grads, _ = _mean_grad(ctx, grad_fn, params, ctx.per_step)
+    params, state = step(params, state, grads)
+  return ctx.prunable_leaves(state_masks(state)), params
 
 
 def _run_magnitude(ctx: _Context):
@@ -471,92 +363,30 @@ def _run_synflow(ctx: _Context):
   return masks, ctx.params
 
 
-def _register(method: PreMethod):
-  PRE_METHODS[method.name] = method
+RUNNERS: dict[str, Callable] = {
+  "rule": _run_rule,
+  "magnitude": _run_magnitude,
+  "random": _run_random,
+  "snip": _run_snip,
+  "grasp": _run_grasp,
+  "synflow": _run_synflow,
+  "force": lambda c: _run_force_like(c, dense=True),
+  "iter_snip": lambda c: _run_force_like(c, dense=False),
+}
+"""What computes each ``PreMethod.runner`` (the table is :data:`seven_jax.scores.PRE_METHODS`)."""
 
 
-_SEVEN_PRE = (
-  "SEVEN_pre: SEVEN statistics over steps batches, cubic schedule, no weight updates by default"
-)
-_register(PreMethod("seven", _run_rule, 100, lambda s, b: s * b, summary=_SEVEN_PRE, rule="seven"))
-_register(PreMethod("magnitude", _run_magnitude, 0, lambda s, b: 0, summary="one-shot |W|"))
-# Names that only mean pre-pruning, for experiment configs that pick the
-# entry point from the name (seven_jax.method_kind).
-_register(
-  PreMethod("seven_pre", _run_rule, 100, lambda s, b: s * b, summary=_SEVEN_PRE, rule="seven")
-)
-_register(
-  PreMethod(
-    "magnitude_pre",
-    _run_magnitude,
-    0,
-    lambda s, b: 0,
-    summary="one-shot |W| (as 'magnitude' before fine-tuning)",
-  )
-)
-_register(PreMethod("random", _run_random, 0, lambda s, b: 0, summary="one-shot seeded random"))
-_register(
-  PreMethod("snip", _run_snip, 1, lambda s, b: s, summary="one-shot |W * g| (Lee et al. 2019)")
-)
-_register(
-  PreMethod(
-    "grasp",
-    _run_grasp,
-    1,
-    lambda s, b: s,
-    summary="one-shot -W * (H g), highest pruned (Wang et al. 2020)",
-  )
-)
-_register(
-  PreMethod(
-    "synflow",
-    _run_synflow,
-    100,
-    lambda s, b: 0,
-    summary="data-free iterative synaptic flow (Tanaka et al. 2020)",
-  )
-)
-_register(
-  PreMethod(
-    "force",
-    lambda c: _run_force_like(c, dense=True),
-    10,
-    lambda s, b: s * b,
-    resurrect=True,
-    summary="FORCE: exponential schedule, dense-weight "
-    "saliency, can resurrect (de Jorge et al. 2021)",
-  )
-)
-_register(
-  PreMethod(
-    "iter_snip",
-    lambda c: _run_force_like(c, dense=False),
-    10,
-    lambda s, b: s * b,
-    summary="Iterative SNIP: exponential schedule, masked "
-    "weights, no resurrection (de Jorge et al. 2021)",
-  )
-)
-
-
-def _lookup(method: str) -> PreMethod:
-  if method in PRE_METHODS:
-    return PRE_METHODS[method]
-  if method in DYNAMIC_RULES:
-    rule = DYNAMIC_RULES[method]
-    return PreMethod(
-      method,
-      _run_rule,
-      100,
-      lambda s, b: s * b,
-      resurrect=rule.resurrect,
-      summary=rule.summary,
-      rule=method,
-    )
-  raise ValueError(
-    f"unknown method {method!r} for pruning before fine-tuning; "
-    f"valid names: {', '.join(methods('pre'))}."
-  )
+def check_rule_hparams(hp: dict) -> dict:
+  """Range and type checks of the hyper-parameters the rules share."""
+  for name in ("b1", "b2"):
+    if name in hp:
+      validation.check_fraction(name, hp[name])
+  for name in ("signed_first_moment", "correction"):
+    if name in hp:
+      validation.check_bool(name, hp[name])
+  if "eps" in hp:
+    validation.check_range("eps", hp["eps"], 0.0)
+  return hp
 
 
 def prune_before_finetuning(
@@ -578,6 +408,7 @@ def prune_before_finetuning(
   input_shape: Optional[tuple] = None,
   input_dtype: Any = jnp.float32,
   return_params: bool = False,
+  ties: Optional[str] = None,
   **method_kwargs,
 ):
   r"""Prunes a pre-trained model before fine-tuning; returns the masks.
@@ -618,41 +449,47 @@ def prune_before_finetuning(
       x)`` gives the model output on ``x = ones(input_shape, input_dtype)``.
     return_params: also return the parameters (pruned entries exactly 0, and
       updated if ``optimizer`` was given).
-    **method_kwargs: hyper-parameters of a dynamic rule (e.g. ``b1``, ``b2``).
+    ties: how the threshold treats scores tied with the k-th
+      (:func:`seven_jax.selection.select_masks`); ``None`` takes its default.
+    **method_kwargs: hyper-parameters of a dynamic rule (e.g. ``b1``, ``b2``;
+      ``correction=False`` for SEVEN_pre without its noise correction).
 
   Returns:
     A pytree of bools shaped like ``params`` (``True`` = kept; non-prunable
     leaves all ``True``), or ``(masks, params)`` with ``return_params``.
     Fine-tune with :func:`fixed_mask`.
   """
-  pre = _lookup(method)
+  pre = pre_method(method)
   nm = selection.parse_pattern(pattern)
   if nm is not None:
     implied = 1.0 - nm[0] / nm[1]
     if sparsity is None:
       sparsity = implied
-    elif abs(float(sparsity) - implied) > 1e-6:
+    elif abs(validation.check_fraction("sparsity", sparsity) - implied) > 1e-6:
       raise ValueError(
         f"sparsity={sparsity!r} contradicts pattern={pattern!r}, "
         f"which prunes exactly {implied:g}; drop one of them."
       )
-  if sparsity is None or not 0.0 <= float(sparsity) < 1.0:
-    raise ValueError(f"sparsity must be in [0, 1), got {sparsity!r}.")
-  if scope not in selection.SCOPES:
-    raise ValueError(f"scope must be one of {selection.SCOPES}, got {scope!r}.")
-  steps = pre.default_steps if steps is None else int(steps)
+  if sparsity is None:
+    raise ValueError("sparsity is required: a float in [0, 1) (or a pattern such as '2:4').")
+  sparsity = validation.check_fraction("sparsity", sparsity)
+  validation.check_choice("scope", scope, selection.SCOPES)
+  steps = pre.default_steps if steps is None else validation.check_int("steps", steps, 0)
   if pre.default_steps and steps < 1:
     raise ValueError(f"steps must be >= 1 for method {method!r}, got {steps!r}.")
-  if batches_per_step < 1:
-    raise ValueError(f"batches_per_step must be >= 1, got {batches_per_step!r}.")
-  if optimizer is not None and pre.run is not _run_rule:
+  batches_per_step = validation.check_int("batches_per_step", batches_per_step, 1)
+  validation.check_int("seed", seed)
+  validation.check_bool("return_params", return_params)
+  if resurrect is not None:
+    resurrect = validation.check_bool("resurrect", resurrect)
+  if optimizer is not None and pre.runner != "rule":
     raise ValueError(
       f"optimizer= applies to the iterative score rules "
       f"({', '.join(sorted(DYNAMIC_RULES))}), not to {method!r}."
     )
   hp = {}
-  if pre.run is _run_rule:
-    hp = resolve_hparams(DYNAMIC_RULES[pre.rule], method_kwargs)
+  if pre.runner == "rule":
+    hp = check_rule_hparams(resolve_hparams(DYNAMIC_RULES[pre.rule], method_kwargs))
   elif method_kwargs:
     raise ValueError(f"method {method!r} takes no argument(s) {', '.join(sorted(method_kwargs))}.")
 
@@ -677,7 +514,7 @@ def prune_before_finetuning(
     batches=_Batches(batches, needed, method, why),
     scope=scope,
     nm=nm,
-    resurrect=pre.resurrect if resurrect is None else bool(resurrect),
+    resurrect=pre.resurrect if resurrect is None else resurrect,
     optimizer=optimizer,
     seed=seed,
     apply_fn=apply_fn,
@@ -685,9 +522,11 @@ def prune_before_finetuning(
     input_dtype=input_dtype,
     hp=hp,
     rule=pre.rule,
+    spec=spec,
+    ties=engine.check_ties(ties),
   )
-  kept, new_params = pre.run(ctx)
-  full = [jnp.ones(jnp.shape(leaf), jnp.bool_) for _, leaf in flat]
+  kept, new_params = RUNNERS[pre.runner](ctx)
+  full = [jnp.ones_like(leaf, jnp.bool_) for _, leaf in flat]
   for j, i in enumerate(idx):
     full[i] = kept[j]
   masks_tree = treedef.unflatten(full)

@@ -7,7 +7,7 @@ from typing import Any, Callable, Union
 import jax
 import numpy as np
 
-__all__ = ["resolve_prunable", "default_prunable", "path_str"]
+__all__ = ["resolve_prunable", "default_prunable", "path_str", "is_embedding_path"]
 
 PrunableSpec = Union[None, Any, Callable[[Any], Any]]
 
@@ -24,13 +24,30 @@ def _key_name(key) -> str:
   return str(key)
 
 
-def default_prunable(params) -> Any:
-  """Every array with ``ndim >= 2`` (matrices, kernels, embeddings).
+def is_embedding_path(path) -> bool:
+  """True if a key of ``path`` names an embedding (contains ``embed``, any case):
+  Flax's ``nn.Embed``/``nnx.Embed`` (``.../embedding``), Hugging Face's
+  ``word_embeddings``, ``position_embeddings``, ``embed_tokens``, ..."""
+  return any("embed" in _key_name(k).lower() for k in path)
 
+
+def default_prunable(params) -> Any:
+  """Every floating-point array with ``ndim >= 2`` (matrices, kernels) that
+  is not an embedding table (:func:`is_embedding_path`).
+
+  Embedding tables are left out: a global budget would otherwise take most
+  of its pruning from them (their rows of rare tokens have tiny gradients).
   For Transformers prefer a model preset (e.g. ``seven_jax.models.bert``),
-  which leaves out embeddings and task heads as the official code does.
+  which also leaves out task heads as the official code does.
   """
-  return jax.tree.map(lambda p: bool(np.ndim(p) >= 2), params)
+
+  def prunable(path, p):
+    dtype = getattr(p, "dtype", None)
+    # Complex and integer arrays are never pruned by default.
+    floating = dtype is None or jax.numpy.issubdtype(dtype, jax.numpy.floating)
+    return bool(np.ndim(p) >= 2 and floating and not is_embedding_path(path))
+
+  return jax.tree_util.tree_map_with_path(prunable, params)
 
 
 def resolve_prunable(prunable: PrunableSpec, params) -> Any:

@@ -69,12 +69,13 @@ References:
 
 from __future__ import annotations
 
-from typing import Any, Callable, NamedTuple, Optional
+from typing import Callable, NamedTuple, Optional
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
+from seven_jax.state import PruningState, find_state
 from seven_jax.statistics import (
   SevenStats,
   finite_or_zero,
@@ -92,6 +93,7 @@ __all__ = [
   "soft_movement_penalty",
   "DYNAMIC_RULES",
   "PRE_METHODS",
+  "PreMethod",
 ]
 
 
@@ -152,8 +154,101 @@ class ScoreRule(NamedTuple):
 DYNAMIC_RULES: dict[str, ScoreRule] = {}
 """Score rules usable during fine-tuning (and, iteratively, before it)."""
 
-PRE_METHODS: dict[str, Any] = {}
-"""Pre-pruning methods, filled by :mod:`seven_jax.prepruning`."""
+
+class PreMethod(NamedTuple):
+  """A method that only prunes before fine-tuning (one-shot or iterative).
+
+  Attributes:
+    name: registry name.
+    runner: which runner of :mod:`seven_jax.prepruning` computes it
+      (``"rule"`` runs a dynamic score rule through the pruning engine).
+    default_steps: scoring steps (batches or iterations) by default.
+    batches: ``(steps, batches_per_step) -> int``, mini-batches it reads.
+    resurrect: default of the ``resurrect`` option.
+    summary: one line for the docs.
+    rule: the dynamic score rule of the ``"rule"`` runner.
+  """
+
+  name: str
+  runner: str
+  default_steps: int
+  batches: Callable[[int, int], int]
+  resurrect: bool = False
+  summary: str = ""
+  rule: Optional[str] = None
+
+
+_SEVEN_PRE = (
+  "SEVEN_pre: SEVEN statistics over steps batches, cubic schedule, no weight updates by default"
+)
+_PER_STEP = lambda s, b: s * b  # noqa: E731
+_NONE = lambda s, b: 0  # noqa: E731
+_ONE_PER_STEP = lambda s, b: s  # noqa: E731
+
+PRE_METHODS: dict[str, PreMethod] = {
+  m.name: m
+  for m in [
+    PreMethod("seven", "rule", 100, _PER_STEP, summary=_SEVEN_PRE, rule="seven"),
+    # Names that only mean pre-pruning, for experiment configs that pick the
+    # entry point from the name (method_kind).
+    PreMethod("seven_pre", "rule", 100, _PER_STEP, summary=_SEVEN_PRE, rule="seven"),
+    PreMethod("magnitude", "magnitude", 0, _NONE, summary="one-shot |W|"),
+    PreMethod(
+      "magnitude_pre",
+      "magnitude",
+      0,
+      _NONE,
+      summary="one-shot |W| (as 'magnitude' before fine-tuning)",
+    ),
+    PreMethod("random", "random", 0, _NONE, summary="one-shot seeded random"),
+    PreMethod("snip", "snip", 1, _ONE_PER_STEP, summary="one-shot |W * g| (Lee et al. 2019)"),
+    PreMethod(
+      "grasp",
+      "grasp",
+      1,
+      _ONE_PER_STEP,
+      summary="one-shot -W * (H g), highest pruned (Wang et al. 2020)",
+    ),
+    PreMethod(
+      "synflow",
+      "synflow",
+      100,
+      _NONE,
+      summary="data-free iterative synaptic flow (Tanaka et al. 2020)",
+    ),
+    PreMethod(
+      "force",
+      "force",
+      10,
+      _PER_STEP,
+      resurrect=True,
+      summary="FORCE: exponential schedule, dense-weight saliency, can resurrect (de Jorge et al. 2021)",
+    ),
+    PreMethod(
+      "iter_snip",
+      "iter_snip",
+      10,
+      _PER_STEP,
+      summary="Iterative SNIP: exponential schedule, masked weights, no resurrection "
+      "(de Jorge et al. 2021)",
+    ),
+  ]
+}
+"""Methods of :func:`seven_jax.prune_before_finetuning` (every dynamic rule runs there too)."""
+
+
+def pre_method(name: str) -> PreMethod:
+  """The pre-pruning method ``name``: a registered one, or any dynamic rule
+  run by the engine along the cubic schedule."""
+  if name in PRE_METHODS:
+    return PRE_METHODS[name]
+  if name in DYNAMIC_RULES:
+    rule = DYNAMIC_RULES[name]
+    return PreMethod(name, "rule", 100, _PER_STEP, rule.resurrect, rule.summary, name)
+  raise ValueError(
+    f"unknown method {name!r} for pruning before fine-tuning; "
+    f"valid names: {', '.join(methods('pre'))}."
+  )
 
 
 def register_rule(rule: ScoreRule) -> ScoreRule:
@@ -227,6 +322,9 @@ def resolve_hparams(rule: ScoreRule, kwargs: dict) -> dict:
 
 
 def _seven_update(hp, x: ScoreInputs, stats, score):
+  if not hp.get("correction", True):
+    # Ablation: SEVEN without its noise correction, the accumulated |W_p g|.
+    return tuple(stats), score + jnp.abs(x.weight_after * finite_or_zero(x.grad))
   signed = bool(hp["signed_first_moment"])
   st = update_seven_stats(
     SevenStats(*stats), x.grad, hp["b1"], hp["b2"], signed_first_moment=signed
@@ -243,8 +341,9 @@ register_rule(
     "seven",
     2,
     _seven_update,
-    dict(b1=0.8, b2=0.9, eps=1e-9, signed_first_moment=False),
-    summary="SEVEN: accumulated |W |g| m_hat/(sqrt(v_hat)+eps)| (spec 2.1)",
+    dict(b1=0.8, b2=0.9, eps=1e-9, signed_first_moment=False, correction=True),
+    summary="SEVEN: accumulated |W |g| m_hat/(sqrt(v_hat)+eps)| (spec 2.1); "
+    "correction=False: accumulated |W g|",
   )
 )
 
@@ -369,16 +468,13 @@ def soft_movement_penalty(scores, penalty: float = 1.0, total: Optional[int] = N
   the model), so the training step adds the *value* to the loss it reports
   and optimises: it is constant with respect to the model parameters.
   """
-  from seven_jax.engine import PruningState  # avoid an import cycle
-  from seven_jax.transform import find_state
-
   try:
     state = find_state(scores)
   except ValueError:  # not an optimizer state: the scores themselves
     state = None
   if isinstance(state, PruningState):
-    # Prunable leaves hold full-size scores; the others a 0-d placeholder.
-    leaves = [s for s in jax.tree.leaves(state.scores) if np.ndim(s) > 0]
+    # Only prunable leaves hold scores (the others are MaskedNode holes).
+    leaves = jax.tree.leaves(state.scores)
   else:
     leaves = jax.tree.leaves(scores)
   d = total if total is not None else sum(int(np.size(s)) for s in leaves)

@@ -37,13 +37,23 @@ STATS_DTYPES = (np.dtype(jnp.float32), np.dtype(jnp.bfloat16))
 
 
 def check_stats_dtype(stats_dtype) -> np.dtype:
-  """Returns the dtype, or raises a ValueError naming the allowed ones."""
+  """Returns the dtype of ``"float32"``/``"bfloat16"`` (or of the dtypes
+  themselves), or raises a ValueError naming the allowed ones."""
+  if isinstance(stats_dtype, jax.Array):
+    raise ValueError(
+      "stats_dtype must be 'float32' or 'bfloat16', got an array: under "
+      "optax.inject_hyperparams a dtype object is taken for a schedule; pass its name "
+      "(stats_dtype='bfloat16') or add 'stats_dtype' to static_args."
+    )
   try:
     dtype = np.dtype(stats_dtype)
   except TypeError:
     dtype = None
   if dtype not in STATS_DTYPES:
-    raise ValueError(f"stats_dtype must be jnp.float32 or jnp.bfloat16, got {stats_dtype!r}.")
+    raise ValueError(
+      f"stats_dtype must be 'float32' or 'bfloat16' (or jnp.float32 / jnp.bfloat16), "
+      f"got {stats_dtype!r}."
+    )
   return dtype
 
 

@@ -10,6 +10,11 @@ import optax
 import pytest
 
 import seven_jax
+from seven_jax.engine import TIES_SUPPORTED
+from tests._reference import grads_from_sequence, seven_loop
+
+# Parity with the official loops keeps every tie at the threshold.
+KEEP_ALL_TIES = {"ties": "keep_all"} if TIES_SUPPORTED else {}
 
 SHAPES = {"a": (12, 10), "b": (7, 9), "c": (5,), "d": (3, 4, 5)}
 PRUNABLE = {"a": True, "b": True, "c": False, "d": True}
@@ -39,15 +44,8 @@ def _sigmoid(x):
 
 
 def reference_rule(method, hp, w_before, w_after, g, stats, score, p, is_last):
-  """Each method's score, written from its paper / the spec, in numpy."""
-  if method == "seven":
-    m, v = stats
-    a = np.abs(g)
-    m = hp["b1"] * m + (1 - hp["b1"]) * a
-    v = hp["b2"] * v + (1 - hp["b2"]) * a**2
-    mh = m / (1 - hp["b1"] ** (p + 1))
-    d = np.sqrt(v / (1 - hp["b2"] ** (p + 1))) + 1e-9
-    return (m, v), score + np.abs(w_after * a * mh / d)
+  """Each method's score, written from its paper / the spec, in numpy (SEVEN's
+  is the official loop of tests/_reference.py)."""
   if method in ("platon", "platon_seven_repo"):
     mean, ibar, ubar = stats
     dt = hp.get("delta_t", 1)
@@ -70,7 +68,7 @@ def reference_rule(method, hp, w_before, w_after, g, stats, score, p, is_last):
   raise AssertionError(method)
 
 
-NUM_STATS = {"seven": 2, "platon": 3, "platon_seven_repo": 3}
+NUM_STATS = {"platon": 3, "platon_seven_repo": 3}
 SIGNED = {"movement", "soft_movement"}
 
 
@@ -149,21 +147,36 @@ def test_every_rule_matches_a_numpy_loop(method, hp, kwargs):
     pruning_steps=n_iter,
     prunable=PRUNABLE,
     **kwargs,
+    **KEEP_ALL_TIES,
   )
   rule = seven_jax.scores.get_rule(method)
   update_every = rule.update_every(seven_jax.scores.resolve_hparams(rule, kwargs))
-  expected = reference_loop(
-    method,
-    hp,
-    params,
-    grads_seq,
-    lr,
-    sparsity,
-    start,
-    n_iter,
-    resurrect=rule.resurrect,
-    update_every=update_every,
-  )
+  if method == "seven":
+    expected, _ = seven_loop(
+      params,
+      grads_from_sequence(grads_seq),
+      len(grads_seq),
+      prunable=PRUNABLE,
+      sparsity=sparsity,
+      start=start,
+      window=n_iter - 1,
+      schedule_n=n_iter,
+      lr=lr,
+      **hp,
+    )
+  else:
+    expected = reference_loop(
+      method,
+      hp,
+      params,
+      grads_seq,
+      lr,
+      sparsity,
+      start,
+      n_iter,
+      resurrect=rule.resurrect,
+      update_every=update_every,
+    )
   state = tx.init(params)
   step = jax.jit(tx.update)
   for t, grads in enumerate(grads_seq):
@@ -391,20 +404,33 @@ def test_registry_lists_every_method():
   )
 
 
-def test_a_new_rule_is_a_pure_function_and_works_with_inject_hyperparams():
-  # A custom rule: |W|^power, registered nowhere, passed as the method.
-  rule = seven_jax.ScoreRule(
-    "abs_power", 0, lambda hp, x, st, s: (st, jnp.abs(x.param) ** hp["power"]), dict(power=2.0)
-  )
+def test_a_new_rule_is_one_function_and_one_line_and_works_with_inject_hyperparams():
+  # A new method in a few lines: distance of each weight from a centre c, a
+  # hyper-parameter that changes the ranking (|W - c|, not a power of |W|).
+  def distance_rule(hp, x, stats, score):
+    return stats, jnp.abs(x.param - hp["centre"])
+
+  rule = seven_jax.ScoreRule("distance_test_only", 0, distance_rule, dict(centre=0.0))
+  assert rule.name not in seven_jax.methods()  # registering is the one line:
+  # seven_jax.register_rule(rule); here the rule object is passed directly.
   params = _params()
-  tx = optax.inject_hyperparams(seven_jax.pruning_mask, static_args=("method", "prunable"))(
-    optax.sgd(0.1), method=rule, sparsity=0.5, pruning_steps=3, prunable=PRUNABLE, power=1.0
-  )
-  state = tx.init(params)
-  step = jax.jit(tx.update)
-  for g in _grad_sequence(2):
-    updates, state = step(jax.tree.map(jnp.asarray, g), state, params)
-    params = optax.apply_updates(params, updates)
-  kept = sum(int(np.asarray(seven_jax.masks(state)[k]).sum()) for k in NAMES)
-  assert kept == math.floor((0.5 + 0.5 / 27) * TOTAL)
-  assert float(state.hyperparams["sparsity"]) == 0.5
+  kept = {}
+  for centre in (0.0, 1.0):
+    tx = optax.inject_hyperparams(seven_jax.pruning_mask, static_args=("method", "prunable"))(
+      optax.sgd(0.0), method=rule, sparsity=0.5, pruning_steps=3, prunable=PRUNABLE, centre=centre
+    )
+    state = tx.init(params)
+    step = jax.jit(tx.update)
+    for g in _grad_sequence(2):
+      updates, state = step(jax.tree.map(jnp.asarray, g), state, params)
+    kept[centre] = seven_jax.masks(state)
+    # numpy: the weights never move (lr 0), so the last mask is the global
+    # top-k of |W - c| at the last keep ratio (no ties among random floats).
+    flat = np.concatenate([np.abs(np.asarray(params[k]) - centre).ravel() for k in NAMES])
+    k = math.floor((0.5 + 0.5 / 27) * TOTAL)
+    tau = np.sort(flat)[::-1][k - 1]
+    for name in NAMES:
+      expected = np.abs(np.asarray(params[name]) - centre) >= tau
+      np.testing.assert_array_equal(np.asarray(kept[centre][name]), expected)
+    assert float(state.hyperparams["sparsity"]) == 0.5
+  assert any(bool(np.any(kept[0.0][k] != kept[1.0][k])) for k in NAMES)

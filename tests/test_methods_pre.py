@@ -10,6 +10,11 @@ import pytest
 
 import seven_jax
 from seven_jax import prepruning
+from seven_jax.engine import TIES_SUPPORTED
+from tests._reference import seven_loop
+
+# Parity with the official loop keeps every tie at the threshold.
+KEEP_ALL_TIES = {"ties": "keep_all"} if TIES_SUPPORTED else {}
 
 D_IN, D_H, D_OUT = 8, 8, 4
 
@@ -221,52 +226,74 @@ def test_force_and_iterative_snip_match_a_reference_loop(method):
     assert resurrected  # the reference run really exercised resurrection
 
 
+def _seven_pre_reference(params, batches, steps, sparsity, *, lr=0.0, train=False, correction=True):
+  """SEVEN_pre by the one numpy reference of SEVEN's loop (tests/_reference.py):
+  window = schedule = K steps from step 0, gradients of the masked model."""
+  grad = jax.jit(jax.grad(loss))
+  flat = {(a, b): np.asarray(v) for a, d in params.items() for b, v in d.items()}
+
+  def grad_at(t, w):
+    eff = {a: {b: jnp.asarray(w[(a, b)], jnp.float32) for b in params[a]} for a in params}
+    g = grad(eff, batches[t])
+    return {(a, b): np.asarray(g[a][b]) for a, b in w}
+
+  history, w = seven_loop(
+    flat,
+    grad_at,
+    steps,
+    prunable={k: k[1] == "kernel" for k in flat},
+    sparsity=sparsity,
+    start=0,
+    window=steps,
+    schedule_n=steps,
+    lr=lr,
+    train=train,
+    correction=correction,
+  )
+  return [history[-1][k] for k in KERNELS], w
+
+
 @pytest.mark.parametrize("with_optimizer", [False, True])
 def test_seven_pre_matches_a_numpy_loop(with_optimizer):
   params, batches = _mlp(7), _batches(6, seed=8)
-  steps, sparsity, a1, a2, lr = 6, 0.75, 0.8, 0.9, 0.1
-  grad = jax.jit(jax.grad(loss))
-  w = {k: {kk: np.asarray(v, np.float64) for kk, v in d.items()} for k, d in params.items()}
-  masks = [np.ones((D_IN, D_H), bool), np.ones((D_H, D_OUT), bool)]
-  m = [np.zeros(x.shape) for x in masks]
-  v = [np.zeros(x.shape) for x in masks]
-  s = [np.zeros(x.shape) for x in masks]
-  for p in range(steps):
-    eff = jax.tree.map(lambda x: jnp.asarray(x, jnp.float32), w)
-    g_all = grad(eff, batches[p])
-    g = [np.asarray(x, np.float64) * mk for x, mk in zip(_kernels(g_all), masks)]
-    if with_optimizer:  # one SGD step of the masked model, then score
-      for k_ in w:
-        for kk in w[k_]:
-          step_g = np.asarray(g_all[k_][kk], np.float64)
-          if kk == "kernel":
-            step_g = step_g * masks[[a for a, _ in KERNELS].index(k_)]
-          w[k_][kk] = w[k_][kk] - lr * step_g
-    after = [w[a][b] for a, b in KERNELS]
-    for i in range(2):
-      a = np.abs(g[i])
-      m[i] = a1 * m[i] + (1 - a1) * a
-      v[i] = a2 * v[i] + (1 - a2) * a**2
-      mh = m[i] / (1 - a1 ** (p + 1))
-      d = np.sqrt(v[i] / (1 - a2 ** (p + 1))) + 1e-9
-      s[i] = np.where(masks[i], s[i] + np.abs(after[i] * a * mh / d), 0.0)
-    ratio = (1 - sparsity) + sparsity * (1 - (p + 1) / steps) ** 3
-    masks = _topk(s, int(np.float32(ratio) * TOTAL), masks)
-    for (a_, b_), mk in zip(KERNELS, masks):
-      w[a_][b_] = w[a_][b_] * mk
+  steps, sparsity, lr = 6, 0.75, 0.1
+  masks, w = _seven_pre_reference(params, batches, steps, sparsity, lr=lr, train=with_optimizer)
   opt = optax.sgd(lr) if with_optimizer else None
   got, new_params = seven_jax.prune_before_finetuning(
-    loss, params, batches, sparsity=sparsity, steps=steps, optimizer=opt, return_params=True
+    loss,
+    params,
+    batches,
+    sparsity=sparsity,
+    steps=steps,
+    optimizer=opt,
+    return_params=True,
+    **KEEP_ALL_TIES,
   )
   for gm, e in zip(_kernels(got), masks):
     np.testing.assert_array_equal(gm, e)
   assert sum(int(x.sum()) for x in masks) == int((1 - sparsity) * TOTAL)
   for a_, b_ in KERNELS:
-    np.testing.assert_allclose(np.asarray(new_params[a_][b_]), w[a_][b_], rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(np.asarray(new_params[a_][b_]), w[(a_, b_)], rtol=1e-5, atol=1e-6)
   if not with_optimizer:  # the weights were not trained, only masked
     np.testing.assert_array_equal(
       np.asarray(new_params["l1"]["bias"]), np.asarray(params["l1"]["bias"])
     )
+
+
+def test_seven_pre_without_correction_is_the_accumulated_taylor_score():
+  # The ablation of issue 15: correction=False accumulates |W g| along the
+  # same cubic schedule; numpy reference and a real difference to SEVEN.
+  params, batches = _mlp(3), _batches(5, seed=9)
+  masks, _ = _seven_pre_reference(params, batches, 5, 0.6, correction=False)
+  got = seven_jax.prune_before_finetuning(
+    loss, params, batches, sparsity=0.6, steps=5, correction=False, **KEEP_ALL_TIES
+  )
+  for gm, e in zip(_kernels(got), masks):
+    np.testing.assert_array_equal(gm, e)
+  with_correction = seven_jax.prune_before_finetuning(
+    loss, params, batches, sparsity=0.6, steps=5, **KEEP_ALL_TIES
+  )
+  assert any(np.any(a != b) for a, b in zip(_kernels(got), _kernels(with_correction)))
 
 
 def test_random_is_seeded_and_exact():

@@ -11,7 +11,14 @@ import pytest
 from flax import nnx
 from flax.training import train_state
 
+from jax.sharding import NamedSharding, PartitionSpec as P
+
 import seven_jax
+from seven_jax.engine import TIES_SUPPORTED
+from tests._reference import grads_from_sequence, seven_loop
+
+# Parity with the official loop keeps every tie at the threshold.
+KEEP_ALL_TIES = {"ties": "keep_all"} if TIES_SUPPORTED else {}
 
 SHAPES = {"a": (12, 10), "b": (7, 9), "c": (5,), "d": (3, 4, 5)}
 PRUNABLE = {"a": True, "b": True, "c": False, "d": True}
@@ -38,42 +45,20 @@ def _grad_sequence(steps, seed=1):
 
 
 def official_loop(params, grads_seq, lr, sparsity, t_i, n_iter, a1, a2):
-  """Numpy re-computation of spec 2.1-2.3 with SGD as the optimizer.
-
-  Written from the spec, independently of the library: masked forward (so
-  masked gradients), optimizer step, then statistics, score and a global
-  sort-based top-k on the post-step weights. Returns the masks after every step.
-  """
-  names = [k for k in SHAPES if PRUNABLE[k]]
-  w = {k: np.asarray(v, np.float64) for k, v in params.items()}
-  mask = {k: np.ones(SHAPES[k], bool) for k in names}
-  m = {k: np.zeros(SHAPES[k]) for k in names}
-  v = {k: np.zeros(SHAPES[k]) for k in names}
-  s = {k: np.zeros(SHAPES[k]) for k in names}
-  total = sum(int(np.prod(SHAPES[k])) for k in names)
-  history = []
-  for t, grads in enumerate(grads_seq):
-    g = {k: np.asarray(grads[k], np.float64) * (mask[k] if k in mask else 1.0) for k in grads}
-    for k in w:
-      w[k] = w[k] - lr * g[k]
-    if t_i <= t < t_i + n_iter - 1:
-      p = t - t_i
-      for k in names:
-        a = np.abs(g[k])
-        m[k] = a1 * m[k] + (1 - a1) * a
-        v[k] = a2 * v[k] + (1 - a2) * a**2
-        mh = m[k] / (1 - a1 ** (p + 1))
-        d = np.sqrt(v[k] / (1 - a2 ** (p + 1))) + 1e-9
-        s[k] = s[k] + np.abs(w[k] * a * mh / d)
-        s[k][~mask[k]] = 0.0
-      ratio = (1 - sparsity) + sparsity * (1 - (p + 1) / n_iter) ** 3
-      keep = int(ratio * total)
-      flat = np.concatenate([s[k].ravel() for k in names])
-      tau = np.sort(flat)[::-1][keep - 1]
-      for k in names:
-        mask[k] = s[k] >= tau
-        w[k] = w[k] * mask[k]
-    history.append({k: mask[k].copy() for k in names})
+  """The official SEVEN_dyn loop with SGD (tests/_reference.py); masks after every step."""
+  history, _ = seven_loop(
+    params,
+    grads_from_sequence(grads_seq),
+    len(grads_seq),
+    prunable=PRUNABLE,
+    sparsity=sparsity,
+    start=t_i,
+    window=n_iter - 1,
+    schedule_n=n_iter,
+    lr=lr,
+    b1=a1,
+    b2=a2,
+  )
   return history
 
 
@@ -91,6 +76,7 @@ def test_parity_with_the_official_loop(start_step, n_iter, sparsity):
     b1=a1,
     b2=a2,
     prunable=PRUNABLE,
+    **KEEP_ALL_TIES,
   )
   state = tx.init(params)
   step = jax.jit(tx.update)
@@ -306,12 +292,33 @@ def test_multisteps_accumulates_then_prunes():
   assert int(sum(np.asarray(m[k]).sum() for k in "abd")) < sum(np.prod(SHAPES[k]) for k in "abd")
 
 
-def test_map_params_works():
+def test_map_params_maps_param_shardings_onto_the_state():
+  # optax's recipe for state shardings: every param-shaped tree of the state
+  # (masks, stats, scores and adam's moments) gets the params' tree of
+  # shardings; MaskedNode holes (non-prunable leaves) take their param's.
   params = _params()
-  tx = seven_jax.seven_mask(optax.adam(1e-3), sparsity=0.5, start_step=0, pruning_steps=3)
+  tx = seven_jax.seven_mask(
+    optax.adam(1e-3), sparsity=0.5, start_step=0, pruning_steps=3, prunable=PRUNABLE
+  )
   state = tx.init(params)
-  mapped = optax.tree.map_params(tx, lambda p: p, state)
-  assert jax.tree.structure(mapped) == jax.tree.structure(state)
+  mesh = jax.make_mesh((1,), ("fsdp",))
+  specs = {"a": P("fsdp", None), "b": P(None, "fsdp"), "c": P(), "d": P("fsdp")}
+  shardings = {k: NamedSharding(mesh, spec) for k, spec in specs.items()}
+  replicated = NamedSharding(mesh, P())
+  mapped = optax.tree.map_params(
+    tx,
+    lambda _, s: s,
+    state,
+    shardings,
+    transform_non_params=lambda _: replicated,
+    is_leaf=lambda x: isinstance(x, optax.MaskedNode),
+  )
+  st = seven_jax.find_state(mapped)
+  for tree in (st.masks, st.scores, *st.stats, st.inner_state[0].mu, st.inner_state[0].nu):
+    assert {k: tree[k].spec for k in SHAPES} == specs
+  assert st.count == replicated
+  placed = jax.device_put(state, mapped)
+  assert placed.masks["a"].sharding.spec == specs["a"]
 
 
 def test_bf16_params_keep_float32_statistics():
@@ -335,11 +342,13 @@ def test_state_has_no_none_and_skips_memory_for_non_prunable_leaves():
   params = _params()
   state = seven_jax.seven_mask(optax.sgd(0.1), prunable=PRUNABLE).init(params)
   assert all(x is not None for x in jax.tree.leaves(state, is_leaf=lambda x: x is None))
-  assert state.scores["c"].shape == () and state.scores["a"].shape == SHAPES["a"]
-  # Non-prunable masks cost nothing in the state; masks() still returns them
-  # params-shaped and all True.
-  assert state.masks["c"] == seven_jax.transform.AllKept(SHAPES["c"])
-  assert len(jax.tree.leaves(state.masks)) == 3
+  assert state.scores["a"].shape == SHAPES["a"]
+  # Non-prunable leaves cost nothing in the state (optax.MaskedNode holes);
+  # masks() still returns them params-shaped and all True.
+  for tree in (state.masks, state.scores, *state.stats):
+    assert isinstance(tree["c"], optax.MaskedNode)
+    assert len(jax.tree.leaves(tree)) == 3
+  assert (state.grad_ema, state.sq_grad_ema) == state.stats
   m = seven_jax.masks(state)
   assert m["c"].shape == SHAPES["c"] and bool(np.all(m["c"]))
   assert m["a"].shape == SHAPES["a"]
@@ -423,12 +432,12 @@ def test_flax_nnx_optimizer():
   [
     (dict(sparsity=1.0), "sparsity must be in"),
     (dict(sparsity=-0.1), "sparsity must be in"),
-    (dict(start_step=-1), "start_step must be >= 0"),
-    (dict(pruning_steps=1), "pruning_steps must be >= 2"),
+    (dict(start_step=-1), "start_step must be an integer >= 0"),
+    (dict(pruning_steps=1), "pruning_steps must be an integer >= 2"),
     (dict(b1=1.0), "b1 must be in"),
     (dict(b2=-0.5), "b2 must be in"),
     (dict(scope="layer"), "scope must be one of"),
-    (dict(update_every=0), "update_every must be >= 1"),
+    (dict(update_every=0), "update_every must be an integer >= 1"),
   ],
 )
 def test_bad_arguments_raise_clear_errors(kwargs, match):
@@ -442,7 +451,7 @@ def test_bad_prunable_trees_name_the_path():
     seven_jax.seven_mask(optax.sgd(0.1), prunable={"a": True, "b": True, "d": True}).init(params)
   with pytest.raises(ValueError, match="selects no leaf"):
     seven_jax.seven_mask(optax.sgd(0.1), prunable={k: False for k in SHAPES}).init(params)
-  with pytest.raises(ValueError, match="NO|needs the current parameters"):
+  with pytest.raises(ValueError, match="seven_mask needs the current parameters"):
     tx = seven_jax.seven_mask(optax.sgd(0.1))
     tx.update(params, tx.init(params))
 
