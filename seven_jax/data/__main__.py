@@ -5,10 +5,14 @@ Commands::
     python -m seven_jax.data [list] [--data_dir DIR]   # table of datasets and availability
     python -m seven_jax.data prepare NAME [--data_dir DIR] [--manual_dir DIR]
                                                       # tfds datasets: download and prepare
-                                                      # as array_record (needs internet)
+                                                      # as array_record (needs internet, or
+                                                      # the source files in --manual_dir)
 
 The exit status of ``list`` is 0 even when some datasets are missing; the table says how to
-get each missing one.
+get each missing one. ``prepare`` exits with 2 for an unknown name (the message lists the
+valid ones) and with 1, without a traceback, when it cannot prepare: offline (the message
+lists the files to put in ``--manual_dir``), a missing ImageNet manual download, a file
+that fails tfds' checksum.
 """
 
 from __future__ import annotations
@@ -16,7 +20,9 @@ from __future__ import annotations
 import argparse
 import sys
 
+from seven_jax.data import prepare as prepare_lib
 from seven_jax.data import registry, tfds_sources
+from seven_jax.data.core import DatasetUnavailableError
 
 
 def list_datasets(data_dir: str | None = None, out=None) -> int:
@@ -52,16 +58,15 @@ def list_datasets(data_dir: str | None = None, out=None) -> int:
   return available_count
 
 
-def prepare(name: str, data_dir: str | None, manual_dir: str | None) -> None:
-  """Download and prepare a tfds dataset as array_record files (needs internet)."""
-  spec = registry.get_spec(name)
-  if spec.loader is not tfds_sources.load_tfds:
-    raise SystemExit(f"{spec.name} is not a tfds dataset; to get it: {spec.how_to_get}")
-  tfds = tfds_sources.import_builder_module(spec.name)
-  builder = tfds.builder(spec.name, data_dir=data_dir, file_format=tfds_sources.FILE_FORMAT)
-  download_config = tfds.download.DownloadConfig(manual_dir=manual_dir) if manual_dir else None
-  builder.download_and_prepare(download_config=download_config)
-  print(f"prepared {spec.name} in {builder.data_dir}")
+def prepare(name: str, data_dir: str | None, manual_dir: str | None) -> str:
+  """Download (or take from ``manual_dir``) and prepare a tfds dataset as array_record files.
+
+  See :func:`seven_jax.data.prepare.prepare` (the errors it raises are printed by
+  :func:`main` without a traceback).
+  """
+  directory = prepare_lib.prepare(name, data_dir=data_dir, manual_dir=manual_dir)
+  print(f"prepared {registry.get_spec(name).name} in {directory}")
+  return directory
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -74,13 +79,27 @@ def main(argv: list[str] | None = None) -> int:
     "--data_dir", default=None, help="tfds data directory (default $TFDS_DATA_DIR)"
   )
   parser.add_argument(
-    "--manual_dir", default=None, help="directory with manually downloaded files (ImageNet)"
+    "--manual_dir",
+    default=None,
+    help="directory of pre-downloaded source files, named as tfds names them (required for "
+    "imagenet2012; for the others the offline error lists the names)",
   )
   args = parser.parse_args(argv)
   if args.command == "prepare":
     if not args.name:
-      parser.error("prepare needs a dataset name")
-    prepare(args.name, args.data_dir, args.manual_dir)
+      parser.error(
+        f"prepare needs a dataset name; datasets that can be prepared: "
+        f"{', '.join(prepare_lib.tfds_names())}"
+      )
+    try:
+      prepare_lib.tfds_spec(args.name)  # before importing tensorflow-datasets
+    except ValueError as error:
+      parser.error(str(error))  # exit status 2, usage on stderr
+    try:
+      prepare(args.name, args.data_dir, args.manual_dir)
+    except (prepare_lib.PrepareError, DatasetUnavailableError) as error:
+      print(f"{parser.prog} prepare: error: {error}", file=sys.stderr)
+      return 1
     return 0
   list_datasets(args.data_dir)
   return 0

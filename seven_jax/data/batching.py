@@ -20,11 +20,46 @@ Batches are dicts of numpy arrays:
 from __future__ import annotations
 
 import dataclasses
+import numbers
 from typing import Any, Callable, Iterator, Mapping, Sequence
 
 import numpy as np
 
 DEFAULT_BUCKETS = (16, 32, 64, 128, 256, 512)
+
+
+# --------------------------------------------------------------------------- argument checks
+# Checked when the iterator is built, so a bad value fails at once with its name, not as
+# an unrelated error (or a silent no-op) at the first batch.
+
+
+def check_int(name: str, value: Any, minimum: int = 1) -> int:
+  """``value`` as an int >= ``minimum``; ``TypeError``/``ValueError`` naming ``name``.
+
+  Integers (Python or numpy) only: ``2.5``, ``"8"``, ``True`` and ``None`` are refused.
+  """
+  if isinstance(value, (bool, np.bool_)) or not isinstance(value, numbers.Integral):
+    raise TypeError(f"{name} must be an integer >= {minimum}, got {value!r}")
+  if value < minimum:
+    raise ValueError(f"{name} must be an integer >= {minimum}, got {value!r}")
+  return int(value)
+
+
+def check_bool(name: str, value: Any) -> bool:
+  """``value`` as a bool; anything else (``"no"``, ``0``, ``None``) is a ``TypeError``."""
+  if not isinstance(value, (bool, np.bool_)):
+    raise TypeError(f"{name} must be True or False, got {value!r}")
+  return bool(value)
+
+
+def check_task(function: str, dataset: Any, tasks: Sequence[str], instead: str) -> None:
+  """Refuse a dataset whose spec has a task ``function`` cannot batch."""
+  spec = getattr(dataset, "spec", None)
+  if spec is not None and spec.task not in tasks:
+    raise ValueError(
+      f"{function} batches {' / '.join(tasks)} datasets; {spec.name!r} is {spec.task} "
+      f"(use {instead})"
+    )
 
 
 # --------------------------------------------------------------------------- resumable order
@@ -81,8 +116,17 @@ class BatchIterator:
     lengths: Sequence[int] | None = None,
     group_batches: int = 50,
   ):
-    if batch_size <= 0:
-      raise ValueError(f"batch_size must be positive, got {batch_size}")
+    num_examples = check_int("num_examples", num_examples, minimum=0)
+    if num_examples == 0:
+      raise ValueError("the dataset is empty (num_examples=0): there is nothing to batch")
+    batch_size = check_int("batch_size", batch_size)
+    shuffle = check_bool("shuffle", shuffle)
+    seed = check_int("seed", seed, minimum=0)
+    drop_remainder = check_bool("drop_remainder", drop_remainder)
+    pad_final_batch = check_bool("pad_final_batch", pad_final_batch)
+    if num_epochs is not None:
+      num_epochs = check_int("num_epochs (or None for no end)", num_epochs)
+    group_batches = check_int("group_batches", group_batches)
     if drop_remainder and pad_final_batch:
       raise ValueError("drop_remainder and pad_final_batch cannot both be set")
     if drop_remainder and num_examples < batch_size:
@@ -175,12 +219,14 @@ class BatchIterator:
 
 # --------------------------------------------------------------------------- text
 
+TEXT_TASKS = ("text_classification", "text_pair_classification", "text_pair_regression")
+
 
 def bucket_lengths(max_len: int, buckets: Sequence[int] = DEFAULT_BUCKETS) -> tuple[int, ...]:
   """The padded lengths in use: the buckets below ``max_len``, and ``max_len`` itself."""
-  if max_len <= 0:
-    raise ValueError(f"max_len must be positive, got {max_len}")
-  return tuple(sorted({b for b in buckets if 0 < b < max_len} | {max_len}))
+  max_len = check_int("max_len", max_len)
+  buckets = [check_int("each of buckets", bucket) for bucket in buckets]
+  return tuple(sorted({b for b in buckets if b < max_len} | {max_len}))
 
 
 def bucket_for(length: int, lengths: Sequence[int]) -> int:
@@ -281,7 +327,13 @@ def text_batches(
 
   Returns:
       A :class:`BatchIterator` of ``{input_ids, attention_mask, token_type_ids, labels}``.
+  Raises:
+      TypeError, ValueError: a bad argument (the message names it), or a dataset that is
+          not text classification/regression.
   """
+  check_task("text_batches", dataset, TEXT_TASKS, "image_batches or squad_batches")
+  bucket_lengths(max_len, buckets)  # checks max_len and buckets now
+  group_by_length = check_bool("group_by_length", group_by_length)
   spec = getattr(dataset, "spec", None)
   is_pair = spec.task in ("text_pair_classification", "text_pair_regression") if spec else None
   label_dtype = np.float32 if (spec is not None and spec.is_regression) else np.int32
@@ -369,7 +421,20 @@ def image_batches(
   Args:
       image_size: ``(H, W)`` to resize and centre-crop to; required when images differ in
           size (ImageNet), optional otherwise.
+  Raises:
+      TypeError, ValueError: a bad argument (the message names it), or a dataset that is
+          not image classification.
   """
+  check_task("image_batches", dataset, ("image_classification",), "text_batches")
+  if image_size is not None:
+    if isinstance(image_size, (str, bytes)) or not isinstance(image_size, Sequence):
+      raise TypeError(f"image_size must be (height, width) or None, got {image_size!r}")
+    if len(image_size) != 2:
+      raise ValueError(f"image_size must be (height, width) or None, got {image_size!r}")
+    image_size = (
+      check_int("image_size[0] (height)", image_size[0]),
+      check_int("image_size[1] (width)", image_size[1]),
+    )
 
   def make_batch(indices: np.ndarray, pad_rows: int) -> dict:
     if getattr(dataset, "columns", None) is not None:

@@ -30,7 +30,13 @@ from typing import Any, Iterable, Sequence
 
 import numpy as np
 
-from seven_jax.data.batching import DEFAULT_BUCKETS, BatchIterator, bucket_for, bucket_lengths
+from seven_jax.data.batching import (
+  DEFAULT_BUCKETS,
+  BatchIterator,
+  bucket_for,
+  bucket_lengths,
+  check_int,
+)
 
 
 @dataclasses.dataclass
@@ -85,7 +91,14 @@ def prepare_squad_features(
       tokenizer: a fast tokenizer (offsets are needed).
       max_len: window length in tokens, question included.
       doc_stride: tokens of overlap between consecutive windows of one context.
+  Raises:
+      TypeError, ValueError: ``max_len`` not a positive integer, ``doc_stride`` not in
+          ``[0, max_len)``.
   """
+  max_len = check_int("max_len", max_len)
+  doc_stride = check_int("doc_stride", doc_stride, minimum=0)
+  if doc_stride >= max_len:
+    raise ValueError(f"doc_stride must be in [0, max_len={max_len}), got {doc_stride}")
   examples = list(examples)
   # Leading whitespace in questions only wastes tokens and shifts nothing in the context.
   questions = [example["question"].lstrip() for example in examples]
@@ -149,6 +162,10 @@ def squad_batches(
   ``start_positions``, ``end_positions`` and ``feature_index`` (int32; ``-1`` on padding
   rows), which maps the batch's logits back to features (:func:`assemble_logits`).
   """
+  if not isinstance(features, SquadFeatures):
+    raise TypeError(
+      f"features must be the SquadFeatures of prepare_squad_features, got {type(features).__name__}"
+    )
   lengths = bucket_lengths(features.max_len, buckets)
 
   def make_batch(indices: np.ndarray, pad_rows: int) -> dict:

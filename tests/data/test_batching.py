@@ -181,3 +181,92 @@ def test_grain_can_consume_a_dataset():
     .batch(16)
   )
   assert len(pipeline) == 32 and pipeline[0]["pixels"].shape == (16, 28, 28, 1)
+
+
+# --------------------------------------------------------------------------- misuse
+
+BAD_ITERATOR_ARGUMENTS = [
+  # (keyword, value, error type, text the message must contain)
+  ("batch_size", 0, ValueError, "batch_size must be an integer >= 1, got 0"),
+  ("batch_size", -4, ValueError, "batch_size must be an integer >= 1"),
+  ("batch_size", 2.5, TypeError, "batch_size must be an integer >= 1, got 2.5"),
+  ("batch_size", "8", TypeError, "batch_size must be an integer >= 1, got '8'"),
+  ("batch_size", True, TypeError, "batch_size must be an integer"),
+  ("batch_size", None, TypeError, "batch_size must be an integer"),
+  ("num_epochs", 0, ValueError, "num_epochs (or None for no end) must be an integer >= 1"),
+  ("num_epochs", 1.5, TypeError, "num_epochs"),
+  ("seed", -1, ValueError, "seed must be an integer >= 0"),
+  ("seed", "0", TypeError, "seed must be an integer"),
+  ("shuffle", "no", TypeError, "shuffle must be True or False, got 'no'"),
+  ("drop_remainder", 0, TypeError, "drop_remainder must be True or False"),
+  ("pad_final_batch", None, TypeError, "pad_final_batch must be True or False"),
+]
+
+
+@pytest.mark.parametrize("keyword, value, error, needle", BAD_ITERATOR_ARGUMENTS)
+def test_bad_batching_arguments_are_named(rotten_train, keyword, value, error, needle):
+  options = {"batch_size": 8, keyword: value}
+  batch_size = options.pop("batch_size")
+  for build in (
+    lambda: data.image_batches(data.get_dataset("digits", "train"), batch_size, **options),
+    lambda: data.BatchIterator(100, batch_size, lambda i, p: {}, **options),
+  ):
+    with pytest.raises(error) as raised:
+      build()
+    assert needle in str(raised.value)
+
+
+def test_bad_text_and_image_arguments_are_named(rotten_train, tokenizer):
+  digits = data.get_dataset("digits", "train")
+  with pytest.raises(
+    ValueError, match="text_batches batches text.*'digits' is image_classification"
+  ):
+    data.text_batches(digits, tokenizer, 8)
+  with pytest.raises(ValueError, match="image_batches batches image_classification.*rotten"):
+    data.image_batches(rotten_train, 8)
+  with pytest.raises(ValueError, match="max_len must be an integer >= 1, got 0"):
+    data.text_batches(rotten_train, tokenizer, 8, max_len=0)
+  with pytest.raises(TypeError, match="max_len must be an integer >= 1, got 64.0"):
+    data.text_batches(rotten_train, tokenizer, 8, max_len=64.0)
+  with pytest.raises(ValueError, match="each of buckets must be an integer >= 1, got -16"):
+    data.text_batches(rotten_train, tokenizer, 8, buckets=(-16, 32))
+  with pytest.raises(TypeError, match="group_by_length must be True or False"):
+    data.text_batches(rotten_train, tokenizer, 8, group_by_length="yes")
+  with pytest.raises(ValueError, match=r"image_size must be \(height, width\)"):
+    data.image_batches(digits, 8, image_size=(32,))
+  with pytest.raises(TypeError, match=r"image_size must be \(height, width\)"):
+    data.image_batches(digits, 8, image_size=32)
+  with pytest.raises(ValueError, match=r"image_size\[1\] \(width\) must be an integer >= 1"):
+    data.image_batches(digits, 8, image_size=(32, 0))
+
+
+def test_empty_dataset_is_refused_instead_of_looping_forever():
+  with pytest.raises(ValueError, match="the dataset is empty"):
+    data.BatchIterator(0, 4, lambda i, p: {}, drop_remainder=False, num_epochs=None)
+
+
+def test_bad_squad_arguments_are_named(tokenizer):
+  example = {
+    "id": "q",
+    "question": "Who?",
+    "context": "Ada wrote it.",
+    "answers": {"text": ["Ada"], "answer_start": [0]},
+  }
+  with pytest.raises(ValueError, match=r"doc_stride must be in \[0, max_len=32\), got 32"):
+    data.prepare_squad_features([example], tokenizer, max_len=32, doc_stride=32)
+  with pytest.raises(TypeError, match="max_len must be an integer"):
+    data.prepare_squad_features([example], tokenizer, max_len="32", doc_stride=8)
+  with pytest.raises(TypeError, match="features must be the SquadFeatures"):
+    data.squad_batches([example], 4)
+  features = data.prepare_squad_features([example], tokenizer, max_len=32, doc_stride=8)
+  with pytest.raises(ValueError, match="batch_size must be an integer >= 1, got 0"):
+    data.squad_batches(features, 0)
+
+
+def test_bad_split_and_name_are_named():
+  with pytest.raises(
+    ValueError, match=r"no split 'valid'; valid splits: \['train', 'validation', 'test'\]"
+  ):
+    data.get_dataset("rotten_tomatoes", "valid")
+  with pytest.raises(ValueError, match="unknown dataset 'imdb'. Valid names: bbc_news"):
+    data.get_dataset("imdb", "train")

@@ -31,8 +31,19 @@ def test_module_runs_as_a_command():
   assert "mnist5k" in result.stdout and "squad/v1.1" in result.stdout
 
 
-def test_prepare_refuses_offline_datasets():
+def test_prepare_refuses_offline_datasets(capsys):
   import pytest
 
-  with pytest.raises(SystemExit, match="not a tfds dataset"):
+  with pytest.raises(SystemExit) as exit_:
     main(["prepare", "rotten_tomatoes"])
+  assert exit_.value.code == 2
+  err = capsys.readouterr().err
+  assert "rotten_tomatoes is not a tfds dataset" in err and "glue/mrpc" in err
+
+
+def test_prepare_without_a_name_lists_the_names(capsys):
+  import pytest
+
+  with pytest.raises(SystemExit):
+    main(["prepare"])
+  assert "prepare needs a dataset name" in capsys.readouterr().err
