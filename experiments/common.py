@@ -69,6 +69,9 @@ class ExperimentConfig:
   log_every: int = 50  # loss values and sparsity reach the host every this many steps
   stop_after: int = 0  # > 0: stop (with a checkpoint) after this many steps; --resume continues
   mesh: str = ""  # "data=2,fsdp=4": FSDP over fsdp; "" puts every device on data
+  # Accept a pruning window that does not finish by the last step (the run ends
+  # below the target sparsity; e.g. the official 10-epoch RTE and STS-B runs).
+  partial_window: bool = False
 
   @property
   def run_name(self) -> str:
@@ -994,12 +997,24 @@ def check_config(cfg, *, explicit=(), methods=None) -> None:
       name, f"not used by method(s) {', '.join(methods)}; it applies to {', '.join(users)}"
     )
   dynamic = [m for m in methods if m != DENSE and seven_jax.method_kind(m) != "pre"]
-  if dynamic and window_end(cfg) > cfg.steps:
+  if dynamic and window_end(cfg) > cfg.steps and cfg.partial_window:
+    last = cfg.steps - cfg.start_step - 1  # the last window step reached
+    keep = (
+      seven_jax.cubic_keep_ratio(last, cfg.pruning_steps, 1.0 - cfg.sparsity) if last >= 0 else 1
+    )
+    print(
+      f"warning: the pruning window ends at step {window_end(cfg)}, after the last step "
+      f"{cfg.steps} (--partial-window): {', '.join(dynamic)} will stop at about "
+      f"{1.0 - float(keep):.1%} sparsity instead of {cfg.sparsity:.1%}.",
+      file=sys.stderr,
+    )
+  elif dynamic and window_end(cfg) > cfg.steps:
     raise ConfigError(
       f"argument --pruning-steps: the pruning window of {', '.join(dynamic)} ends at step "
       f"{window_end(cfg)} (--start-step {cfg.start_step} + --pruning-steps "
       f"{cfg.pruning_steps} - 1) but training stops at --steps {cfg.steps}: the run would end "
-      "below the requested sparsity. Shorten the window or train longer."
+      "below the requested sparsity. Shorten the window, train longer, or accept it with "
+      "--partial-window."
     )
   shape = mesh_shape(cfg.mesh)
   if cfg.batch_size % (shape["data"] * shape["fsdp"]):
@@ -1149,24 +1164,26 @@ def parse_configs(
       methods = list(default_methods)
     # The window check needs the final step count; epochs are resolved below.
     epochs = isinstance(base, EpochConfig) and (base.epochs > 0 or base.eval_every < 0)
+    unknown_length = epochs and "steps" not in explicit
     check_config(
-      dataclasses.replace(base, steps=10**12) if epochs else base,
+      dataclasses.replace(base, steps=10**12) if unknown_length else base,
       explicit=explicit,
       methods=methods,
     )
     if check is not None:
       check(base)
-    if epochs and train_size is not None:
-      base = resolve_epochs(base, train_size(base), explicit=explicit)
-      check_config(base, explicit=explicit, methods=methods)
-    configs = [dataclasses.replace(base, method=m) for m in methods]
-    for cfg in configs:
+    for method in methods:  # the run name does not depend on the length of training
+      cfg = dataclasses.replace(base, method=method)
       if cfg.resume and latest_checkpoint(cfg) is None:
         raise _bad(
           "resume",
           f"no checkpoint of run {cfg.run_name} under {checkpoint_dir(cfg)}; "
           "run without --resume to start it",
         )
+    if epochs and train_size is not None:
+      base = resolve_epochs(base, train_size(base), explicit=explicit)
+      check_config(base, explicit=explicit, methods=methods)
+    configs = [dataclasses.replace(base, method=m) for m in methods]
   except (ValueError, sj_data.DatasetUnavailableError) as e:
     parser.error(str(e))
   return configs

@@ -116,7 +116,8 @@ def _cpu_quick(task: str) -> dict:
 
 PRESETS = {
   "paper": lambda task: _paper(task, PAPER_EPOCHS[task]),
-  "paper-10ep": lambda task: _paper(task, 10),
+  # The official code's 10 epochs; RTE's and STS-B's windows do not finish (accepted).
+  "paper-10ep": lambda task: dict(_paper(task, 10), partial_window=True),
   "cpu-quick": _cpu_quick,
 }
 

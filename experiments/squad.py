@@ -180,6 +180,7 @@ def build_task(cfg: SquadConfig) -> common.Task:
       method=cfg.method,
       steps=cfg.prune_before_steps,
       prunable=prunable,
+      **common.method_kwargs(cfg),  # b1, b2 of seven_pre (the CLI rejects them elsewhere)
     )
 
   return common.Task(

@@ -88,7 +88,7 @@ def build_task(cfg: common.ExperimentConfig) -> common.Task:
     max_len=cfg.max_len,
     seed=cfg.seed,
     num_epochs=None,
-    group_by_length=True,
+    group_by_length=cfg.group_by_length,
   )
   regression = spec.num_labels == 1
 
@@ -135,6 +135,7 @@ def build_task(cfg: common.ExperimentConfig) -> common.Task:
       method=cfg.method,
       steps=cfg.prune_before_steps,
       prunable=prunable,
+      **common.method_kwargs(cfg),  # b1, b2 of seven_pre (the CLI rejects them elsewhere)
     )
 
   metric_names = tuple(spec.metrics)

@@ -20,7 +20,10 @@ def mock(num_examples):
     (["--task", "glue/mrpc"], "unknown task 'glue/mrpc'; valid tasks: squad/v1.1"),
     (["--preset", "nope"], "invalid choice: 'nope' (choose from 'cpu-quick', 'paper')"),
     (["--doc-stride", "400"], "doc_stride must be in (0, max_len=384)"),
-    (["--eval-split", "test"], "unknown eval split 'test'; valid splits: train, validation"),
+    (
+      ["--eval-split", "test"],
+      "argument --eval-split: unknown eval split 'test' for squad/v1.1; valid splits: train, validation",
+    ),
   ],
 )
 def test_bad_arguments_are_named(argv, needle, capsys):
@@ -33,6 +36,7 @@ def test_tiny_end_to_end(tmp_path, capsys):
   with mock(12):
     (cfg,) = squad.configs_from_args(
       ["--max-len", "48", "--doc-stride", "16", "--batch-size", "8", "--epochs", "1"]
+      + ["--start-step", "0", "--pruning-steps", "2"]
     )
     num_features = len(squad.train_features(cfg))
     assert num_features >= 12  # long mock contexts are split into several windows

@@ -13,7 +13,10 @@ from experiments import text
     (["--methods", "dense,bogus"], "unknown method 'bogus'"),
     (["--task", "nope"], "unknown task 'nope'"),
     (["--task", "digits", "--methods", "dense"], "experiments.text handles"),
-    (["--sparsity", "1.5", "--methods", "seven"], "sparsity must be in [0, 1)"),
+    (
+      ["--sparsity", "1.5", "--methods", "seven"],
+      "argument --sparsity: must be a finite number in [0, 1), got 1.5",
+    ),
     (["--preset", "nope"], "invalid choice"),
   ],
 )
