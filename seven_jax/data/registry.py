@@ -330,7 +330,7 @@ for _name, _num_labels, _licence in (
       num_labels=_num_labels,
       image_shape=(32, 32, 3),
       metrics=("accuracy",),
-      description=f"CIFAR-{_num_labels}, 32x32 colour images (prepare needs tensorflow-cpu)",
+      description=f"CIFAR-{_num_labels}, 32x32 colour images",
       source=f"tfds '{_name}' as array_record",
       how_to_get=tfds_sources.prepare_command(_name),
       licence=_licence,

@@ -10,29 +10,23 @@ not used.
 Preparing a dataset (once, on a machine with internet)
 ------------------------------------------------------
 
-The ``file_format`` keyword is spelled ``'array_record'`` (``FileFormat.ARRAY_RECORD`` in
-``tensorflow_datasets/core/file_adapters.py`` of tfds 4.9.10; the default is ``tfrecord``,
-which cannot be read without TensorFlow). The builder's module must be imported first, or
-``tfds.builder`` raises ``DatasetNotFoundError`` in tfds 4.9.10. The simplest way::
+::
 
-    python -m seven_jax.data prepare glue/mrpc [--data_dir DIR]
+    python -m seven_jax.data prepare glue/mrpc [--data_dir DIR] [--manual_dir DIR]
 
-which runs the equivalent of::
-
-    python -c "import tensorflow_datasets as tfds, tensorflow_datasets.text.glue; \\
-        tfds.builder('glue/mrpc', file_format='array_record').download_and_prepare()"
-
-The per-dataset commands are in :data:`PREPARE_COMMANDS`. Notes:
+runs the real tfds builder with ``file_format='array_record'`` (``FileFormat.ARRAY_RECORD``
+in ``tensorflow_datasets/core/file_adapters.py`` of tfds 4.9.10; the default ``tfrecord``
+cannot be read without TensorFlow), see :func:`seven_jax.data.prepare.prepare`. It needs no
+TensorFlow for any dataset here, CIFAR and ImageNet included: the few ``tf.*`` calls tfds
+makes while preparing (archive extraction, PNG encoding, file checks) are served by a small
+stand-in when TensorFlow is missing (:func:`seven_jax.data.prepare.tensorflow_stand_in`).
+The per-dataset commands are in the specs' ``how_to_get``. Notes:
 
 * ``imagenet2012`` cannot be downloaded automatically: put ``ILSVRC2012_img_train.tar`` and
-  ``ILSVRC2012_img_val.tar`` (from image-net.org, after accepting its terms) in a directory and
-  pass it as ``manual_dir`` (``--manual_dir`` of the command above).
-* The CIFAR-10/100 and ImageNet builders call ``tf.io.gfile`` while *preparing*
-  (``image_classification/cifar.py``, ``datasets/imagenet2012/imagenet2012_dataset_builder.py``),
-  and ``tfds.features.Image`` encodes numpy images with ``tf.image.encode_png``, so the
-  preparing machine needs ``pip install tensorflow-cpu`` for them. The GLUE and SQuAD builder
-  code does not reference TensorFlow (checked by reading tfds 4.9.10's source; no download was
-  run here). Reading the prepared array_record files never needs TensorFlow.
+  ``ILSVRC2012_img_val.tar`` (from image-net.org, after accepting its terms) in
+  ``<data_dir>/downloads/manual/`` or in a directory passed as ``--manual_dir``.
+* Offline, ``prepare`` stops within seconds and lists the files to download elsewhere and
+  where to put them (the same manual directory); tfds checks them against its checksums.
 * The data directory defaults to ``$TFDS_DATA_DIR`` or ``~/tensorflow_datasets``; copy the
   prepared ``<data_dir>/<name>/<version>/`` directories to the machine that trains.
 """
@@ -71,17 +65,11 @@ GLUE_TEXT_KEYS = {
 
 
 def prepare_command(name: str, manual_dir: bool = False) -> str:
-  """The one-line shell command that prepares ``name`` as array_record files."""
-  module = BUILDER_MODULES[name.split("/")[0]]
-  config = (
-    "download_config=tfds.download.DownloadConfig(manual_dir='/path/to/ILSVRC2012_tars')"
-    if manual_dir
-    else ""
-  )
-  return (
-    f'python -c "import tensorflow_datasets as tfds, {module}; '
-    f"tfds.builder('{name}', file_format='{FILE_FORMAT}').download_and_prepare({config})\""
-  )
+  """The shell command that prepares ``name`` as array_record files."""
+  if name.split("/")[0] not in BUILDER_MODULES:
+    raise ValueError(f"{name!r} is not a tfds dataset; valid: {', '.join(BUILDER_MODULES)}")
+  suffix = " --manual_dir /path/to/ILSVRC2012_tars" if manual_dir else ""
+  return f"python -m seven_jax.data prepare {name}{suffix}  (array_record, no TensorFlow)"
 
 
 def import_builder_module(name: str) -> Any:

@@ -15,7 +15,7 @@ def test_list_prints_every_dataset_and_how_to_get_missing_ones(tmp_path, capsys)
     assert f"\n{name} " in "\n" + output
   assert "rotten_tomatoes  available" in output
   assert "glue/mrpc        MISSING" in output
-  assert "file_format='array_record'" in output
+  assert "to get it: python -m seven_jax.data prepare glue/mrpc" in output
   assert "datasets available on this machine" in output
 
 

@@ -325,6 +325,31 @@ def test_manual_file_with_a_wrong_checksum_is_named(tmp_path, monkeypatch):
   assert "msr_paraphrase" in str(error.value) or "mrpc_dev_ids" in str(error.value)
 
 
+def test_imagenet_prepares_from_manual_dir(tmp_path, monkeypatch):
+  """The real ImageNet builder on fake tars in --manual_dir, with the network blocked: JPEGs
+  stored as they are, the CMYK and PNG special cases re-encoded by the stand-in."""
+  _block_network(monkeypatch)
+  manual, expected = tfds_fakes.imagenet_manual_dir(tmp_path)
+  directory = prepare_lib.prepare("imagenet2012", data_dir=tmp_path / "tfds", manual_dir=manual)
+  assert sorted(array_record_files(directory)) == ["train", "validation"]
+  label_names = data.get_spec("imagenet2012")  # labels are indices into tfds' synset list
+  from tensorflow_datasets.core import utils
+
+  synsets = utils.tfds_path("datasets/imagenet2012/labels.txt").read_text().split()
+  assert label_names.num_labels == len(synsets) == 1000
+  for split, images in expected.items():
+    dataset = data.get_dataset("imagenet2012", split, data_dir=str(tmp_path / "tfds"))
+    got = {example["image"].shape[:2]: example for example in dataset}
+    assert sorted(got) == sorted(images), split
+    for size, (source, synset, exact) in images.items():
+      example = got[size]
+      assert example["image"].shape == (*size, 3) and example["image"].dtype == np.uint8
+      assert example["label"] == synsets.index(synset)
+      error = np.abs(example["image"].astype(int) - source.astype(int)).mean()
+      # Stored JPEG (q95) decoded: a few levels off at most; re-encoded ones once more.
+      assert error < (4.0 if exact else 6.0), (split, size, error)
+
+
 def test_imagenet_without_manual_files_says_where_to_put_them(tmp_path):
   with pytest.raises(prepare_lib.PrepareError) as error:
     prepare_lib.prepare("imagenet2012", data_dir=tmp_path)

@@ -101,9 +101,11 @@ def test_unprepared_dataset_says_how_to_prepare(tmp_path):
     data.get_dataset("glue/mrpc", "train", data_dir=str(tmp_path))
   message = str(error.value)
   assert "not prepared as array_record" in message
-  assert "tensorflow_datasets.text.glue" in message and "file_format='array_record'" in message
+  assert "python -m seven_jax.data prepare glue/mrpc" in message
   available, detail = data.availability("glue/mrpc", data_dir=str(tmp_path))
-  assert not available and "download_and_prepare" in detail
+  assert not available and "python -m seven_jax.data prepare glue/mrpc" in detail
+  imagenet = data.get_spec("imagenet2012").how_to_get
+  assert "prepare imagenet2012 --manual_dir" in imagenet
 
 
 def test_file_format_spelling_is_tfds_own():

@@ -260,3 +260,90 @@ def cifar_sources(
       info.size = len(content)
       tar.addfile(info, io.BytesIO(content))
   return {CIFAR_URL.format(archive): path}, expected
+
+
+# --------------------------------------------------------------------------- ImageNet
+
+
+def _jpeg(array: np.ndarray, mode: str = "RGB") -> bytes:
+  from PIL import Image
+
+  buffer = io.BytesIO()
+  image = Image.fromarray(array)
+  (image.convert("CMYK") if mode == "CMYK" else image).save(buffer, format="JPEG", quality=95)
+  return buffer.getvalue()
+
+
+def _png(array: np.ndarray) -> bytes:
+  from PIL import Image
+
+  buffer = io.BytesIO()
+  Image.fromarray(array).save(buffer, format="PNG")
+  return buffer.getvalue()
+
+
+def _tar(path_or_buffer, members: dict[str, bytes]) -> None:
+  mode = "w"
+  kwargs = {"fileobj": path_or_buffer} if isinstance(path_or_buffer, io.BytesIO) else {}
+  with tarfile.open(name=None if kwargs else path_or_buffer, mode=mode, **kwargs) as tar:
+    for member_name, content in members.items():
+      info = tarfile.TarInfo(member_name)
+      info.size = len(content)
+      tar.addfile(info, io.BytesIO(content))
+
+
+def imagenet_manual_dir(workdir: pathlib.Path, seed: int = 0):
+  """``ILSVRC2012_img_train.tar`` (one tar per synset inside) and ``ILSVRC2012_img_val.tar``
+  in the real layout, with a few small images of distinct sizes, among them one of the
+  CMYK JPEGs and the PNG-in-disguise that tfds' builder converts (by file name).
+
+  Returns:
+      ``(manual_dir, {split: {(height, width): (rgb uint8 array, synset, exact)}})``:
+      ``exact`` is False for the two images tfds re-encodes as JPEG (compare approximately).
+  """
+  rng = np.random.default_rng(seed)
+  expected: dict[str, dict] = {"train": {}, "validation": {}}
+  sizes = iter([(20 + 3 * i, 24 + 2 * i) for i in range(10)])
+
+  def smooth_image():
+    height, width = next(sizes)
+    # Smooth gradients plus a little noise: JPEG keeps them close, so a decoded image can
+    # be compared with its source.
+    y, x = np.mgrid[0:height, 0:width]
+    base = np.stack([x * 255 // width, y * 255 // height, (x + y) * 127 // (height + width)], -1)
+    return np.clip(base + rng.integers(0, 8, size=base.shape), 0, 255).astype(np.uint8)
+
+  synsets = {
+    "n01440764": [("n01440764_1.JPEG", "rgb"), ("n01440764_2.JPEG", "rgb")],
+    "n01739381": [("n01739381_1309.JPEG", "cmyk")],  # in the builder's CMYK_IMAGES
+    "n02105855": [("n02105855_2933.JPEG", "png")],  # the builder's PNG_IMAGES
+  }
+  train_members = {}
+  for synset, images in synsets.items():
+    inner = {}
+    for file_name, kind in images:
+      array = smooth_image()
+      if kind == "png":
+        inner[file_name] = _png(array)
+      else:
+        inner[file_name] = _jpeg(array, "CMYK" if kind == "cmyk" else "RGB")
+      expected["train"][array.shape[:2]] = (array, synset, kind == "rgb")
+    buffer = io.BytesIO()
+    _tar(buffer, inner)
+    train_members[f"{synset}.tar"] = buffer.getvalue()
+  manual = workdir / "imagenet_manual"
+  manual.mkdir()
+  _tar(manual / "ILSVRC2012_img_train.tar", train_members)
+  # Validation labels come from tfds' validation_labels.txt, line i for the i-th file name
+  # in sorted order: the first three names get its first three labels.
+  from tensorflow_datasets.core import utils
+
+  labels_file = utils.tfds_path("datasets/imagenet2012/validation_labels.txt")
+  first_labels = labels_file.read_text().split()[:3]
+  val_members = {}
+  for i, synset in enumerate(first_labels, start=1):
+    array = smooth_image()
+    val_members[f"ILSVRC2012_val_{i:08d}.JPEG"] = _jpeg(array)
+    expected["validation"][array.shape[:2]] = (array, synset, True)
+  _tar(manual / "ILSVRC2012_img_val.tar", val_members)
+  return manual, expected
