@@ -26,7 +26,8 @@ and says to ``pip install tensorflow-cpu``. With TensorFlow installed nothing is
 **Offline, fail fast.** tfds retries an unreachable URL 10 times with exponential backoff
 (about 3.5 minutes for MRPC here). Before a URL is fetched from the network,
 :func:`prepare` opens one TCP connection to its host (``network_timeout`` seconds, once per
-host; skipped when a proxy is configured, since requests then goes through the proxy) and
+host; skipped for a host reached through a configured proxy, since a direct connection says
+nothing then) and
 stops at once with :class:`NetworkUnavailableError` when that fails. The message lists
 every file the builder asked for and its tfds file name: downloaded elsewhere and put in
 ``<data_dir>/downloads/manual/`` (tfds' default manual directory) or in a directory passed
@@ -202,28 +203,31 @@ class _NetworkGuard:
     self.timeout = timeout
     self.unreachable: dict[str, str] = {}  # host -> reason
     self.urls: list[str] = []  # every URL that could not be fetched
-    self._reachable: set[str] = set()
+    self._reachable: set[tuple[str, int]] = set()  # (host, port) that answered
+    self._tried: set[tuple[str, int]] = set()
     self._lock = threading.Lock()
 
   def check(self, url: str) -> None:
     parsed = urllib.parse.urlparse(url)
     if parsed.scheme not in ("http", "https", "ftp") or not parsed.hostname:
       return  # local paths are copied, not downloaded
-    if urllib.request.getproxies():
-      return  # requests goes through the proxy; a direct connection says nothing
     host = parsed.hostname
+    proxies = urllib.request.getproxies()
+    if (proxies.get(parsed.scheme) or proxies.get("all")) and not urllib.request.proxy_bypass(host):
+      return  # requests goes through the proxy; a direct connection says nothing
     port = parsed.port or {"http": 80, "https": 443, "ftp": 21}[parsed.scheme]
     with self._lock:
-      known = host in self._reachable
-      reason = self.unreachable.get(host)
+      known = (host, port) in self._reachable
+      reason = self.unreachable.get(host) if (host, port) in self._tried else None
     if not known and reason is None:
       try:
         socket.create_connection((host, port), timeout=self.timeout).close()
       except OSError as error:  # gaierror (no DNS), timeout, refused, unreachable network
         reason = f"{type(error).__name__}: {error}" if str(error) else type(error).__name__
       with self._lock:
+        self._tried.add((host, port))
         if reason is None:
-          self._reachable.add(host)
+          self._reachable.add((host, port))
         else:
           self.unreachable[host] = reason
     if reason is not None:

@@ -313,6 +313,31 @@ def test_offline_message_lists_the_files_and_manual_dir_then_works(tmp_path, mon
   assert got == expected["validation"] and directory.startswith(str(data_dir))
 
 
+def test_network_guard_lets_reachable_hosts_and_proxies_through(monkeypatch):
+  import socket
+
+  for variable in ("http_proxy", "https_proxy", "HTTP_PROXY", "HTTPS_PROXY", "all_proxy"):
+    monkeypatch.delenv(variable, raising=False)
+  guard = prepare_lib._NetworkGuard(timeout=5)
+  with socket.create_server(("127.0.0.1", 0)) as server:  # a host that answers
+    guard.check(f"http://127.0.0.1:{server.getsockname()[1]}/file.zip")
+  guard.check("/local/path/file.zip")  # copied, not downloaded
+  assert guard.unreachable == {} and guard.urls == []
+  with socket.create_server(("127.0.0.1", 0)) as server:
+    closed_port = server.getsockname()[1]
+  with pytest.raises(prepare_lib.NetworkUnavailableError, match="cannot reach 127.0.0.1"):
+    guard.check(f"http://127.0.0.1:{closed_port}/a.zip")
+  assert list(guard.unreachable) == ["127.0.0.1"]
+  # Behind a proxy a direct connection proves nothing: requests goes through the proxy.
+  monkeypatch.setenv("https_proxy", "http://proxy.invalid:3128")
+  proxied = prepare_lib._NetworkGuard(timeout=5)
+  proxied.check("https://unreachable.invalid/file.zip")
+  assert proxied.unreachable == {}
+  monkeypatch.setenv("no_proxy", "127.0.0.1")  # ... unless the host bypasses the proxy
+  with pytest.raises(prepare_lib.NetworkUnavailableError):
+    proxied.check(f"https://127.0.0.1:{closed_port}/a.zip")
+
+
 def test_manual_file_with_a_wrong_checksum_is_named(tmp_path, monkeypatch):
   _block_network(monkeypatch)
   manual = tmp_path / "manual"
