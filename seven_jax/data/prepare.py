@@ -26,9 +26,9 @@ and says to ``pip install tensorflow-cpu``. With TensorFlow installed nothing is
 **Offline, fail fast.** tfds retries an unreachable URL 10 times with exponential backoff
 (about 3.5 minutes for MRPC here). Before a URL is fetched from the network,
 :func:`prepare` opens one TCP connection to its host (``network_timeout`` seconds, once per
-host; skipped for a host reached through a configured proxy, since a direct connection says
-nothing then) and
-stops at once with :class:`NetworkUnavailableError` when that fails. The message lists
+host and port; skipped for a host reached through a configured proxy, since a direct
+connection says nothing then) and stops at once with :class:`NetworkUnavailableError` when
+that fails. The message lists
 every file the builder asked for and its tfds file name: downloaded elsewhere and put in
 ``<data_dir>/downloads/manual/`` (tfds' default manual directory) or in a directory passed
 as ``manual_dir`` (``--manual_dir``), tfds uses them instead of the network (it checks them
