@@ -247,12 +247,35 @@ def batch_sharding(mesh):
   return NamedSharding(mesh, P(("data", "fsdp")))
 
 
+def put(x, sharding):
+  """``x`` (the same value on every process) as an array with ``sharding``.
+
+  One host: ``jax.device_put`` (asynchronous). Several hosts: each process
+  builds its own shards from its copy of ``x``
+  (``jax.make_array_from_callback``), since no process may address another's
+  devices.
+  """
+  if sharding.is_fully_addressable:
+    return jax.device_put(x, sharding)
+  if isinstance(x, jax.Array) and jax.dtypes.issubdtype(x.dtype, jax.dtypes.prng_key):
+    data = put(jax.random.key_data(x), sharding)  # replicated: the key's words too
+    return jax.random.wrap_key_data(data, impl=jax.random.key_impl(x))
+  host = np.asarray(x)
+  return jax.make_array_from_callback(host.shape, sharding, lambda index: host[index])
+
+
+def put_tree(tree, shardings):
+  if not isinstance(shardings, jax.sharding.Sharding):
+    return jax.tree.map(put, tree, shardings)
+  return jax.tree.map(lambda x: put(x, shardings), tree)
+
+
 def shard_batch(batch: dict, mesh) -> dict:
   """Splits the batch dimension over the mesh; starts the copies without waiting."""
   if mesh is None:
     return {k: jax.device_put(np.asarray(v)) for k, v in batch.items()}
   sharding = batch_sharding(mesh)
-  return {k: jax.device_put(np.asarray(v), sharding) for k, v in batch.items()}
+  return {k: put(np.asarray(v), sharding) for k, v in batch.items()}
 
 
 def param_sharding(x, mesh) -> NamedSharding:
@@ -272,7 +295,7 @@ def param_sharding(x, mesh) -> NamedSharding:
 def replicate(tree, mesh):
   if mesh is None:
     return tree
-  return jax.device_put(tree, NamedSharding(mesh, P()))
+  return put_tree(tree, NamedSharding(mesh, P()))
 
 
 def bytes_per_device(tree) -> int:
@@ -299,10 +322,16 @@ class RunLog:
 
   def __init__(self, out_dir: pathlib.Path, cfg: ExperimentConfig, *, resume_step=None):
     self.dir = out_dir
+    self.records: list[dict] = []
+    # Several hosts: the first process writes the files, the others only keep
+    # the records (every process computes the same values).
+    self.writes = jax.process_index() == 0
+    self.jsonl = self.tb = None
+    if not self.writes:
+      return
     self.dir.mkdir(parents=True, exist_ok=True)
     (self.dir / "config.json").write_text(json.dumps(dataclasses.asdict(cfg), indent=2))
     path = self.dir / "log.jsonl"
-    self.records: list[dict] = []
     if resume_step is not None and path.exists():
       records = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
       self.records = [r for r in records if r["step"] <= resume_step]
@@ -328,6 +357,8 @@ class RunLog:
   def log(self, step: int, **scalars):
     record = {"step": int(step), **{k: float(v) for k, v in scalars.items()}}
     self.records.append(record)
+    if not self.writes:
+      return
     self.jsonl.write(json.dumps(record) + "\n")
     self.jsonl.flush()
     if self.tb is not None:
@@ -338,6 +369,8 @@ class RunLog:
     return [p[0] for p in pts], [p[1] for p in pts]
 
   def plot(self, metric_keys):
+    if not self.writes:
+      return
     import matplotlib
 
     matplotlib.use("Agg")
@@ -356,12 +389,15 @@ class RunLog:
     plt.close(fig)
 
   def close(self):
-    self.jsonl.close()
+    if self.jsonl is not None:
+      self.jsonl.close()
     if self.tb is not None:
       self.tb.close()
 
 
 def _progress(total: int, initial: int, name: str):
+  if jax.process_index() != 0:
+    return None
   try:
     from tqdm import tqdm
   except ImportError:  # pragma: no cover
@@ -609,7 +645,7 @@ def run(cfg: ExperimentConfig, task: Task) -> dict:
   shardings = None
   if mesh is not None:
     p_sh = jax.tree.map(lambda x: param_sharding(x, mesh), params)
-    params = jax.device_put(params, p_sh)
+    params = put_tree(params, p_sh)
     rest = replicate(rest, mesh)
     r_sh = jax.tree.map(lambda x: x.sharding, rest)
   opt_state = _init_state(tx, params, mesh)
@@ -629,7 +665,7 @@ def run(cfg: ExperimentConfig, task: Task) -> dict:
     saved = ckpt.latest_step()
     frozen = freeze_at is not None and saved >= freeze_at
     state_like = seven_jax.freeze(opt_state) if frozen else opt_state
-    target = _checkpoint_tree(params, rest, state_like, 0, {"epoch": 0, "index": 0})
+    target = _checkpoint_tree(params, rest, state_like, 0, {"epoch": 0, "index": 0}, mesh)
     restored = ckpt.restore(jax.eval_shape(lambda: target))
     params, rest = _place(restored["params"], params), _place(restored["rest"], rest)
     opt_state = _place(restored["opt_state"], state_like)
@@ -649,7 +685,7 @@ def run(cfg: ExperimentConfig, task: Task) -> dict:
     nnx.update(task.model, params, rest)
 
   def training_state(data_position):
-    return _checkpoint_tree(params, rest, opt_state, step, data_position)
+    return _checkpoint_tree(params, rest, opt_state, step, data_position, mesh)
 
   evals = []
   bar = _progress(cfg.steps, step, cfg.method)
@@ -742,11 +778,14 @@ def run(cfg: ExperimentConfig, task: Task) -> dict:
   report = (
     seven_jax.sparsity_report(opt_state, prunable=task.prunable) if cfg.method != DENSE else None
   )
-  if report is not None and jax.process_index() == 0:
-    # The final masks, by parameter path (load with numpy.load).
+  out_dir.mkdir(parents=True, exist_ok=True)
+  suffix = "" if jax.process_index() == 0 else f".process{jax.process_index()}"
+  if report is not None:
+    # The final masks, by parameter path (load with numpy.load); with several
+    # hosts every process writes the masks it holds (masks.process<i>.npz).
     masks = seven_jax.masks(opt_state)
     np.savez_compressed(
-      out_dir / "masks.npz",
+      out_dir / f"masks{suffix}.npz",
       **{
         jax.tree_util.keystr(path): np.asarray(_replicated(m, mesh) if mesh is not None else m)
         for path, m in jax.tree_util.tree_leaves_with_path(masks)
@@ -774,7 +813,7 @@ def run(cfg: ExperimentConfig, task: Task) -> dict:
       "opt_state": bytes_per_device(opt_state),
     },
   }
-  (out_dir / "results.json").write_text(json.dumps(results, indent=2))
+  (out_dir / f"results{suffix}.json").write_text(json.dumps(results, indent=2))
   if interrupted:
     print(f"interrupted at step {step}; checkpoint saved. Continue with --resume.")
   elif stopped:
@@ -782,13 +821,19 @@ def run(cfg: ExperimentConfig, task: Task) -> dict:
   return results
 
 
-def _checkpoint_tree(params, rest, opt_state, step, data_position) -> dict:
+def _checkpoint_tree(params, rest, opt_state, step, data_position, mesh=None) -> dict:
+  # Several hosts: orbax saves global arrays only, so the counters live on the mesh too.
+  scalar = (
+    (lambda v: jnp.int32(v))
+    if mesh is None
+    else (lambda v: put(np.int32(v), NamedSharding(mesh, P())))
+  )
   return {
     "params": params,
     "rest": rest,
     "opt_state": opt_state,
-    "step": jnp.int32(step),
-    "data": {k: jnp.int32(v) for k, v in data_position.items()},
+    "step": scalar(step),
+    "data": {k: scalar(v) for k, v in data_position.items()},
   }
 
 
@@ -799,7 +844,7 @@ def _shardings_of(tree):
 def _place(restored, like):
   """``restored`` with the devices/shardings of ``like``."""
   return jax.tree.map(
-    lambda r, l: jax.device_put(r, l.sharding) if isinstance(l, jax.Array) else r, restored, like
+    lambda r, l: put(r, l.sharding) if isinstance(l, jax.Array) else r, restored, like
   )
 
 
@@ -1119,7 +1164,41 @@ def experiment_parser(
     help="comma-separated methods to run in turn (default: the preset's); overrides --method",
   )
   add_config_flags(parser, defaults, skip=skip)
+  hosts = parser.add_argument_group(
+    "several hosts", "jax.distributed.initialize(...) before anything else (CPU: gloo collectives)"
+  )
+  hosts.add_argument("--coordinator", default=None, help="HOST:PORT of process 0")
+  hosts.add_argument("--num-processes", type=int, default=None)
+  hosts.add_argument("--process-id", type=int, default=None)
   return parser
+
+
+def initialize_distributed(args, parser) -> None:
+  """``jax.distributed.initialize`` from ``--coordinator``/``--num-processes``/``--process-id``.
+
+  Must run before JAX touches a device (the flags are checked right after).
+  Without ``--coordinator`` on a managed cluster (TPU pods, SLURM), JAX finds
+  the values itself: pass ``--coordinator auto``.
+  """
+  if args.coordinator is None:
+    if args.num_processes is not None or args.process_id is not None:
+      parser.error("argument --coordinator: needed with --num-processes / --process-id")
+    return
+  if args.coordinator != "auto":
+    if args.num_processes is None or args.num_processes < 1:
+      parser.error("argument --num-processes: an integer >= 1 is needed with --coordinator")
+    if args.process_id is None or not 0 <= args.process_id < args.num_processes:
+      parser.error(f"argument --process-id: must be in [0, {args.num_processes})")
+  # Cross-process collectives on CPU need an implementation; GPUs and TPUs ignore it.
+  jax.config.update("jax_cpu_collectives_implementation", "gloo")
+  if args.coordinator == "auto":
+    jax.distributed.initialize()
+  else:
+    jax.distributed.initialize(
+      coordinator_address=args.coordinator,
+      num_processes=args.num_processes,
+      process_id=args.process_id,
+    )
 
 
 def parse_configs(
@@ -1153,6 +1232,8 @@ def parse_configs(
   from seven_jax import data as sj_data  # pylint: disable=g-import-not-at-top
 
   args = parser.parse_args(argv)
+  if hasattr(args, "coordinator"):
+    initialize_distributed(args, parser)
   try:
     base = config_from_args(args, preset_values(args), cls)
     explicit = explicit_fields(args, cls)
