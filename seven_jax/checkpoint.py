@@ -219,7 +219,7 @@ class CheckpointManager:
 
   def step_dir(self, step: int) -> str:
     """The directory of ``step`` (whether or not it exists)."""
-    return os.path.join(self.directory, str(int(step)))
+    return os.path.join(self.directory, str(validation.check_int("step", step, 0)))
 
   # -- saving ----------------------------------------------------------------
 

@@ -146,6 +146,7 @@ CASES = [
   ("CheckpointManager.restore", "target={'w': 'x', ...}", lambda a, t: _saved(a, t).restore({"w": "x", "step": 0}), TypeError, r"target: leaf \['w'\]"),
   ("CheckpointManager.restore", "target of another shape", lambda a, t: _saved(a, t).restore({"w": np.zeros((3, 5), np.float32), "step": 0}), ValueError, r"\['w'\].*\(3, 4\).*\(3, 5\)"),
   ("CheckpointManager.restore", "target without a key", lambda a, t: _saved(a, t).restore({"w": np.zeros((3, 4), np.float32)}), ValueError, r"\['step'\]"),
+  ("CheckpointManager.step_dir", "step=2.5", lambda a, t: _mngr(a, t).step_dir(2.5), TypeError, "step"),
   # .interrupt_guard
   ("CheckpointManager.interrupt_guard", "signals=SIGTERM", lambda a, t: _enter(_mngr(a, t).interrupt_guard(signal.SIGTERM)), TypeError, "signals"),
   ("CheckpointManager.interrupt_guard", "signals=('TERM',)", lambda a, t: _enter(_mngr(a, t).interrupt_guard(("TERM",))), TypeError, "signals"),
@@ -242,5 +243,5 @@ def test_table_covers_every_public_entry_point():
   }
   methods = {c[0].split(".")[1] for c in CASES if "." in c[0]}
   public = {n for n in vars(checkpoint.CheckpointManager) if not n.startswith("_")}
-  taking_args = {"save", "save_now", "restore", "interrupt_guard"}
+  taking_args = {"save", "save_now", "restore", "interrupt_guard", "step_dir"}
   assert taking_args <= public and methods == taking_args
