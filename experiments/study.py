@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import importlib
 import json
 import math
 import os
@@ -127,7 +128,7 @@ _PRE = (
   variant("seven_pre-nocorr", "seven_pre", correction=False),
   variant("snip"),
   variant("magnitude_pre"),
-)
+)  # in this order inside each seed, so a grid stopped early still pairs SEVEN_pre with its ablation
 
 PRESETS = {
   # MiniLM + Rotten Tomatoes, pre-pruning, 4 variants x 2 sparsities x 3 seeds = 24 runs.
@@ -208,8 +209,17 @@ def _results_file(folder: pathlib.Path) -> Optional[pathlib.Path]:
   return found[0] if found else None
 
 
-def is_finished(folder: pathlib.Path, steps: Optional[int] = None) -> bool:
-  """A complete ``results.json`` (not interrupted, and ``steps`` long if given)."""
+def _same(a, b) -> bool:
+  try:
+    return float(a) == float(b)
+  except (TypeError, ValueError):
+    return str(a) == str(b)
+
+
+def is_finished(folder: pathlib.Path, expected: Optional[dict] = None) -> bool:
+  """A complete ``results.json`` (not interrupted) whose config agrees with
+  ``expected`` on every field both have (so a changed ``--steps`` or ``--lr``
+  reruns the cell instead of reusing a stale result)."""
   path = _results_file(folder)
   if path is None:
     return False
@@ -219,7 +229,13 @@ def is_finished(folder: pathlib.Path, steps: Optional[int] = None) -> bool:
     return False
   if r.get("interrupted"):
     return False
-  return steps is None or int(r.get("steps", -1)) == int(steps)
+  config = r.get("config", {})
+  for key, value in (expected or {}).items():
+    if key == "steps" and "steps" in r and not _same(r["steps"], value):
+      return False
+    if key in config and not _same(config[key], value):
+      return False
+  return True
 
 
 def has_checkpoint(folder: pathlib.Path) -> bool:
@@ -246,9 +262,9 @@ def method_kind(method: str) -> str:
   return seven_jax.method_kind(method)
 
 
-def cell_argv(grid: Grid, cell: Cell, folder: pathlib.Path, overrides: dict) -> list[str]:
-  """The task module's command line for one cell (flags the cell's method
-  does not read are left out)."""
+def cell_flags(grid: Grid, cell: Cell, folder: pathlib.Path, overrides: dict) -> dict:
+  """The task module's flags for one cell (flags the cell's method does not
+  read are left out)."""
   flags = dict(grid.flags)
   flags.update(overrides)
   kind = method_kind(cell.variant.method)
@@ -259,15 +275,27 @@ def cell_argv(grid: Grid, cell: Cell, folder: pathlib.Path, overrides: dict) -> 
   flags.update(method=cell.variant.method, sparsity=cell.sparsity, seed=cell.seed, out=str(folder))
   if cell.variant.method_args:
     flags["method_args"] = format_method_args(cell.variant.args)
+  return flags
+
+
+def cell_argv(grid: Grid, cell: Cell, folder: pathlib.Path, overrides: dict) -> list[str]:
+  """:func:`cell_flags` as a command line."""
   argv = []
-  for k, v in flags.items():
+  for k, v in cell_flags(grid, cell, folder, overrides).items():
     argv += [f"--{k.replace('_', '-')}", str(v)]
   return argv
 
 
+def _expected_config(flags: dict) -> dict:
+  # What a finished run's config must agree with (the method may be renamed by
+  # the nocorr fallback, the folder is where it is).
+  return {k: v for k, v in flags.items() if k not in ("preset", "out", "method", "method_args")}
+
+
 def subprocess_runner(grid: Grid, argv: list[str], *, resume: bool, log_path: pathlib.Path) -> int:
-  """Runs ``python -m experiments.<module> argv`` with output to ``log_path``."""
-  cmd = [sys.executable, "-m", f"experiments.{grid.module}", *argv] + (
+  """Runs one cell in a fresh process (``python -m experiments.study --cell
+  <module> ...``, see :func:`run_cell`) with output to ``log_path``."""
+  cmd = [sys.executable, "-m", "experiments.study", "--cell", grid.module, *argv] + (
     ["--resume"] if resume else []
   )
   env = dict(os.environ, HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1")
@@ -275,6 +303,75 @@ def subprocess_runner(grid: Grid, argv: list[str], *, resume: bool, log_path: pa
     log.write("$ " + " ".join(cmd) + "\n")
     log.flush()
     return subprocess.call(cmd, stdout=log, stderr=subprocess.STDOUT, env=env)
+
+
+NOCORR = "seven_pre_nocorr"
+
+
+def _nocorr_update(hp, x, stats, score):
+  # SEVEN without its noise correction: S += |W_p * g| (spec 5.3, first variant).
+  import jax.numpy as jnp
+
+  g = jnp.asarray(x.grad, jnp.float32)
+  g = jnp.where(jnp.isfinite(g), g, 0.0)
+  return tuple(stats), score + jnp.abs(x.weight_after * g)
+
+
+def register_nocorr_fallback() -> str:
+  """Registers ``seven_pre_nocorr``: SEVEN_pre's loop (cubic schedule over the
+  scoring batches, no resurrection) with the uncorrected accumulated score.
+
+  Used only when the task module cannot pass method hyper-parameters
+  (no ``method_args`` config field). The rule is the library's ``seven``
+  with ``correction=False`` when the library has that option, otherwise
+  :func:`_nocorr_update`. Registration goes through the public registries
+  (``scores.register_rule``, ``scores.PRE_METHODS``) of this process only.
+  """
+  from seven_jax import scores
+
+  if NOCORR in scores.PRE_METHODS:
+    return NOCORR
+  seven = scores.get_rule("seven")
+  if "correction" in seven.defaults:
+    rule = seven._replace(name="seven_nocorr", defaults={**seven.defaults, "correction": False})
+  else:
+    rule = scores.ScoreRule("seven_nocorr", 0, _nocorr_update, {}, summary="accumulated |W g|")
+  if rule.name not in scores.DYNAMIC_RULES:
+    scores.register_rule(rule)
+  base = scores.PRE_METHODS["seven_pre"]
+  scores.PRE_METHODS[NOCORR] = base._replace(name=NOCORR, rule=rule.name, summary=rule.summary)
+  return NOCORR
+
+
+def _task_takes_method_args() -> bool:
+  from experiments import common
+
+  return "method_args" in {f.name for f in dataclasses.fields(common.ExperimentConfig)}
+
+
+def run_cell(module: str, argv: list[str]):
+  """One cell in this process: ``experiments.<module>.main(argv)``.
+
+  ``--method-args`` goes through to the task module when its config has a
+  ``method_args`` field. Otherwise the one ablation the presets need,
+  ``seven_pre`` with ``correction=false``, runs as the method
+  ``seven_pre_nocorr`` (:func:`register_nocorr_fallback`); other
+  hyper-parameters raise a clear error.
+  """
+  argv = list(argv)
+  if "--method-args" in argv and not _task_takes_method_args():
+    i = argv.index("--method-args")
+    args = argv[i + 1]
+    del argv[i : i + 2]
+    j = argv.index("--method")
+    if argv[j + 1] == "seven_pre" and args.replace(" ", "") == "correction=false":
+      argv[j + 1] = register_nocorr_fallback()
+    else:
+      raise SystemExit(
+        f"experiments.{module} takes no --method-args here; only seven_pre with "
+        f"correction=false has a fallback (got {argv[j + 1]} {args})."
+      )
+  return importlib.import_module(f"experiments.{module}").main(argv)
 
 
 def run_grid(
@@ -287,14 +384,13 @@ def run_grid(
 ) -> dict:
   """Runs every unfinished cell; returns ``{"ran", "skipped", "failed"}`` keys.
 
-  A cell is skipped when its ``results.json`` is complete (and as long as the
-  ``steps`` override, if any); a cell with a checkpoint but no complete
+  A cell is skipped when its ``results.json`` is complete and its config
+  agrees with the cell's flags (:func:`is_finished`); a cell with a checkpoint but no complete
   results is resumed (``--resume``). A failing cell is reported and the grid
   goes on; ``runner(grid, argv, resume=, log_path=) -> returncode``.
   """
   out.mkdir(parents=True, exist_ok=True)
   overrides = dict(overrides or {})
-  steps = overrides.get("steps", grid.flags.get("steps"))
   (out / "grid.json").write_text(
     json.dumps(
       {
@@ -313,7 +409,8 @@ def run_grid(
   todo = cells(grid)
   for i, cell in enumerate(todo):
     folder = run_dir(out, cell)
-    if is_finished(folder, steps):
+    expected = _expected_config(cell_flags(grid, cell, folder, overrides))
+    if is_finished(folder, expected):
       done["skipped"].append(cell.key)
       continue
     folder.mkdir(parents=True, exist_ok=True)
@@ -323,7 +420,7 @@ def run_grid(
     rc = runner(
       grid, cell_argv(grid, cell, folder, overrides), resume=resume, log_path=folder / "run.log"
     )
-    ok = rc == 0 and is_finished(folder, steps)
+    ok = rc == 0 and is_finished(folder, expected)
     done["ran" if ok else "failed"].append(cell.key)
     status = "done" if ok else f"FAILED (rc {rc}, see {folder / 'run.log'})"
     print_fn(f"    {status} in {time.time() - start:.0f} s", flush=True)
@@ -572,13 +669,53 @@ def _sentinel_section(grid: Grid, out: pathlib.Path, report_dir: pathlib.Path, r
         pathlib.Path(b),
         report_dir,
         tag=f"s{sparsity:g}",
-        grad_stats=areport.find_grad_stats([pathlib.Path(a), pathlib.Path(b), out]),
+        grad_stats=areport.find_grad_stats([pathlib.Path(a), pathlib.Path(b), out], seed=seed),
         title=f"Sentinels at sparsity {sparsity:g} (seed {seed}): `{grid.oneshot}` vs `{grid.seven}`",
       )
     except (FileNotFoundError, ValueError) as e:
       section = [f"(sentinel analysis at sparsity {sparsity:g} skipped: {e})", ""]
     lines += section
   return lines
+
+
+# ------------------------------------------------------------ grad stats
+
+
+def measure_grad_stats(
+  grid: Grid, out: pathlib.Path, seed: int, num_batches: int, overrides: Optional[dict] = None
+) -> pathlib.Path:
+  """RGV of every prunable weight of the pre-trained model over ``num_batches``
+  training batches of ``seed`` (the fine-tuning stream, so a window *other*
+  than the scoring batches: an out-of-sample check of consistency), saved as
+  ``<out>/grad_stats-seed<seed>.npz`` for the sentinel section.
+
+  Builds the task through ``experiments.<module>.build_task`` (text tasks).
+  """
+  import jax
+  import jax.numpy as jnp
+  from flax import nnx
+
+  from experiments import common
+  from seven_jax import analysis
+  from seven_jax.analysis import report as areport
+
+  module = importlib.import_module(f"experiments.{grid.module}")
+  flags = {**grid.flags, **(overrides or {})}
+  values = dict(module.PRESETS[flags.pop("preset")]) if "preset" in flags else {}
+  names = {f.name for f in dataclasses.fields(common.ExperimentConfig)}
+  values.update({k: v for k, v in flags.items() if k in names})
+  cfg = common.ExperimentConfig(**{**values, "seed": seed, "method": "dense"})
+  task = module.build_task(cfg)
+  graphdef, params, rest = nnx.split(task.model, nnx.Param, ...)
+
+  def loss(p, batch):
+    return task.loss_fn(nnx.merge(graphdef, p, rest, copy=True), batch)
+
+  batches = ({k: jnp.asarray(v) for k, v in b.items()} for b in task.train_batches)
+  rgv = analysis.relative_gradient_variation(
+    jax.grad(loss), params, batches, num_batches=num_batches
+  )
+  return areport.save_grad_stats(out / f"grad_stats-seed{seed}.npz", rgv, task.prunable)
 
 
 # --------------------------------------------------------------------- CLI
@@ -600,6 +737,9 @@ def _parse_list(text: str, kind) -> tuple:
 
 
 def main(argv=None, *, runner: Callable = subprocess_runner) -> dict:
+  argv = list(sys.argv[1:] if argv is None else argv)
+  if argv[:1] == ["--cell"]:
+    return run_cell(argv[1], argv[2:])
   parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
   parser.add_argument("--preset", default="cpu-small", choices=sorted(PRESETS))
   parser.add_argument("--out", default=None, help="grid folder (default runs/study-<preset>)")
@@ -611,6 +751,7 @@ def main(argv=None, *, runner: Callable = subprocess_runner) -> dict:
   parser.add_argument("--variants", default=None, help="comma-separated variant labels to keep")
   parser.add_argument("--steps", type=int, default=None, help="fine-tuning steps of every run")
   parser.add_argument("--prune-before-steps", type=int, default=None, help="scoring batches K")
+  parser.add_argument("--lr", type=float, default=None, help="fine-tuning learning rate")
   parser.add_argument(
     "--reference", default=None, help="variant the paired differences are against"
   )
@@ -621,6 +762,12 @@ def main(argv=None, *, runner: Callable = subprocess_runner) -> dict:
     "--report-only", action="store_true", help="aggregate what is there, run nothing"
   )
   parser.add_argument("--notes", default="", help="a paragraph printed at the top of the report")
+  parser.add_argument(
+    "--grad-stats-batches",
+    type=int,
+    default=0,
+    help="> 0: measure the RGV of the first seed over this many batches for the report",
+  )
   args = parser.parse_args(argv)
   grid = PRESETS[args.preset]
   changes = {}
@@ -648,6 +795,8 @@ def main(argv=None, *, runner: Callable = subprocess_runner) -> dict:
     overrides["steps"] = args.steps
   if args.prune_before_steps is not None:
     overrides["prune_before_steps"] = args.prune_before_steps
+  if args.lr is not None:
+    overrides["lr"] = args.lr
   out = pathlib.Path(args.out or f"runs/study-{grid.name}")
   cost = estimate(grid, overrides)
   if args.dry_run:
@@ -665,6 +814,10 @@ def main(argv=None, *, runner: Callable = subprocess_runner) -> dict:
     print(
       f"ran {len(done['ran'])}, skipped {len(done['skipped'])} finished, failed {len(done['failed'])}"
     )
+  if args.grad_stats_batches > 0:
+    seed = grid.seeds[0]
+    if not (out / f"grad_stats-seed{seed}.npz").exists():
+      measure_grad_stats(grid, out, seed, args.grad_stats_batches, overrides)
   flags = {**grid.flags, **overrides}
   task = flags.get("task", "rotten_tomatoes")
   majority = majority_rate(

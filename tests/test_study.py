@@ -48,7 +48,13 @@ class FakeRunner:
       kernel = np.roll(kernel, 1, axis=0)
     np.savez_compressed(folder / "masks.npz", **{"['layer'][0]['kernel']": kernel})
     results = dict(
-      config=dict(method=args["--method"], sparsity=sparsity, seed=seed),
+      config=dict(
+        method=args["--method"],
+        sparsity=sparsity,
+        seed=seed,
+        lr=float(args["--lr"]),
+        steps=int(args["--steps"]),
+      ),
       primary_metric="accuracy",
       final=dict(step=int(args["--steps"]), accuracy=_accuracy(label, sparsity, seed)),
       sparsity=1 - kernel.mean(),
@@ -133,6 +139,17 @@ def test_grid_skips_finished_runs_resumes_interrupted_ones_and_reports_failures(
     grid, tmp_path, runner=runner, overrides={"steps": 999}, print_fn=lambda *a, **k: None
   )
   assert len(fourth["ran"]) == 24
+  # So does another learning rate (the config is compared, not only the folder).
+  fifth = study.run_grid(
+    grid,
+    tmp_path,
+    runner=runner,
+    overrides={"steps": 999, "lr": 1e-3},
+    print_fn=lambda *a, **k: None,
+  )
+  assert len(fifth["ran"]) == 24
+  assert study.is_finished(study.run_dir(tmp_path, study.cells(grid)[0]), {"lr": 1e-3})
+  assert not study.is_finished(study.run_dir(tmp_path, study.cells(grid)[0]), {"lr": 5e-5})
 
 
 def test_paired_difference_matches_scipy_ttest_rel():
@@ -218,3 +235,42 @@ def test_main_runs_a_reduced_grid_with_a_fake_runner(tmp_path, capsys):
     with pytest.raises(SystemExit):
       study.main(argv + ["--dry-run"], runner=runner)
     assert needle in capsys.readouterr().err
+
+
+def test_nocorr_fallback_is_accumulated_abs_w_g_on_the_cubic_schedule():
+  # experiments.study registers seven_pre_nocorr only when the task module cannot pass
+  # correction=False; check it against a numpy re-implementation, then unregister it.
+  import jax.numpy as jnp
+
+  import seven_jax
+  from seven_jax import scores
+
+  before_rules, before_pre = set(scores.DYNAMIC_RULES), set(scores.PRE_METHODS)
+  try:
+    name = study.register_nocorr_fallback()
+    rng = np.random.default_rng(0)
+    w0 = rng.normal(size=(6, 4)).astype(np.float32)
+    xs = [rng.normal(size=(5, 6)).astype(np.float32) for _ in range(4)]
+    ys = [rng.normal(size=(5, 4)).astype(np.float32) for _ in range(4)]
+    loss = lambda p, b: jnp.mean((b["x"] @ p["w"] - b["y"]) ** 2)
+    batches = [{"x": x, "y": y} for x, y in zip(xs, ys)]
+    got = seven_jax.prune_before_finetuning(
+      loss, {"w": jnp.asarray(w0)}, batches, sparsity=0.75, method=name, steps=4
+    )["w"]
+    # numpy: W fixed, g of the masked model, S += |W_p g| (W_p = W0 * M), pruned scores 0,
+    # keep the floor(r_p D) largest at r_p = 0.25 + 0.75 (1 - (p+1)/4)^3.
+    mask, s = np.ones_like(w0, bool), np.zeros_like(w0, np.float64)
+    for p, (x, y) in enumerate(zip(xs, ys)):
+      w = w0 * mask
+      g = 2 * x.T @ (x @ w - y) / y.size * mask
+      s = np.where(mask, s + np.abs(w * g), 0.0)
+      k = int(np.floor((0.25 + 0.75 * (1 - (p + 1) / 4) ** 3) * w0.size + 1e-9))
+      mask = s >= np.sort(s.ravel())[::-1][k - 1]
+    np.testing.assert_array_equal(np.asarray(got), mask)
+    assert int(mask.sum()) == 6
+  finally:
+    for key in set(scores.DYNAMIC_RULES) - before_rules:
+      del scores.DYNAMIC_RULES[key]
+    for key in set(scores.PRE_METHODS) - before_pre:
+      del scores.PRE_METHODS[key]
+  assert "seven_pre_nocorr" not in seven_jax.methods()

@@ -31,6 +31,8 @@ that averages out), and ``nan`` when the gradient was exactly 0 on every batch
 
 from __future__ import annotations
 
+import functools
+
 from typing import Any, Callable, Iterable, NamedTuple, Optional
 
 import jax
@@ -166,8 +168,9 @@ def relative_gradient_variation(
 
   Args:
     grad_fn: ``(params, batch) -> gradient pytree``, e.g.
-      ``jax.grad(loss_fn)``; it is jitted together with the Welford update,
-      so one compiled step per batch shape and no host copies.
+      ``jax.grad(loss_fn)``; it is jitted together with the Welford update
+      (one compiled step per batch shape, reused by later calls with the same
+      ``grad_fn`` object) and nothing leaves the device.
     params: where the gradients are taken (held fixed: the pre-pruning
       reading; pass masked weights to measure a pruned model).
     batches: an iterable of batches.
@@ -177,10 +180,6 @@ def relative_gradient_variation(
   if num_batches is not None and num_batches < 1:
     raise ValueError(f"num_batches must be >= 1, got {num_batches!r}.")
 
-  @jax.jit
-  def step(state, batch):
-    return rgv_update(state, grad_fn(params, batch))
-
   state = None
   for i, batch in enumerate(batches):
     if num_batches is not None and i >= num_batches:
@@ -188,10 +187,17 @@ def relative_gradient_variation(
     batch = jax.tree.map(jnp.asarray, batch)
     if state is None:
       state = rgv_init(jax.eval_shape(grad_fn, params, batch))
-    state = step(state, batch)
+    # params is an argument, not a constant baked into the program; the
+    # compiled step is reused across calls with the same grad_fn.
+    state = _rgv_step(grad_fn, state, params, batch)
   if state is None:
     raise ValueError("batches is empty: relative_gradient_variation needs at least one batch.")
   return rgv_finalize(state, ddof)
+
+
+@functools.partial(jax.jit, static_argnums=0)
+def _rgv_step(grad_fn, state, params, batch):
+  return rgv_update(state, grad_fn(params, batch))
 
 
 def rgv_from_samples(grads: jax.Array, axis: int = 0, ddof: int = 0) -> RGV:
@@ -270,8 +276,8 @@ def seven_factor(
 
   Returns:
     A pytree like the state's ``grad_ema``: the factor (float32) for every
-    prunable leaf, ``None`` for non-prunable leaves (which carry a 0-d
-    placeholder). Where no EMA update happened yet the factor is ``nan``.
+    prunable leaf, ``None`` for non-prunable leaves (which carry a
+    placeholder without statistics). Where no EMA update happened yet the factor is ``nan``.
   """
   from seven_jax import find_state  # imported here: seven_jax imports nothing of us
 
@@ -286,12 +292,19 @@ def seven_factor(
 
   def leaf(m, v):
     m, v = _unbox(m), _unbox(v)
-    if jnp.ndim(m) == 0:  # non-prunable placeholder
+    if _is_placeholder(m) or jnp.ndim(m) == 0:  # a non-prunable leaf
       return None
     m = jnp.abs(_f32(m)) if signed_first_moment else m
     return ema_factor(m, v, n, b1, b2, eps)
 
-  return jax.tree.map(leaf, state.grad_ema, state.sq_grad_ema, is_leaf=_is_box)
+  is_leaf = lambda x: _is_box(x) or _is_placeholder(x)
+  return jax.tree.map(leaf, state.grad_ema, state.sq_grad_ema, is_leaf=is_leaf)
+
+
+def _is_placeholder(x) -> bool:
+  # Non-prunable leaves carry no statistics: a 0-d array, or an empty node
+  # (optax.MaskedNode, seven_jax's AllKept) depending on the library version.
+  return type(x).__name__ in ("MaskedNode", "AllKept")
 
 
 def _is_box(x) -> bool:

@@ -58,14 +58,40 @@ class SentinelSets(NamedTuple):
   neither: Any
 
 
+def _is_box(x) -> bool:
+  # flax.nnx State leaves are Variable boxes (nnx.Param(...)) around the array.
+  return hasattr(x, "value") and not isinstance(x, (jax.Array, np.ndarray))
+
+
+def _unbox(x):
+  return x.value if _is_box(x) else x
+
+
 def named_leaves(tree: Any, prunable: Optional[Any] = None) -> list[tuple[str, Any]]:
-  """``[(path, leaf)]`` of the prunable leaves (``ndim >= 2`` by default)."""
-  flat, treedef = jax.tree_util.tree_flatten_with_path(tree)
+  """``[(path, leaf)]`` of the prunable leaves (``ndim >= 2`` by default).
+
+  ``flax.nnx`` Variable boxes count as leaves (their value is returned), so
+  an ``nnx.State`` of parameters pairs with a plain bool ``prunable`` tree.
+  """
+  flat = [
+    (path_str(p), _unbox(leaf))
+    for p, leaf in jax.tree_util.tree_flatten_with_path(tree, is_leaf=_is_box)[0]
+  ]
   if prunable is None:
-    keep = [np.ndim(leaf) >= 2 for _, leaf in flat]
-  else:
-    keep = [bool(x) for x in treedef.flatten_up_to(prunable)]
-  return [(path_str(p), leaf) for (p, leaf), k in zip(flat, keep) if k]
+    return [(name, leaf) for name, leaf in flat if np.ndim(leaf) >= 2]
+  # Matched by path, so containers may differ (an nnx.State and a dict).
+  spec = {
+    path_str(p): bool(_unbox(x))
+    for p, x in jax.tree_util.tree_flatten_with_path(prunable, is_leaf=_is_box)[0]
+  }
+  missing = [name for name, _ in flat if name not in spec]
+  if missing:
+    raise ValueError(
+      f"prunable has no entry for leaves {missing[:3]} (and {len(missing) - 3} more)."
+      if len(missing) > 3
+      else f"prunable has no entry for leaves {missing}."
+    )
+  return [(name, leaf) for name, leaf in flat if spec[name]]
 
 
 def _check_same(a_named, b_named, what="masks"):
