@@ -381,8 +381,9 @@ def run_grid(
   runner: Callable = subprocess_runner,
   overrides: Optional[dict] = None,
   print_fn: Callable = print,
+  jobs: int = 1,
 ) -> dict:
-  """Runs every unfinished cell; returns ``{"ran", "skipped", "failed"}`` keys.
+  """Runs every unfinished cell (``jobs`` at a time, in grid order); returns ``{"ran", "skipped", "failed"}`` keys.
 
   A cell is skipped when its ``results.json`` is complete and its config
   agrees with the cell's flags (:func:`is_finished`); a cell with a checkpoint but no complete
@@ -405,15 +406,31 @@ def run_grid(
       indent=2,
     )
   )
-  done = {"ran": [], "skipped": [], "failed": []}
+  done = {"ran": [], "skipped": [], "failed": [], "busy": []}
   todo = cells(grid)
+  pending = []
   for i, cell in enumerate(todo):
     folder = run_dir(out, cell)
     expected = _expected_config(cell_flags(grid, cell, folder, overrides))
     if is_finished(folder, expected):
       done["skipped"].append(cell.key)
-      continue
+    else:
+      pending.append((i, cell, folder, expected))
+
+  def one(item):
+    i, cell, folder, expected = item
     folder.mkdir(parents=True, exist_ok=True)
+    if not _take_lock(folder):
+      print_fn(
+        f"[{i + 1}/{len(todo)}] {cell.key}: another study process runs it, skipped", flush=True
+      )
+      return cell.key, None
+    try:
+      return _run_one(i, cell, folder, expected)
+    finally:
+      (folder / LOCK).unlink(missing_ok=True)
+
+  def _run_one(i, cell, folder, expected):
     resume = has_checkpoint(folder)
     start = time.time()
     print_fn(f"[{i + 1}/{len(todo)}] {cell.key}{' (resuming)' if resume else ''}", flush=True)
@@ -421,10 +438,47 @@ def run_grid(
       grid, cell_argv(grid, cell, folder, overrides), resume=resume, log_path=folder / "run.log"
     )
     ok = rc == 0 and is_finished(folder, expected)
-    done["ran" if ok else "failed"].append(cell.key)
     status = "done" if ok else f"FAILED (rc {rc}, see {folder / 'run.log'})"
-    print_fn(f"    {status} in {time.time() - start:.0f} s", flush=True)
+    print_fn(f"    {cell.key}: {status} in {time.time() - start:.0f} s", flush=True)
+    return cell.key, ok
+
+  if jobs <= 1:
+    results = [one(item) for item in pending]
+  else:  # cells are independent processes; threads only wait for them
+    from concurrent.futures import ThreadPoolExecutor
+
+    with ThreadPoolExecutor(jobs) as pool:
+      results = list(pool.map(one, pending))
+  for key, ok in results:
+    done["busy" if ok is None else "ran" if ok else "failed"].append(key)
   return done
+
+
+LOCK = ".study.lock"
+
+
+def _take_lock(folder: pathlib.Path) -> bool:
+  """Claims a cell for this process (a lock file with its pid), so that two
+  study processes on one grid folder never run the same cell; a lock whose
+  process is gone is taken over."""
+  path = folder / LOCK
+  for _ in range(2):
+    try:
+      fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
+    except FileExistsError:
+      try:
+        pid = int(path.read_text().strip() or 0)
+        os.kill(pid, 0)
+        return False  # alive
+      except (ValueError, ProcessLookupError, FileNotFoundError):
+        path.unlink(missing_ok=True)  # stale
+        continue
+      except PermissionError:
+        return False
+    with os.fdopen(fd, "w") as f:
+      f.write(str(os.getpid()))
+    return True
+  return False
 
 
 # -------------------------------------------------------------- aggregation
@@ -752,6 +806,7 @@ def main(argv=None, *, runner: Callable = subprocess_runner) -> dict:
   parser.add_argument("--steps", type=int, default=None, help="fine-tuning steps of every run")
   parser.add_argument("--prune-before-steps", type=int, default=None, help="scoring batches K")
   parser.add_argument("--lr", type=float, default=None, help="fine-tuning learning rate")
+  parser.add_argument("--jobs", type=int, default=1, help="runs at a time (default 1)")
   parser.add_argument(
     "--reference", default=None, help="variant the paired differences are against"
   )
@@ -810,7 +865,9 @@ def main(argv=None, *, runner: Callable = subprocess_runner) -> dict:
     return {"grid": grid, "cost": cost}
   done = None
   if not args.report_only:
-    done = run_grid(grid, out, runner=runner, overrides=overrides)
+    if args.jobs < 1:
+      parser.error(f"--jobs must be >= 1, got {args.jobs}")
+    done = run_grid(grid, out, runner=runner, overrides=overrides, jobs=args.jobs)
     print(
       f"ran {len(done['ran'])}, skipped {len(done['skipped'])} finished, failed {len(done['failed'])}"
     )

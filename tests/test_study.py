@@ -274,3 +274,22 @@ def test_nocorr_fallback_is_accumulated_abs_w_g_on_the_cubic_schedule():
     for key in set(scores.PRE_METHODS) - before_pre:
       del scores.PRE_METHODS[key]
   assert "seven_pre_nocorr" not in seven_jax.methods()
+
+
+def test_parallel_jobs_and_locks(tmp_path):
+  grid = _small_grid(seeds=(0, 1))
+  runner = FakeRunner()
+  done = study.run_grid(grid, tmp_path, runner=runner, jobs=3, print_fn=lambda *a, **k: None)
+  assert sorted(done["ran"]) == sorted(c.key for c in study.cells(grid))
+  assert len(study.collect(grid, tmp_path)) == 16
+  # A cell another live process holds is left alone; a stale lock is taken over.
+  cell = study.cells(grid)[0]
+  folder = study.run_dir(tmp_path, cell)
+  for f in folder.glob("*/results.json"):
+    f.unlink()
+  (folder / study.LOCK).write_text(str(study.os.getpid()))
+  busy = study.run_grid(grid, tmp_path, runner=runner, print_fn=lambda *a, **k: None)
+  assert busy["busy"] == [cell.key] and busy["ran"] == []
+  (folder / study.LOCK).write_text("999999999")  # no such process
+  again = study.run_grid(grid, tmp_path, runner=runner, print_fn=lambda *a, **k: None)
+  assert again["ran"] == [cell.key] and not (folder / study.LOCK).exists()
