@@ -18,9 +18,29 @@ def test_readme_example_runs(index):
   exec(compile(EXAMPLES[index], f"README example {index}", "exec"), {"__name__": "readme"})
 
 
+def _ci_commands():
+  """The command lines of .ci/run (comments and blank lines dropped)."""
+  lines = (README.parent / ".ci" / "run").read_text().splitlines()
+  return [ln.strip() for ln in lines if ln.strip() and not ln.lstrip().startswith("#")]
+
+
 def test_first_two_commands_set_up_run_and_test():
   blocks = re.findall(r"```bash\n(.*?)```", README.read_text(), re.S)
   setup, tests = blocks[0].strip(), blocks[1].strip()
   assert "pip install -r requirements.txt" in setup and "python -m experiments." in setup
-  ci = (README.parent / ".ci" / "run").read_text()
-  assert tests in ci, "CI must run the README's test command"
+  # The first command creates .venv and activates it only in its own shell: the
+  # second must activate it again to work as written in a new shell.
+  assert setup.startswith("python3 -m venv .venv && . .venv/bin/activate && "), setup
+  assert tests.startswith(". .venv/bin/activate && python -m pytest "), tests
+  ci = _ci_commands()
+  assert tests in ci, f"CI must run the README's test command as a line of its own: {tests!r}"
+
+
+def test_ci_runs_the_slow_tests_after_the_default_run_and_the_readme_says_how():
+  ci = _ci_commands()
+  default = next(c for c in ci if c.endswith("python -m pytest -q -rs"))
+  slow = next(c for c in ci if "python -m pytest" in c and "-m slow" in c)
+  assert ci.index(slow) > ci.index(default)
+  assert "set -euo pipefail" in ci  # the slow step runs only when the default one passed
+  assert ci.index("set -euo pipefail") < ci.index(default)
+  assert slow in README.read_text(), f"the README must name CI's slow step: {slow!r}"

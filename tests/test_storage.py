@@ -53,14 +53,21 @@ def test_accumulating_small_increments_does_not_stall():
   rng = np.random.default_rng(0)
   steps, n = 1000, 4096
   inc = jnp.asarray(rng.uniform(0.5, 1.5, n).astype(np.float32)) * 1e-3
-  add = jax.jit(
-    lambda s, p: storage.store(s.astype(jnp.float32) + inc, np.dtype(jnp.bfloat16), p, 0)
-  )
-  nearest = jax.jit(lambda s: (s.astype(jnp.float32) + inc).astype(jnp.bfloat16))
-  s_sr = jnp.zeros(n, jnp.bfloat16)
-  s_rn = jnp.zeros(n, jnp.bfloat16)
-  for p in range(steps):
-    s_sr, s_rn = add(s_sr, p), nearest(s_rn)
+
+  @jax.jit
+  def accumulate():
+    # One scan over the steps (the step index seeds the rounding noise).
+    def body(carry, p):
+      s_sr, s_rn = carry
+      s_sr = storage.store(s_sr.astype(jnp.float32) + inc, np.dtype(jnp.bfloat16), p, 0)
+      s_rn = (s_rn.astype(jnp.float32) + inc).astype(jnp.bfloat16)
+      return (s_sr, s_rn), None
+
+    zeros = jnp.zeros(n, jnp.bfloat16)
+    return jax.lax.scan(body, (zeros, zeros), jnp.arange(steps, dtype=jnp.int32))[0]
+
+  s_sr, s_rn = accumulate()
+  assert s_sr.dtype == s_rn.dtype == jnp.bfloat16
   exact = np.asarray(inc, np.float64) * steps
   rel_sr = np.asarray(s_sr, np.float64) / exact - 1
   rel_rn = np.asarray(s_rn, np.float64) / exact - 1
@@ -118,7 +125,8 @@ def _mlp_run(stats_dtype, steps=60, sparsity=0.7):
 def test_bf16_statistics_keep_every_invariant_and_mostly_the_same_mask():
   _, state32, hist32 = _mlp_run(jnp.float32)
   _, state16, hist16 = _mlp_run(jnp.bfloat16)
-  assert state16.scores["w1"].dtype == jnp.bfloat16
+  assert seven_jax.find_state(state16).scores["w1"].dtype == jnp.bfloat16
+  assert seven_jax.find_state(state32).scores["w1"].dtype == jnp.float32
   total = 32 * 64 + 64 * 8
   final16 = hist16[-1]
   assert sum(int(final16[k].sum()) for k in ("w1", "w2")) == int(0.3 * total)

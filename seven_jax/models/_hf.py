@@ -18,10 +18,14 @@ other          same name              none (e.g. ViT ``cls_token``)
 
 from __future__ import annotations
 
+import dataclasses
 import json
+import math
 import os
 import pathlib
-from typing import Any, Iterable
+import typing
+from collections.abc import Callable, Iterable
+from typing import Any
 
 import jax
 import numpy as np
@@ -75,26 +79,200 @@ def resolve_dir(path_or_id: str | os.PathLike) -> pathlib.Path:
     ) from e
 
 
+CONFIG = "config.json"
+
+
 def read_config(ckpt_dir: pathlib.Path) -> dict:
-  f = ckpt_dir / "config.json"
+  """The ``config.json`` of a checkpoint directory as a dict.
+
+  Raises:
+    FileNotFoundError: when the directory has no ``config.json``.
+    ValueError: naming the file when it is empty, truncated, not JSON, or
+      JSON that is not an object.
+  """
+  f = pathlib.Path(ckpt_dir) / CONFIG
   if not f.is_file():
-    raise FileNotFoundError(f"no config.json in checkpoint directory {ckpt_dir}")
-  return json.loads(f.read_text())
+    raise FileNotFoundError(f"no {CONFIG} in checkpoint directory {ckpt_dir}")
+  try:
+    text = f.read_text()
+  except UnicodeDecodeError as e:
+    raise ValueError(f"{f} is not a text file ({e}); expected a JSON config") from e
+  try:
+    d = json.loads(text)
+  except json.JSONDecodeError as e:
+    what = "is empty" if not text.strip() else f"is not valid JSON ({e.msg} at line {e.lineno})"
+    raise ValueError(
+      f"{f} {what}: expected a Hugging Face config (a JSON object); the file may be truncated"
+    ) from e
+  if not isinstance(d, dict):
+    raise ValueError(
+      f"{f} holds a JSON {type(d).__name__}, not an object: expected a Hugging Face "
+      'config ({"hidden_size": ..., ...})'
+    )
+  return d
+
+
+def load_config(config_cls, ckpt_dir: pathlib.Path, overrides: dict):
+  """``config_cls.from_dict`` of the directory's ``config.json``.
+
+  Raises:
+    TypeError, ValueError: those of the config class, with the file (and the
+      overrides, when given) named in front of the message.
+  """
+  d = read_config(ckpt_dir)
+  try:
+    return config_cls.from_dict(d, **overrides)
+  except (TypeError, ValueError) as e:
+    where = str(pathlib.Path(ckpt_dir) / CONFIG)
+    if overrides:
+      where += f" (with overrides {', '.join(sorted(overrides))})"
+    raise type(e)(f"{where}: {e}") from e
+
+
+# ------------------------------------------------------------ config classes
+
+
+def config_from_dict(cls, d: dict, overrides: dict):
+  """A config dataclass from a Hugging Face ``config.json`` dict.
+
+  Unknown keys (``architectures``, ``transformers_version``, ...) are
+  ignored, ``num_labels`` is inferred from ``id2label`` when absent, and the
+  overrides win. A ``model_type`` outside ``cls.MODEL_TYPES`` (a ViT config
+  next to BERT weights) is refused.
+
+  Raises:
+    TypeError: for an override that is not a field of ``cls``.
+    ValueError: for another model type.
+  """
+  model_type = d.get("model_type")
+  if model_type is not None and model_type not in cls.MODEL_TYPES:
+    raise ValueError(
+      f"model_type {model_type!r} is not a {cls.__name__} checkpoint "
+      f"(expected {' or '.join(map(repr, cls.MODEL_TYPES))})"
+    )
+  names = {f.name for f in dataclasses.fields(cls)}
+  unknown = sorted(set(overrides) - names)
+  if unknown:
+    raise TypeError(
+      f"unknown {cls.__name__} field(s) {', '.join(unknown)}; valid: {', '.join(sorted(names))}"
+    )
+  kw = {k: v for k, v in d.items() if k in names}
+  if "num_labels" not in kw and isinstance(d.get("id2label"), dict):
+    kw["num_labels"] = len(d["id2label"])
+  kw.update(overrides)
+  return cls(**kw)
+
+
+def config_to_hf_dict(cfg, **extra) -> dict:
+  """A ``config.json`` dict: every field but ``dtype``, labels as id2label/label2id."""
+  d = {f.name: getattr(cfg, f.name) for f in dataclasses.fields(cfg)}
+  d.pop("dtype")
+  num_labels = d.pop("num_labels")
+  d.update(
+    model_type=type(cfg).MODEL_TYPES[0],
+    id2label={str(i): f"LABEL_{i}" for i in range(num_labels)},
+    label2id={f"LABEL_{i}": i for i in range(num_labels)},
+    **extra,
+  )
+  return d
+
+
+def _kind(hint) -> tuple[Any, bool]:
+  """(base type, whether None is allowed) of a config field annotation."""
+  if typing.get_origin(hint) is typing.Union:
+    args = [a for a in typing.get_args(hint) if a is not type(None)]
+    return (args[0] if len(args) == 1 else Any), True
+  return hint, False
+
+
+def check_config(cfg) -> None:
+  """Checks the type and range of every field of a model config dataclass.
+
+  From the annotations: ``int`` fields (sizes and counts) are integers >= 1;
+  ``float`` fields finite numbers, with dropout rates (``*dropout*``,
+  ``*_prob``) in [0, 1), ``layer_norm_eps`` > 0 and ``initializer_range``
+  >= 0; ``str`` and ``bool`` fields of that type; ``Optional`` fields may
+  be ``None``; ``Any`` (``dtype``) is not checked.
+
+  Raises:
+    TypeError: naming the field, the value and the expected type.
+    ValueError: naming the field, the value and the allowed range.
+  """
+  hints = typing.get_type_hints(type(cfg))
+  for f in dataclasses.fields(cfg):
+    kind, optional = _kind(hints[f.name])
+    value = getattr(cfg, f.name)
+    if kind is Any or (optional and value is None):
+      continue
+    got = f"got {value!r} ({type(value).__name__})"
+    if kind is bool:
+      if not isinstance(value, bool):
+        raise TypeError(f"{f.name} must be true or false, {got}")
+    elif kind is int:
+      if isinstance(value, bool) or not isinstance(value, int):
+        raise TypeError(f"{f.name} must be an integer, {got}")
+      if value < 1:
+        raise ValueError(f"{f.name} must be >= 1, got {value}")
+    elif kind is float:
+      if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise TypeError(f"{f.name} must be a number, {got}")
+      if not math.isfinite(value):
+        raise ValueError(f"{f.name} must be finite, got {value}")
+      if ("dropout" in f.name or f.name.endswith("_prob")) and not 0 <= value < 1:
+        raise ValueError(f"{f.name} is a dropout rate and must be in [0, 1), got {value}")
+      if f.name == "layer_norm_eps" and value <= 0:
+        raise ValueError(f"layer_norm_eps must be > 0, got {value}")
+      if f.name == "initializer_range" and value < 0:
+        raise ValueError(f"initializer_range must be >= 0, got {value}")
+    elif kind is str:
+      if not isinstance(value, str):
+        raise TypeError(f"{f.name} must be a string, {got}")
+
+
+def check_divides(cfg, divisor: str, dividend: str) -> None:
+  """Raises ValueError unless ``cfg.<divisor>`` divides ``cfg.<dividend>``."""
+  a, b = getattr(cfg, divisor), getattr(cfg, dividend)
+  if b % a:
+    raise ValueError(f"{dividend} ({b}) must be divisible by {divisor} ({a})")
+
+
+# ------------------------------------------------------------------ weights
+
+
+def _load_safetensors(f: pathlib.Path) -> dict[str, np.ndarray]:
+  from safetensors.numpy import load_file  # pylint: disable=g-import-not-at-top
+
+  if not f.is_file():
+    raise FileNotFoundError(f"{f} is missing (named by {SAFETENSORS_INDEX})")
+  try:
+    return dict(load_file(str(f)))
+  except Exception as e:  # noqa: BLE001 - SafetensorError, OSError: a damaged file
+    raise ValueError(
+      f"{f} is not a readable safetensors file ({type(e).__name__}: {e}); it may be "
+      "truncated or damaged: export or download it again"
+    ) from e
 
 
 def load_state_dict(ckpt_dir: pathlib.Path) -> dict[str, np.ndarray]:
-  """Reads PyTorch-layout weights from ``ckpt_dir`` as numpy arrays."""
+  """Reads PyTorch-layout weights from ``ckpt_dir`` as numpy arrays.
+
+  Raises:
+    FileNotFoundError: no weights file, or a shard named by the index is missing.
+    ValueError: naming the file when it is damaged (truncated, not safetensors).
+  """
   if (ckpt_dir / SAFETENSORS).is_file():
-    from safetensors.numpy import load_file  # pylint: disable=g-import-not-at-top
-
-    return dict(load_file(str(ckpt_dir / SAFETENSORS)))
+    return _load_safetensors(ckpt_dir / SAFETENSORS)
   if (ckpt_dir / SAFETENSORS_INDEX).is_file():
-    from safetensors.numpy import load_file  # pylint: disable=g-import-not-at-top
-
-    index = json.loads((ckpt_dir / SAFETENSORS_INDEX).read_text())
+    index_file = ckpt_dir / SAFETENSORS_INDEX
+    try:
+      shards = sorted(set(json.loads(index_file.read_text())["weight_map"].values()))
+    except (ValueError, KeyError, TypeError, AttributeError) as e:
+      raise ValueError(
+        f"{index_file} is not a safetensors index (a JSON object with a weight_map): {e!r}"
+      ) from e
     out = {}
-    for shard in sorted(set(index["weight_map"].values())):
-      out.update(load_file(str(ckpt_dir / shard)))
+    for shard in shards:
+      out.update(_load_safetensors(ckpt_dir / shard))
     return out
   if (ckpt_dir / PYTORCH_BIN).is_file():
     try:
@@ -284,3 +462,73 @@ def build_and_load(make, sd: dict[str, np.ndarray], *, prefix: str, optional: tu
   )
   params = jax.tree.map(jax.numpy.asarray, params)
   return nnx.merge(graphdef, params, rest), fresh
+
+
+# ------------------------------------------------------- model entry points
+
+
+def from_pretrained(
+  path_or_id: str | os.PathLike,
+  *,
+  config_cls,
+  tasks: dict,
+  task: str,
+  prefix: str,
+  seed: int,
+  return_info: bool,
+  overrides: dict,
+):
+  """The body of every model's ``from_pretrained``.
+
+  Args:
+    path_or_id: checkpoint directory or a cached Hub id.
+    config_cls: the model's config dataclass.
+    tasks: ``{task name: (module class, head attribute names)}``; heads may
+      be absent from the checkpoint (or another size) and then stay fresh.
+    task: a key of ``tasks``.
+    prefix: the base-model attribute of task checkpoints (``"bert"``, ...).
+    seed: seed of the fresh parts and of dropout.
+    return_info: also return ``{"newly_initialized": [keys]}``.
+    overrides: config fields that win over ``config.json``.
+  """
+  from flax import nnx  # pylint: disable=g-import-not-at-top
+
+  if task not in tasks:
+    raise ValueError(f"task must be one of {sorted(tasks)}, got {task!r}")
+  ckpt = resolve_dir(path_or_id)
+  cfg = load_config(config_cls, ckpt, overrides)
+  cls, heads = tasks[task]
+  sd = load_state_dict(ckpt)
+  model, fresh = build_and_load(
+    lambda: cls(cfg, rngs=nnx.Rngs(seed)), sd, prefix=prefix, optional=heads
+  )
+  return (model, {"newly_initialized": fresh}) if return_info else model
+
+
+def param_tree(model_or_params):
+  """``nnx.state(model, nnx.Param)`` of a module; any other pytree as given."""
+  from flax import nnx  # pylint: disable=g-import-not-at-top
+
+  if isinstance(model_or_params, nnx.Module):
+    return nnx.state(model_or_params, nnx.Param)
+  return model_or_params
+
+
+def to_hf_state_dict(model_or_params) -> dict[str, np.ndarray]:
+  """PyTorch-layout state dict with Hugging Face key names (model or param state)."""
+  return state_dict_from_params(param_tree(model_or_params))
+
+
+def prunable_tree(params_or_model, is_prunable: Callable[[tuple[str, ...]], bool]):
+  """Bool pytree: ``is_prunable(path names)`` for every parameter leaf.
+
+  The tree has the structure of ``nnx.as_pure(param_state)``: nnx.Optimizer
+  calls ``tx.init`` on the wrapped state but ``tx.update`` on the pure one,
+  and a tree of bare bools is a tree prefix of both, so it works as an optax
+  mask either way. Accepts a module, its param state, a pure dict, an
+  abstract state, or a Hugging Face Flax params dict.
+  """
+  from flax import nnx  # pylint: disable=g-import-not-at-top
+
+  tree = nnx.as_pure(param_tree(params_or_model))
+  return jax.tree_util.tree_map_with_path(lambda p, _: is_prunable(path_names(p)), tree)

@@ -1,17 +1,6 @@
-"""Shared fixtures for model tests. Everything runs offline."""
+"""Fixtures of the model tests. Everything runs offline (see tests/conftest.py)."""
 
-import os
-
-# Set before transformers / huggingface_hub are imported anywhere.
-os.environ.setdefault("HF_HUB_OFFLINE", "1")
-os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
-
-import warnings  # noqa: E402
-
-import pytest  # noqa: E402
-
-warnings.filterwarnings("ignore", message=".*TensorFlow and JAX classes.*")
+import pytest
 
 
 @pytest.fixture(scope="session")

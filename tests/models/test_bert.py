@@ -11,6 +11,7 @@ from flax import nnx
 
 import seven_jax.export
 from seven_jax.models import bert
+from tests._helpers import assert_bf16_close, max_abs_diff
 
 transformers = pytest.importorskip("transformers")
 
@@ -35,10 +36,6 @@ def _batch(vocab, b=3, s=12, seed=0):
   return ids, mask, tt
 
 
-def _maxdiff(a, b):
-  return float(np.max(np.abs(np.asarray(a, np.float32) - np.asarray(b, np.float32))))
-
-
 @pytest.fixture(scope="module")
 def tiny_dir(tmp_path_factory):
   """A random tiny BertForSequenceClassification written in HF format."""
@@ -55,15 +52,15 @@ def test_tiny_parity_base_and_classifier(tiny_dir):
   ours = bert.from_pretrained(d, task="sequence_classification")
   ours.eval()
   hf = transformers.FlaxBertForSequenceClassification.from_pretrained(d)
-  assert _maxdiff(ours(ids, mask, tt), hf(ids, mask, tt).logits) < 1e-5
+  assert max_abs_diff(ours(ids, mask, tt), hf(ids, mask, tt).logits) < 1e-5
 
   base = bert.from_pretrained(d)  # "bert." prefixed keys into a bare model
   base.eval()
   hf_base = transformers.FlaxBertModel.from_pretrained(d)
   h, pooled = base(ids, mask, tt)
   o = hf_base(ids, mask, tt)
-  assert _maxdiff(h, o.last_hidden_state) < 1e-5
-  assert _maxdiff(pooled, o.pooler_output) < 1e-5
+  assert max_abs_diff(h, o.last_hidden_state) < 1e-5
+  assert max_abs_diff(pooled, o.pooler_output) < 1e-5
 
 
 def test_tiny_parity_question_answering(tmp_path):
@@ -76,10 +73,17 @@ def test_tiny_parity_question_answering(tmp_path):
   s, e = model(ids, mask, tt)
   o = hf(ids, mask, tt)
   assert s.shape == ids.shape
-  assert _maxdiff(s, o.start_logits) < 1e-5
-  assert _maxdiff(e, o.end_logits) < 1e-5
-  loss = bert.span_loss(s, e, jnp.array([1, 2, 3]), jnp.array([4, 5, 6]))
-  assert np.isfinite(loss)
+  assert max_abs_diff(s, o.start_logits) < 1e-5
+  assert max_abs_diff(e, o.end_logits) < 1e-5
+  starts, ends = np.array([1, 2, 3]), np.array([4, 5, 6])
+  loss = bert.span_loss(s, e, jnp.asarray(starts), jnp.asarray(ends))
+
+  def ce(logits, pos):  # numpy cross-entropy, mean over the batch
+    logits = np.asarray(logits, np.float64)
+    logz = np.log(np.exp(logits - logits.max(1, keepdims=True)).sum(1)) + logits.max(1)
+    return np.mean(logz - logits[np.arange(len(pos)), pos])
+
+  np.testing.assert_allclose(float(loss), 0.5 * (ce(s, starts) + ce(e, ends)), rtol=1e-5)
 
 
 def test_regression_head_single_output(tmp_path):
@@ -92,7 +96,7 @@ def test_regression_head_single_output(tmp_path):
   seven_jax.export.export_pruned(model, cfg, tmp_path)
   hf = transformers.FlaxBertForSequenceClassification.from_pretrained(tmp_path)
   assert hf.config.num_labels == 1
-  assert _maxdiff(out, hf(ids, mask, tt).logits) < 1e-5
+  assert max_abs_diff(out, hf(ids, mask, tt).logits) < 1e-5
   loss = bert.sequence_classification_loss(out, jnp.array([0.5, 1.0, 2.0]))
   np.testing.assert_allclose(
     loss, np.mean((np.asarray(out)[:, 0] - [0.5, 1.0, 2.0]) ** 2), rtol=1e-6
@@ -131,7 +135,7 @@ def test_minilm_parity_real_checkpoint(minilm_path, minilm):
   hf = transformers.FlaxBertModel.from_pretrained(str(minilm_path))
   h, pooled = model.bert(ids, mask, tt)
   o = hf(ids, mask, tt)
-  d_h, d_p = _maxdiff(h, o.last_hidden_state), _maxdiff(pooled, o.pooler_output)
+  d_h, d_p = max_abs_diff(h, o.last_hidden_state), max_abs_diff(pooled, o.pooler_output)
   print(f"MiniLM parity: hidden {d_h:.3g}, pooler {d_p:.3g}, our load {load_s:.2f}s")
   assert d_h < 1e-5 and d_p < 1e-5
 
@@ -147,7 +151,7 @@ def test_minilm_parity_real_checkpoint(minilm_path, minilm):
       "bias": np.asarray(model.classifier.bias[...]),
     },
   }
-  d_c = _maxdiff(model(ids, mask, tt), hfc(ids, mask, tt, params=p).logits)
+  d_c = max_abs_diff(model(ids, mask, tt), hfc(ids, mask, tt, params=p).logits)
   print(f"MiniLM classifier logits max diff {d_c:.3g}")
   assert d_c < 1e-5
 
@@ -169,10 +173,9 @@ def test_bf16_compute_params_stay_float32():
   ids, mask, tt = _batch(TINY["vocab_size"])
   fwd = nnx.jit(lambda m: (m.bert(ids, mask, tt)[0], m(ids, mask, tt)))
   h16, out16 = fwd(m16)
-  assert h16.dtype == jnp.bfloat16
-  out32 = fwd(m32)[1]
-  assert out16.dtype == jnp.float32
-  assert _maxdiff(out16, out32) < 5e-2
+  h32, out32 = fwd(m32)
+  assert h16.dtype == jnp.bfloat16 and out16.dtype == jnp.float32
+  assert_bf16_close(h16, h32, out16, out32)
   # Gradients w.r.t. float32 params are float32.
   g = nnx.jit(nnx.grad(lambda m: m(ids, mask, tt).sum()))(m16)
   assert {x.dtype for x in jax.tree.leaves(g)} == {jnp.dtype("float32")}

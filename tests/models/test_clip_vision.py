@@ -10,6 +10,7 @@ from flax import nnx
 
 from seven_jax.export import export_pruned
 from seven_jax.models import clip_vision
+from tests._helpers import assert_bf16_close, max_abs_diff
 
 transformers = pytest.importorskip("transformers")
 
@@ -24,10 +25,6 @@ TINY = dict(
 )
 
 
-def _maxdiff(a, b):
-  return float(np.max(np.abs(np.asarray(a, np.float32) - np.asarray(b, np.float32))))
-
-
 def test_tiny_parity_and_full_clip_config(tmp_path):
   cfg = clip_vision.CLIPVisionConfig(**TINY)
   model = clip_vision.CLIPVisionModel(cfg, rngs=nnx.Rngs(0))
@@ -37,8 +34,8 @@ def test_tiny_parity_and_full_clip_config(tmp_path):
   x = np.random.default_rng(0).normal(size=(2, 3, 16, 16)).astype(np.float32)
   h, pooled = model(x)
   o = hf(x)
-  d_h = _maxdiff(h, o.last_hidden_state)
-  d_p = _maxdiff(pooled, o.pooler_output)
+  d_h = max_abs_diff(h, o.last_hidden_state)
+  d_p = max_abs_diff(pooled, o.pooler_output)
   print(f"CLIP vision parity: hidden {d_h:.3g}, pooled {d_p:.3g}")
   assert d_h < 1e-5 and d_p < 1e-5
 
@@ -52,7 +49,7 @@ def test_tiny_parity_and_full_clip_config(tmp_path):
   m2, info = clip_vision.from_pretrained(full, task="image_classification", return_info=True)
   assert sorted(info["newly_initialized"]) == ["classifier.bias", "classifier.weight"]
   m2.eval()
-  assert _maxdiff(m2.vision_model(x)[0], h) == 0.0
+  assert max_abs_diff(m2.vision_model(x)[0], h) == 0.0
   assert m2(x).shape == (2, 3)
 
 
@@ -77,5 +74,7 @@ def test_bf16(tmp_path):
     clip_vision.CLIPVisionConfig(**TINY, dtype=jnp.bfloat16), rngs=nnx.Rngs(0)
   )
   x = np.random.default_rng(0).normal(size=(2, 3, 16, 16)).astype(np.float32)
-  f = nnx.jit(lambda m: m(x)[1])
-  assert _maxdiff(f(m16), f(m32)) < 5e-2
+  f = nnx.jit(lambda m: m(x))
+  (h16, pooled16), (h32, pooled32) = f(m16), f(m32)
+  assert h16.dtype == jnp.bfloat16
+  assert_bf16_close(h16, h32, pooled16, pooled32)

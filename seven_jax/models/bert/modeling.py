@@ -13,12 +13,14 @@ LayerNorm statistics and the attention softmax stay in float32.
 from __future__ import annotations
 
 import dataclasses
-import math
-from typing import Any, Optional
+from typing import Any, ClassVar, Optional
 
 import jax
 import jax.numpy as jnp
 from flax import nnx
+
+from seven_jax.models import _hf
+from seven_jax.models import _layers
 
 
 @dataclasses.dataclass
@@ -32,8 +34,9 @@ class BertConfig:
     num_attention_heads: number of attention heads; must divide
       ``hidden_size``.
     intermediate_size: width of the feed-forward block.
-    hidden_act: ``"gelu"`` (exact erf GELU, as Hugging Face) or
-      ``"gelu_new"``/``"gelu_pytorch_tanh"`` (tanh approximation) or ``"relu"``.
+    hidden_act: ``"gelu"`` (exact erf GELU, as Hugging Face), its tanh
+      approximation ``"gelu_new"``/``"gelu_pytorch_tanh"``, or another name
+      of :data:`seven_jax.models._layers.ACTIVATIONS` (``"relu"``, ...).
     hidden_dropout_prob: dropout on embeddings and residual branches.
     attention_probs_dropout_prob: dropout on attention probabilities.
     max_position_embeddings: number of learned positions.
@@ -62,83 +65,41 @@ class BertConfig:
   classifier_dropout: Optional[float] = None
   dtype: Any = jnp.float32
 
+  MODEL_TYPES: ClassVar[tuple[str, ...]] = ("bert",)
+
   def __post_init__(self):
-    if self.hidden_size % self.num_attention_heads:
-      raise ValueError(
-        f"hidden_size ({self.hidden_size}) must be divisible by "
-        f"num_attention_heads ({self.num_attention_heads})"
-      )
-    if self.num_labels < 1:
-      raise ValueError(f"num_labels must be >= 1, got {self.num_labels}")
-    _activation(self.hidden_act)  # fail early on an unknown activation
+    _hf.check_config(self)
+    _hf.check_divides(self, "num_attention_heads", "hidden_size")
+    _layers.activation(self.hidden_act)  # fail early on an unknown activation
 
   @classmethod
   def from_dict(cls, d: dict, **overrides) -> "BertConfig":
     """Builds a config from a Hugging Face ``config.json`` dict.
 
-    Unknown keys (``architectures``, ``model_type``, ...) are ignored, and
-    ``num_labels`` is inferred from ``id2label`` when present.
+    Unknown keys (``architectures``, ...) are ignored, and ``num_labels`` is
+    inferred from ``id2label`` when present.
     """
-    names = {f.name for f in dataclasses.fields(cls)}
-    kw = {k: v for k, v in d.items() if k in names}
-    if "num_labels" not in kw and "id2label" in d:
-      kw["num_labels"] = len(d["id2label"])
     if d.get("position_embedding_type", "absolute") != "absolute":
       raise ValueError(
         "only position_embedding_type='absolute' is supported, got "
         f"{d['position_embedding_type']!r}"
       )
-    kw.update(overrides)
-    return cls(**kw)
+    return _hf.config_from_dict(cls, d, overrides)
 
   def to_hf_dict(self) -> dict:
     """Returns a ``config.json`` dict that transformers' ``BertConfig`` reads."""
-    d = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
-    d.pop("dtype")
-    num_labels = d.pop("num_labels")
-    d.update(
-      model_type="bert",
-      architectures=["BertModel"],
-      position_embedding_type="absolute",
-      pad_token_id=0,
-      id2label={str(i): f"LABEL_{i}" for i in range(num_labels)},
-      label2id={f"LABEL_{i}": i for i in range(num_labels)},
+    return _hf.config_to_hf_dict(
+      self, architectures=["BertModel"], position_embedding_type="absolute", pad_token_id=0
     )
-    return d
-
-
-def _activation(name: str):
-  if name == "gelu":
-    return lambda x: jax.nn.gelu(x, approximate=False)
-  if name in ("gelu_new", "gelu_pytorch_tanh", "gelu_fast"):
-    return lambda x: jax.nn.gelu(x, approximate=True)
-  if name == "relu":
-    return jax.nn.relu
-  raise ValueError(f"hidden_act {name!r} is not supported (use 'gelu', 'gelu_new' or 'relu')")
 
 
 def _dense(cfg: BertConfig, din: int, dout: int, rngs: nnx.Rngs) -> nnx.Linear:
-  return nnx.Linear(
-    din,
-    dout,
-    dtype=cfg.dtype,
-    param_dtype=jnp.float32,
-    kernel_init=nnx.initializers.normal(cfg.initializer_range),
-    bias_init=nnx.initializers.zeros,
-    rngs=rngs,
-  )
+  init = nnx.initializers.normal(cfg.initializer_range)
+  return _layers.dense(din, dout, dtype=cfg.dtype, kernel_init=init, rngs=rngs)
 
 
 def _layer_norm(cfg: BertConfig, rngs: nnx.Rngs) -> nnx.LayerNorm:
-  # dtype=float32: statistics and normalisation in float32 even for bf16
-  # compute; the caller casts the result back to the compute dtype.
-  return nnx.LayerNorm(
-    cfg.hidden_size,
-    epsilon=cfg.layer_norm_eps,
-    dtype=jnp.float32,
-    param_dtype=jnp.float32,
-    rngs=rngs,
-  )
+  return _layers.layer_norm(cfg.hidden_size, cfg.layer_norm_eps, rngs)
 
 
 class BertEmbeddings(nnx.Module):
@@ -175,19 +136,18 @@ class BertSelfAttention(nnx.Module):
     self.value = _dense(cfg, h, h, rngs)
     self.dropout = nnx.Dropout(cfg.attention_probs_dropout_prob, rngs=rngs)
     self.num_heads = cfg.num_attention_heads
-    self.head_dim = h // cfg.num_attention_heads
     self.dtype = cfg.dtype
 
   def __call__(self, x, attention_bias):
-    split = lambda t: t.reshape(t.shape[:-1] + (self.num_heads, self.head_dim))
-    q, k, v = split(self.query(x)), split(self.key(x)), split(self.value(x))
-    q = q / jnp.asarray(math.sqrt(self.head_dim), q.dtype)
-    # Scores and softmax in float32: bf16 softmax over long rows loses mass.
-    scores = jnp.einsum("bqhd,bkhd->bhqk", q, k, preferred_element_type=jnp.float32)
-    probs = jax.nn.softmax(scores + attention_bias, axis=-1)
-    probs = self.dropout(probs).astype(self.dtype)
-    out = jnp.einsum("bhqk,bkhd->bqhd", probs, v)
-    return out.reshape(out.shape[:2] + (-1,))
+    return _layers.attention(
+      self.query(x),
+      self.key(x),
+      self.value(x),
+      num_heads=self.num_heads,
+      dropout=self.dropout,
+      dtype=self.dtype,
+      bias=attention_bias,
+    )
 
 
 class BertResidualOutput(nnx.Module):
@@ -220,7 +180,7 @@ class BertAttention(nnx.Module):
 class BertIntermediate(nnx.Module):
   def __init__(self, cfg: BertConfig, *, rngs: nnx.Rngs):
     self.dense = _dense(cfg, cfg.hidden_size, cfg.intermediate_size, rngs)
-    self.act = _activation(cfg.hidden_act)
+    self.act = _layers.activation(cfg.hidden_act)
 
   def __call__(self, x):
     return self.act(self.dense(x))

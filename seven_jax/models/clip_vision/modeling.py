@@ -11,12 +11,13 @@ so both ``CLIPVisionModel`` and full ``CLIPModel`` checkpoints load.
 from __future__ import annotations
 
 import dataclasses
-import math
-from typing import Any
+from typing import Any, ClassVar
 
-import jax
 import jax.numpy as jnp
 from flax import nnx
+
+from seven_jax.models import _hf
+from seven_jax.models import _layers
 
 
 @dataclasses.dataclass
@@ -27,7 +28,8 @@ class CLIPVisionConfig:
     image_size, patch_size, num_channels: input geometry.
     hidden_size, num_hidden_layers, num_attention_heads, intermediate_size:
       Transformer shape.
-    hidden_act: ``"quick_gelu"`` (CLIP), ``"gelu"`` or ``"gelu_new"``.
+    hidden_act: ``"quick_gelu"`` (CLIP), ``"gelu"``, ``"gelu_new"`` or another
+      name of :data:`seven_jax.models._layers.ACTIVATIONS`.
     layer_norm_eps: LayerNorm epsilon (CLIP uses 1e-5).
     attention_dropout: dropout on attention probabilities.
     initializer_range: stddev of the normal initialisers.
@@ -49,15 +51,14 @@ class CLIPVisionConfig:
   num_labels: int = 1000
   dtype: Any = jnp.float32
 
+  # A CLIPVisionModel checkpoint, or a full CLIPModel one (text tower ignored).
+  MODEL_TYPES: ClassVar[tuple[str, ...]] = ("clip_vision_model", "clip")
+
   def __post_init__(self):
-    if self.hidden_size % self.num_attention_heads:
-      raise ValueError(
-        f"hidden_size ({self.hidden_size}) must be divisible by "
-        f"num_attention_heads ({self.num_attention_heads})"
-      )
-    if self.image_size % self.patch_size:
-      raise ValueError(f"patch_size ({self.patch_size}) must divide image_size ({self.image_size})")
-    _activation(self.hidden_act)
+    _hf.check_config(self)
+    _hf.check_divides(self, "num_attention_heads", "hidden_size")
+    _hf.check_divides(self, "patch_size", "image_size")
+    _layers.activation(self.hidden_act)
 
   @property
   def num_patches(self) -> int:
@@ -66,77 +67,43 @@ class CLIPVisionConfig:
   @classmethod
   def from_dict(cls, d: dict, **overrides) -> "CLIPVisionConfig":
     """From a ``CLIPVisionModel`` or a full ``CLIPModel`` ``config.json``."""
-    if "vision_config" in d:  # full CLIP: the tower's config is nested
-      d = {**d["vision_config"], **{k: d[k] for k in ("id2label",) if k in d}}
-    names = {f.name for f in dataclasses.fields(cls)}
-    kw = {k: v for k, v in d.items() if k in names}
-    if "num_labels" not in kw and "id2label" in d:
-      kw["num_labels"] = len(d["id2label"])
-    kw.update(overrides)
-    return cls(**kw)
+    if isinstance(d.get("vision_config"), dict):  # full CLIP: the tower's config is nested
+      d = {
+        "model_type": d.get("model_type"),
+        **d["vision_config"],
+        **{k: d[k] for k in ("id2label",) if k in d},
+      }
+    return _hf.config_from_dict(cls, d, overrides)
 
   def to_hf_dict(self) -> dict:
     """``config.json`` dict for transformers' ``CLIPVisionConfig``."""
-    d = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
-    d.pop("dtype")
-    num_labels = d.pop("num_labels")
-    d.update(
-      model_type="clip_vision_model",
-      architectures=["CLIPVisionModel"],
-      id2label={str(i): f"LABEL_{i}" for i in range(num_labels)},
-      label2id={f"LABEL_{i}": i for i in range(num_labels)},
-    )
-    return d
+    return _hf.config_to_hf_dict(self, architectures=["CLIPVisionModel"])
 
 
-def _activation(name: str):
-  if name == "quick_gelu":
-    return lambda x: x * jax.nn.sigmoid(1.702 * x)
-  if name == "gelu":
-    return lambda x: jax.nn.gelu(x, approximate=False)
-  if name in ("gelu_new", "gelu_pytorch_tanh"):
-    return lambda x: jax.nn.gelu(x, approximate=True)
-  raise ValueError(f"hidden_act {name!r} is not supported (use 'quick_gelu', 'gelu' or 'gelu_new')")
+def _init(cfg: CLIPVisionConfig):
+  return nnx.initializers.normal(cfg.initializer_range)
 
 
 def _dense(cfg, din, dout, rngs):
-  return nnx.Linear(
-    din,
-    dout,
-    dtype=cfg.dtype,
-    param_dtype=jnp.float32,
-    kernel_init=nnx.initializers.normal(cfg.initializer_range),
-    bias_init=nnx.initializers.zeros,
-    rngs=rngs,
-  )
+  return _layers.dense(din, dout, dtype=cfg.dtype, kernel_init=_init(cfg), rngs=rngs)
 
 
 def _layer_norm(cfg, rngs):
-  return nnx.LayerNorm(
-    cfg.hidden_size,
-    epsilon=cfg.layer_norm_eps,
-    dtype=jnp.float32,
-    param_dtype=jnp.float32,
-    rngs=rngs,
-  )
+  return _layers.layer_norm(cfg.hidden_size, cfg.layer_norm_eps, rngs)
 
 
 class CLIPVisionEmbeddings(nnx.Module):
   def __init__(self, cfg: CLIPVisionConfig, *, rngs: nnx.Rngs):
-    init = nnx.initializers.normal(cfg.initializer_range)
+    init = _init(cfg)
     self.class_embedding = nnx.Param(init(rngs.params(), (cfg.hidden_size,)))
-    p = cfg.patch_size
-    self.patch_embedding = nnx.Conv(
+    self.patch_embedding = _layers.patch_conv(
       cfg.num_channels,
       cfg.hidden_size,
-      kernel_size=(p, p),
-      strides=(p, p),
-      padding="VALID",
-      use_bias=False,
+      cfg.patch_size,
       dtype=cfg.dtype,
-      param_dtype=jnp.float32,
       kernel_init=init,
       rngs=rngs,
+      use_bias=False,
     )
     self.position_embedding = nnx.Embed(
       cfg.num_patches + 1, cfg.hidden_size, param_dtype=jnp.float32, embedding_init=init, rngs=rngs
@@ -159,24 +126,25 @@ class CLIPAttention(nnx.Module):
     self.out_proj = _dense(cfg, h, h, rngs)
     self.dropout = nnx.Dropout(cfg.attention_dropout, rngs=rngs)
     self.num_heads = cfg.num_attention_heads
-    self.head_dim = h // cfg.num_attention_heads
     self.dtype = cfg.dtype
 
   def __call__(self, x):
-    split = lambda t: t.reshape(t.shape[:-1] + (self.num_heads, self.head_dim))
-    q, k, v = split(self.q_proj(x)), split(self.k_proj(x)), split(self.v_proj(x))
-    q = q / jnp.asarray(math.sqrt(self.head_dim), q.dtype)
-    scores = jnp.einsum("bqhd,bkhd->bhqk", q, k, preferred_element_type=jnp.float32)
-    probs = self.dropout(jax.nn.softmax(scores, axis=-1)).astype(self.dtype)
-    out = jnp.einsum("bhqk,bkhd->bqhd", probs, v)
-    return self.out_proj(out.reshape(out.shape[:2] + (-1,)))
+    out = _layers.attention(
+      self.q_proj(x),
+      self.k_proj(x),
+      self.v_proj(x),
+      num_heads=self.num_heads,
+      dropout=self.dropout,
+      dtype=self.dtype,
+    )
+    return self.out_proj(out)
 
 
 class CLIPMLP(nnx.Module):
   def __init__(self, cfg: CLIPVisionConfig, *, rngs: nnx.Rngs):
     self.fc1 = _dense(cfg, cfg.hidden_size, cfg.intermediate_size, rngs)
     self.fc2 = _dense(cfg, cfg.intermediate_size, cfg.hidden_size, rngs)
-    self.act = _activation(cfg.hidden_act)
+    self.act = _layers.activation(cfg.hidden_act)
 
   def __call__(self, x):
     return self.fc2(self.act(self.fc1(x)))
@@ -217,16 +185,10 @@ class CLIPVisionTransformer(nnx.Module):
 
   def __call__(self, pixel_values, *, channels_last: bool = False):
     cfg = self.config
-    x = jnp.asarray(pixel_values)
-    if x.ndim != 4:
-      raise ValueError(f"pixel_values must be 4-D, got shape {x.shape}")
-    if not channels_last:
-      x = jnp.transpose(x, (0, 2, 3, 1))
-    if x.shape[-1] != cfg.num_channels:
-      raise ValueError(
-        f"pixel_values has {x.shape[-1]} channels but the config expects {cfg.num_channels}"
-      )
-    h = self.embeddings(x.astype(cfg.dtype))
+    x = _layers.pixels_to_nhwc(
+      pixel_values, num_channels=cfg.num_channels, channels_last=channels_last, dtype=cfg.dtype
+    )
+    h = self.embeddings(x)
     h = self.encoder(self.pre_layrnorm(h).astype(cfg.dtype))
     return h, self.post_layernorm(h[:, 0])
 

@@ -5,8 +5,7 @@ from __future__ import annotations
 import os
 from typing import Any
 
-import jax
-from flax import nnx
+import numpy as np
 
 from seven_jax.models import _hf
 from seven_jax.models.clip_vision import modeling
@@ -18,9 +17,12 @@ TASKS = {
 
 
 def load_config(path_or_id: str | os.PathLike, **overrides) -> modeling.CLIPVisionConfig:
-  return modeling.CLIPVisionConfig.from_dict(
-    _hf.read_config(_hf.resolve_dir(path_or_id)), **overrides
-  )
+  """Reads ``config.json`` (tower or full CLIP) into a :class:`CLIPVisionConfig`.
+
+  Raises:
+    ValueError, TypeError: naming the file and the field.
+  """
+  return _hf.load_config(modeling.CLIPVisionConfig, _hf.resolve_dir(path_or_id), overrides)
 
 
 def from_pretrained(
@@ -42,17 +44,26 @@ def from_pretrained(
     seed: seed for the fresh parts.
     return_info: also return ``{"newly_initialized": [...]}``.
     **overrides: :class:`CLIPVisionConfig` fields.
+
+  Raises:
+    ValueError, TypeError: naming the file for a damaged ``config.json`` or
+      weights file, and the field for a bad config value.
   """
-  if task not in TASKS:
-    raise ValueError(f"task must be one of {sorted(TASKS)}, got {task!r}")
-  ckpt = _hf.resolve_dir(path_or_id)
-  cfg = modeling.CLIPVisionConfig.from_dict(_hf.read_config(ckpt), **overrides)
-  cls, heads = TASKS[task]
-  sd = _hf.load_state_dict(ckpt)
-  model, fresh = _hf.build_and_load(
-    lambda: cls(cfg, rngs=nnx.Rngs(seed)), sd, prefix="vision_model", optional=heads
+  return _hf.from_pretrained(
+    path_or_id,
+    config_cls=modeling.CLIPVisionConfig,
+    tasks=TASKS,
+    task=task,
+    prefix="vision_model",
+    seed=seed,
+    return_info=return_info,
+    overrides=overrides,
   )
-  return (model, {"newly_initialized": fresh}) if return_info else model
+
+
+def to_hf_state_dict(model_or_params) -> dict[str, np.ndarray]:
+  """PyTorch-layout state dict with Hugging Face ``CLIPVisionModel`` key names."""
+  return _hf.to_hf_state_dict(model_or_params)
 
 
 def is_prunable_path(
@@ -72,15 +83,9 @@ def prunable(
   params_or_model: Any, *, include_patch_embedding: bool = False, include_head: bool = False
 ):
   """Bool pytree (structure of ``nnx.as_pure(param_state)``)."""
-  tree = (
-    nnx.state(params_or_model, nnx.Param)
-    if isinstance(params_or_model, nnx.Module)
-    else params_or_model
-  )
-  tree = nnx.as_pure(tree)
-  return jax.tree_util.tree_map_with_path(
-    lambda p, _: is_prunable_path(
-      _hf.path_names(p), include_patch_embedding=include_patch_embedding, include_head=include_head
+  return _hf.prunable_tree(
+    params_or_model,
+    lambda names: is_prunable_path(
+      names, include_patch_embedding=include_patch_embedding, include_head=include_head
     ),
-    tree,
   )

@@ -10,12 +10,13 @@ token. Parameters are float32; ``ViTConfig.dtype`` is the compute dtype.
 from __future__ import annotations
 
 import dataclasses
-import math
-from typing import Any, Optional
+from typing import Any, ClassVar, Optional
 
-import jax
 import jax.numpy as jnp
 from flax import nnx
+
+from seven_jax.models import _hf
+from seven_jax.models import _layers
 
 
 @dataclasses.dataclass
@@ -28,7 +29,8 @@ class ViTConfig:
     num_channels: input channels.
     hidden_size, num_hidden_layers, num_attention_heads, intermediate_size:
       Transformer shape.
-    hidden_act: ``"gelu"`` (exact) or ``"gelu_new"`` (tanh) or ``"relu"``.
+    hidden_act: ``"gelu"`` (exact), ``"gelu_new"`` (tanh) or another name of
+      :data:`seven_jax.models._layers.ACTIVATIONS`.
     hidden_dropout_prob, attention_probs_dropout_prob: dropout rates.
     initializer_range: scale of the initialisers.
     layer_norm_eps: LayerNorm epsilon.
@@ -55,17 +57,15 @@ class ViTConfig:
   num_labels: int = 1000
   dtype: Any = jnp.float32
 
+  MODEL_TYPES: ClassVar[tuple[str, ...]] = ("vit",)
+
   def __post_init__(self):
-    if self.hidden_size % self.num_attention_heads:
-      raise ValueError(
-        f"hidden_size ({self.hidden_size}) must be divisible by "
-        f"num_attention_heads ({self.num_attention_heads})"
-      )
-    if self.image_size % self.patch_size:
-      raise ValueError(f"patch_size ({self.patch_size}) must divide image_size ({self.image_size})")
+    _hf.check_config(self)
+    _hf.check_divides(self, "num_attention_heads", "hidden_size")
+    _hf.check_divides(self, "patch_size", "image_size")
     if self.pooler_output_size is None:
       self.pooler_output_size = self.hidden_size
-    _activation(self.hidden_act)
+    _layers.activation(self.hidden_act)
 
   @property
   def num_patches(self) -> int:
@@ -74,38 +74,13 @@ class ViTConfig:
   @classmethod
   def from_dict(cls, d: dict, **overrides) -> "ViTConfig":
     """Builds a config from a Hugging Face ``config.json`` dict."""
-    names = {f.name for f in dataclasses.fields(cls)}
-    kw = {k: v for k, v in d.items() if k in names}
-    if "num_labels" not in kw and "id2label" in d:
-      kw["num_labels"] = len(d["id2label"])
     if d.get("pooler_act", "tanh") != "tanh":
       raise ValueError(f"only pooler_act='tanh' is supported, got {d['pooler_act']!r}")
-    kw.update(overrides)
-    return cls(**kw)
+    return _hf.config_from_dict(cls, d, overrides)
 
   def to_hf_dict(self) -> dict:
     """Returns a ``config.json`` dict that transformers' ``ViTConfig`` reads."""
-    d = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
-    d.pop("dtype")
-    num_labels = d.pop("num_labels")
-    d.update(
-      model_type="vit",
-      architectures=["ViTModel"],
-      pooler_act="tanh",
-      id2label={str(i): f"LABEL_{i}" for i in range(num_labels)},
-      label2id={f"LABEL_{i}": i for i in range(num_labels)},
-    )
-    return d
-
-
-def _activation(name: str):
-  if name == "gelu":
-    return lambda x: jax.nn.gelu(x, approximate=False)
-  if name in ("gelu_new", "gelu_pytorch_tanh", "gelu_fast"):
-    return lambda x: jax.nn.gelu(x, approximate=True)
-  if name == "relu":
-    return jax.nn.relu
-  raise ValueError(f"hidden_act {name!r} is not supported (use 'gelu', 'gelu_new' or 'relu')")
+    return _hf.config_to_hf_dict(self, architectures=["ViTModel"], pooler_act="tanh")
 
 
 def _init(cfg: ViTConfig):
@@ -114,39 +89,22 @@ def _init(cfg: ViTConfig):
 
 
 def _dense(cfg, din, dout, rngs, use_bias=True):
-  return nnx.Linear(
-    din,
-    dout,
-    use_bias=use_bias,
-    dtype=cfg.dtype,
-    param_dtype=jnp.float32,
-    kernel_init=_init(cfg),
-    bias_init=nnx.initializers.zeros,
-    rngs=rngs,
+  return _layers.dense(
+    din, dout, dtype=cfg.dtype, kernel_init=_init(cfg), rngs=rngs, use_bias=use_bias
   )
 
 
 def _layer_norm(cfg, rngs):
-  return nnx.LayerNorm(
-    cfg.hidden_size,
-    epsilon=cfg.layer_norm_eps,
-    dtype=jnp.float32,
-    param_dtype=jnp.float32,
-    rngs=rngs,
-  )
+  return _layers.layer_norm(cfg.hidden_size, cfg.layer_norm_eps, rngs)
 
 
 class ViTPatchEmbeddings(nnx.Module):
   def __init__(self, cfg: ViTConfig, *, rngs: nnx.Rngs):
-    p = cfg.patch_size
-    self.projection = nnx.Conv(
+    self.projection = _layers.patch_conv(
       cfg.num_channels,
       cfg.hidden_size,
-      kernel_size=(p, p),
-      strides=(p, p),
-      padding="VALID",
+      cfg.patch_size,
       dtype=cfg.dtype,
-      param_dtype=jnp.float32,
       kernel_init=_init(cfg),
       rngs=rngs,
     )
@@ -184,17 +142,17 @@ class ViTSelfAttention(nnx.Module):
     self.value = _dense(cfg, h, h, rngs, cfg.qkv_bias)
     self.dropout = nnx.Dropout(cfg.attention_probs_dropout_prob, rngs=rngs)
     self.num_heads = cfg.num_attention_heads
-    self.head_dim = h // cfg.num_attention_heads
     self.dtype = cfg.dtype
 
   def __call__(self, x):
-    split = lambda t: t.reshape(t.shape[:-1] + (self.num_heads, self.head_dim))
-    q, k, v = split(self.query(x)), split(self.key(x)), split(self.value(x))
-    q = q / jnp.asarray(math.sqrt(self.head_dim), q.dtype)
-    scores = jnp.einsum("bqhd,bkhd->bhqk", q, k, preferred_element_type=jnp.float32)
-    probs = self.dropout(jax.nn.softmax(scores, axis=-1)).astype(self.dtype)
-    out = jnp.einsum("bhqk,bkhd->bqhd", probs, v)
-    return out.reshape(out.shape[:2] + (-1,))
+    return _layers.attention(
+      self.query(x),
+      self.key(x),
+      self.value(x),
+      num_heads=self.num_heads,
+      dropout=self.dropout,
+      dtype=self.dtype,
+    )
 
 
 class ViTSelfOutput(nnx.Module):
@@ -218,7 +176,7 @@ class ViTAttention(nnx.Module):
 class ViTIntermediate(nnx.Module):
   def __init__(self, cfg: ViTConfig, *, rngs: nnx.Rngs):
     self.dense = _dense(cfg, cfg.hidden_size, cfg.intermediate_size, rngs)
-    self.act = _activation(cfg.hidden_act)
+    self.act = _layers.activation(cfg.hidden_act)
 
   def __call__(self, x):
     return self.act(self.dense(x))
@@ -267,20 +225,6 @@ class ViTPooler(nnx.Module):
     return jnp.tanh(self.dense(h[:, 0]))
 
 
-def _to_nhwc(pixel_values, cfg: ViTConfig, channels_last: bool):
-  x = jnp.asarray(pixel_values)
-  if x.ndim != 4:
-    raise ValueError(f"pixel_values must be 4-D, got shape {x.shape}")
-  if not channels_last:
-    x = jnp.transpose(x, (0, 2, 3, 1))
-  if x.shape[-1] != cfg.num_channels:
-    raise ValueError(
-      f"pixel_values has {x.shape[-1]} channels but the config expects "
-      f"{cfg.num_channels} (channels_last={channels_last})"
-    )
-  return x.astype(cfg.dtype)
-
-
 class ViTModel(nnx.Module):
   """ViT backbone. Returns ``(last_hidden_state, pooler_output or None)``.
 
@@ -296,7 +240,10 @@ class ViTModel(nnx.Module):
     self.pooler = ViTPooler(cfg, rngs=rngs) if add_pooling_layer else None
 
   def __call__(self, pixel_values, *, channels_last: bool = False):
-    x = _to_nhwc(pixel_values, self.config, channels_last)
+    cfg = self.config
+    x = _layers.pixels_to_nhwc(
+      pixel_values, num_channels=cfg.num_channels, channels_last=channels_last, dtype=cfg.dtype
+    )
     h = self.layernorm(self.encoder(self.embeddings(x)))
     return h, (self.pooler(h) if self.pooler is not None else None)
 

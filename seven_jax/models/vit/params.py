@@ -5,22 +5,26 @@ from __future__ import annotations
 import os
 from typing import Any
 
-import jax
 import numpy as np
-from flax import nnx
 
 from seven_jax.models import _hf
 from seven_jax.models.vit import modeling
 
+# task: (module, heads a checkpoint may lack: a classification checkpoint
+# has no pooler, so "base" keeps a fresh one).
 TASKS = {
-  "base": (modeling.ViTModel, ()),
+  "base": (modeling.ViTModel, ("pooler",)),
   "image_classification": (modeling.ViTForImageClassification, ("classifier",)),
 }
 
 
 def load_config(path_or_id: str | os.PathLike, **overrides) -> modeling.ViTConfig:
-  """Reads ``config.json`` into a :class:`ViTConfig` (overrides win)."""
-  return modeling.ViTConfig.from_dict(_hf.read_config(_hf.resolve_dir(path_or_id)), **overrides)
+  """Reads ``config.json`` into a :class:`ViTConfig` (overrides win).
+
+  Raises:
+    ValueError, TypeError: naming the file and the field.
+  """
+  return _hf.load_config(modeling.ViTConfig, _hf.resolve_dir(path_or_id), overrides)
 
 
 def from_pretrained(
@@ -39,29 +43,26 @@ def from_pretrained(
     seed: seed for parts the checkpoint lacks (a fresh classifier).
     return_info: also return ``{"newly_initialized": [...]}``.
     **overrides: :class:`ViTConfig` fields (``num_labels``, ``dtype``, ...).
+
+  Raises:
+    ValueError, TypeError: naming the file for a damaged ``config.json`` or
+      weights file, and the field for a bad config value.
   """
-  if task not in TASKS:
-    raise ValueError(f"task must be one of {sorted(TASKS)}, got {task!r}")
-  ckpt = _hf.resolve_dir(path_or_id)
-  cfg = modeling.ViTConfig.from_dict(_hf.read_config(ckpt), **overrides)
-  cls, heads = TASKS[task]
-  sd = _hf.load_state_dict(ckpt)
-  # A classification checkpoint has no pooler; keep it fresh for "base".
-  optional = heads + (("pooler",) if task == "base" else ())
-  model, fresh = _hf.build_and_load(
-    lambda: cls(cfg, rngs=nnx.Rngs(seed)), sd, prefix="vit", optional=optional
+  return _hf.from_pretrained(
+    path_or_id,
+    config_cls=modeling.ViTConfig,
+    tasks=TASKS,
+    task=task,
+    prefix="vit",
+    seed=seed,
+    return_info=return_info,
+    overrides=overrides,
   )
-  return (model, {"newly_initialized": fresh}) if return_info else model
 
 
 def to_hf_state_dict(model_or_params) -> dict[str, np.ndarray]:
   """PyTorch-layout state dict with Hugging Face ViT key names."""
-  state = (
-    nnx.state(model_or_params, nnx.Param)
-    if isinstance(model_or_params, nnx.Module)
-    else model_or_params
-  )
-  return _hf.state_dict_from_params(state)
+  return _hf.to_hf_state_dict(model_or_params)
 
 
 def is_prunable_path(
@@ -92,18 +93,9 @@ def prunable(
   Accepts ``nnx.state(model, nnx.Param)``, a pure dict, an abstract state, a
   Hugging Face Flax params dict, or the model itself.
   """
-  tree = (
-    nnx.state(params_or_model, nnx.Param)
-    if isinstance(params_or_model, nnx.Module)
-    else params_or_model
-  )
-  # Strip nnx.Variable wrappers: nnx.Optimizer calls tx.init on the wrapped
-  # state but tx.update on nnx.as_pure(state). A tree of bare bools is a
-  # tree prefix of both, so it works as an optax mask either way.
-  tree = nnx.as_pure(tree)
-  return jax.tree_util.tree_map_with_path(
-    lambda p, _: is_prunable_path(
-      _hf.path_names(p), include_patch_embedding=include_patch_embedding, include_head=include_head
+  return _hf.prunable_tree(
+    params_or_model,
+    lambda names: is_prunable_path(
+      names, include_patch_embedding=include_patch_embedding, include_head=include_head
     ),
-    tree,
   )
