@@ -46,10 +46,9 @@ import optax
 import seven_jax
 from benchmarks import bert
 from benchmarks.common import time_calls
-from seven_jax import prepruning, schedules
+from seven_jax import engine, prepruning, schedules
 from seven_jax.prunable import resolve_prunable
-from seven_jax.scores import DYNAMIC_RULES, ScoreInputs, resolve_hparams
-from seven_jax.threshold import canonicalize_scores
+from seven_jax.scores import DYNAMIC_RULES, ScoreInputs, pre_method, resolve_hparams
 
 SPARSITY = 0.6
 
@@ -67,7 +66,7 @@ def _context(
   input_dtype=jnp.float32,
 ):
   """The library's runner context for ``method``, fed the same batch forever."""
-  pre = prepruning._lookup(method)  # pylint: disable=protected-access
+  pre = pre_method(method)
   spec = resolve_prunable(prunable, params)
   flat, treedef = jax.tree_util.tree_flatten_with_path(params)
   idx = [i for i, s in enumerate(treedef.flatten_up_to(spec)) if s]
@@ -97,25 +96,23 @@ def _context(
     input_dtype=input_dtype,
     hp=hp,
     rule=pre.rule,
+    spec=spec,
   )
   return pre, ctx
 
 
 def _kind(pre) -> str:
-  run = pre.run
-  if run is prepruning._run_rule:  # pylint: disable=protected-access
-    return "rule"
-  for kind, fn in [
-    ("magnitude", prepruning._run_magnitude),  # pylint: disable=protected-access
-    ("random", prepruning._run_random),  # pylint: disable=protected-access
-    ("snip", prepruning._run_snip),  # pylint: disable=protected-access
-    ("grasp", prepruning._run_grasp),  # pylint: disable=protected-access
-    ("synflow", prepruning._run_synflow),
-  ]:  # pylint: disable=protected-access
-    if run is fn:
-      return kind
-  if pre.name in ("force", "iter_snip"):
-    return pre.name
+  if pre.runner in (
+    "rule",
+    "magnitude",
+    "random",
+    "snip",
+    "grasp",
+    "synflow",
+    "force",
+    "iter_snip",
+  ):
+    return pre.runner
   raise ValueError(f"no benchmark recipe for pre-pruning method {pre.name!r}")
 
 
@@ -160,10 +157,8 @@ def _rule_score(ctx):
     for j, (w, g) in enumerate(zip(ctx.prunable_leaves(params), flat_g)):
       w32 = w.astype(jnp.float32)
       x = ScoreInputs(w32, w32, g, masks[j], p, is_last, ctx.total)
-      st, s = rule.update(ctx.hp, x, stats[j], scores[j])
-      s = canonicalize_scores(s)
-      if not ctx.resurrect and not rule.signed:
-        s = jnp.where(masks[j], s, 0.0)  # SEVEN's (E7)
+      # The library's one per-leaf step (the engine's update uses it too).
+      st, s = engine.score_leaf(rule, ctx.hp, x, stats[j], scores[j], resurrect=ctx.resurrect)
       new_stats.append(tuple(st))
       new_scores.append(s)
     ratio = schedules.cubic_keep_ratio(p, ctx.steps, ctx.final_keep)
@@ -367,7 +362,7 @@ def _setup(name: str):
 
 def _recipe(method, model, batch, loss_fn, apply_fn, input_shape, shared, steps=None):
   prunable = bert.bert_prunable(model.params)
-  pre = prepruning._lookup(method)  # pylint: disable=protected-access
+  pre = pre_method(method)
   kind = _kind(pre)
   ctx_steps = steps if steps is not None else max(pre.default_steps, 1)
   pre, ctx = _context(
@@ -436,7 +431,7 @@ def prepruning_cost(name: str, *, repeats: int, warmup: int = 1, methods=None) -
   # Measure seven_pre / magnitude_pre first: their short names are the aliases.
   for method in sorted(names, key=lambda m: not m.endswith("_pre")):
     pre, kind, rec = _recipe(method, model, batch, loss_fn, apply_fn, input_shape, shared)
-    key = (pre.run, pre.rule, pre.resurrect)
+    key = (pre.runner, pre.rule, pre.resurrect)
     row = {
       "method": method,
       "kind": kind,

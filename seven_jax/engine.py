@@ -15,6 +15,7 @@ gradients and the state, whose non-prunable leaves are
 
 from __future__ import annotations
 
+import functools
 import inspect
 from typing import Any, Optional
 
@@ -159,15 +160,37 @@ def _check_leaves(params, spec, nm):
 
 
 def _layout_trees(params, spec, num_stats, stats_dtype):
-  """Masks, stats and scores created like their params (holes elsewhere)."""
-  masks = jax.tree.map(lambda p, s: jnp.ones_like(p, jnp.bool_) if s else HOLE, params, spec)
-  zeros = lambda: jax.tree.map(
-    lambda p, s: jnp.zeros_like(p, stats_dtype) if s else HOLE, params, spec
+  """Masks, stats and scores created like their params (holes elsewhere).
+
+  Leaves that are already ``MaskedNode`` in ``params`` (the part of the
+  params an ``optax.multi_transform`` / ``optax.masked`` gives to another
+  transformation) stay holes of unknown shape: ``None`` in the layout, and
+  :func:`seven_jax.masks` leaves them as they are.
+  """
+  flat_p, treedef = jax.tree.flatten(params, is_leaf=is_hole)
+  flat_s = treedef.flatten_up_to(spec)
+  kept = [not is_hole(p) and bool(s) for p, s in zip(flat_p, flat_s, strict=True)]
+  like = lambda make: treedef.unflatten(
+    [make(p) if k else HOLE for p, k in zip(flat_p, kept, strict=True)]
   )
-  holes = tuple(
-    tuple(np.shape(p)) for p, s in zip(jax.tree.leaves(params), jax.tree.leaves(spec)) if not s
-  )
+  masks = like(lambda p: jnp.ones_like(p, jnp.bool_))
+  zeros = lambda: like(lambda p: jnp.zeros_like(p, stats_dtype))
+  holes = tuple(None if is_hole(p) else tuple(np.shape(p)) for p, k in zip(flat_p, kept) if not k)
   return masks, tuple(zeros() for _ in range(num_stats)), zeros(), Layout(holes)
+
+
+def _inner_update(inner, grads, inner_state, params, extra_args, name, lookahead):
+  """``inner.update``; an optax.lookahead given plain params gets a clear error."""
+  try:
+    return inner.update(grads, inner_state, params, **extra_args)
+  except (ValueError, AttributeError) as err:
+    if not lookahead and ("named tuple" in str(err) or "fast" in str(err)):
+      raise ValueError(
+        f"the inner optimizer of {name} needs optax.LookaheadParams (optax.lookahead): "
+        "pass params = optax.LookaheadParams.init_synced(params) to init and update, "
+        f"and {name} masks the fast and the slow weights."
+      ) from err
+    raise
 
 
 def _zero_schedule_free_z(inner_state, mask_tree):
@@ -252,125 +275,88 @@ def build_transform(
     if params is None:
       raise ValueError(_NO_PARAMS_MSG.format(name=name))
     weights, lookahead = split_lookahead(params)
-    mask_tree = state.masks
-    total = int(sum(np.prod(np.shape(w), dtype=np.int64) for w in _kept_leaves(mask_tree, weights)))
+    masks = state.masks
+    kept = lambda tree: _kept_leaves(masks, tree)
+    total = int(sum(np.size(w) for w in kept(weights)))
     sp, start, n_steps, every = clip_traced_schedule(
       sparsity, start_step, pruning_steps, update_every, total
     )
-    final_keep = 1.0 - sp
     length = n_steps - 1 if window is None else window
-
-    # Gradient of the masked network: pruned coordinates get exactly 0.
-    grads = map_kept(lambda m, g: jnp.where(m, g, jnp.zeros_like(g)), mask_tree, updates)
-    try:
-      inner_updates, inner_state = inner.update(grads, state.inner_state, params, **extra_args)
-    except (ValueError, AttributeError) as err:
-      if not lookahead and ("named tuple" in str(err) or "fast" in str(err)):
-        raise ValueError(
-          f"the inner optimizer of {name} needs optax.LookaheadParams (optax.lookahead): "
-          "pass params = optax.LookaheadParams.init_synced(params) to init and update, "
-          f"and {name} masks the fast and the slow weights."
-        ) from err
-      raise
-    fast_updates = inner_updates.fast if lookahead else inner_updates
-
-    t = state.count
-    local_step = t - start
-    in_window = (local_step >= 0) & (local_step < length)
+    local_step = state.count - start
     is_last = local_step == length - 1
 
-    def prune(operand):
-      masks_l, stats_l, scores_l = operand
-      after = map_kept(
-        lambda m, w, u: w.astype(jnp.float32) + u.astype(jnp.float32),
-        mask_tree,
-        weights,
-        fast_updates,
-      )
-      new_stats, new_scores = [], []
-      leaves = zip(
-        _kept_leaves(mask_tree, weights),
-        _kept_leaves(mask_tree, after),
-        _kept_leaves(mask_tree, grads),
-        masks_l,
-        strict=True,
-      )
-      for j, (w, w_after, g, m) in enumerate(leaves):
-        inputs = ScoreInputs(
-          param=_finite(w.astype(jnp.float32)),
-          weight_after=_finite(w_after),
-          grad=g,
-          mask=m,
-          local_step=local_step,
-          is_last=is_last,
-          total=total,
-        )
-        st, s = score_leaf(
-          rule, hp, inputs, [x[j] for x in stats_l], scores_l[j], resurrect=resurrect
-        )
-        new_stats.append(st)
-        new_scores.append(s)
+    # Gradient of the masked network: pruned coordinates get exactly 0.
+    grads = map_kept(lambda m, g: jnp.where(m, g, jnp.zeros_like(g)), masks, updates)
+    inner_updates, inner_state = _inner_update(
+      inner, grads, state.inner_state, params, extra_args, name, lookahead
+    )
+    fast_updates = inner_updates.fast if lookahead else inner_updates
 
+    def leaf_step(m, w, u, g, score, *stats):
+      w = w.astype(jnp.float32)
+      x = ScoreInputs(
+        _finite(w), _finite(w + u.astype(jnp.float32)), g, m, local_step, is_last, total
+      )
+      return score_leaf(rule, hp, x, stats, score, resurrect=resurrect)
+
+    def prune(carry):
+      masks_l, scores_l, stats_l = carry
+      leaves = zip(masks_l, kept(weights), kept(fast_updates), kept(grads), scores_l, *stats_l)
+      new_stats, new_scores = zip(*[leaf_step(*xs) for xs in leaves])
       if schedule == "cubic":
-        keep_ratio = schedules.cubic_keep_ratio(local_step, n_steps, final_keep)
+        keep_ratio = schedules.cubic_keep_ratio(local_step, n_steps, 1.0 - sp)
       else:
-        keep_ratio = schedules.exponential_keep_ratio(local_step, length, final_keep)
-
-      def select(_):
-        nm_keep = selection.nm_keep_count(keep_ratio, nm, is_last) if nm else None
-        return selection.select_masks(
-          new_scores,
-          masks_l,
-          keep_ratio,
-          scope=scope,
-          nm=nm,
-          nm_keep=nm_keep,
-          resurrect=resurrect,
-          signed=rule.signed,
-          threshold=threshold,
-          **select_kw,
-        )
-
+        keep_ratio = schedules.exponential_keep_ratio(local_step, length, 1.0 - sp)
+      nm_keep = selection.nm_keep_count(keep_ratio, nm, is_last) if nm else None
+      select = lambda _: selection.select_masks(
+        list(new_scores),
+        masks_l,
+        keep_ratio,
+        scope=scope,
+        nm=nm,
+        nm_keep=nm_keep,
+        resurrect=resurrect,
+        signed=rule.signed,
+        threshold=threshold,
+        **select_kw,
+      )
       select_now = ((local_step + 1) % every == 0) | is_last
       # The mask is chosen from the float32 scores; only the stored copy is
       # rounded (stochastically, for bfloat16: see seven_jax.storage).
       new_masks = lax.cond(select_now, select, lambda _: list(masks_l), None)
-      salt = lambda j, n: (num_stats + 1) * j + n
-      stored_stats = [
-        [storage.store(st[n], stats_dtype, t, salt(j, n)) for j, st in enumerate(new_stats)]
-        for n in range(num_stats)
-      ]
-      stored_scores = [
-        storage.store(s, stats_dtype, t, salt(j, num_stats)) for j, s in enumerate(new_scores)
-      ]
-      return list(new_masks), stored_stats, stored_scores
+      store = lambda x, j, n: storage.store(x, stats_dtype, state.count, (num_stats + 1) * j + n)
+      return (
+        list(new_masks),
+        [store(x, j, num_stats) for j, x in enumerate(new_scores)],
+        [[store(st[n], j, n) for j, st in enumerate(new_stats)] for n in range(num_stats)],
+      )
 
-    operand = (
-      jax.tree.leaves(mask_tree),
-      [jax.tree.leaves(tree) for tree in state.stats],
+    carry = (
+      jax.tree.leaves(masks),
       jax.tree.leaves(state.scores),
+      [jax.tree.leaves(t) for t in state.stats],
     )
-    masks_l, stats_l, scores_l = lax.cond(in_window, prune, lambda op: op, operand)
-    structure = jax.tree.structure(mask_tree)
-    new_masks = jax.tree.unflatten(structure, masks_l)
+    in_window = (local_step >= 0) & (local_step < length)
+    masks_l, scores_l, stats_l = lax.cond(in_window, prune, lambda c: c, carry)
+    as_tree = functools.partial(jax.tree.unflatten, jax.tree.structure(masks))
+    new_masks = as_tree(masks_l)
 
     # Pruned weights land exactly on 0 once the update is applied.
-    emit = lambda m, u, w: jnp.where(m, u, -w.astype(u.dtype))
-    if lookahead:
+    emit = lambda u, p: map_kept(
+      lambda m, u_, w: jnp.where(m, u_, -w.astype(u_.dtype)), new_masks, u, p
+    )
+    if lookahead:  # fast and slow weights alike
       final = optax.LookaheadParams(
-        map_kept(emit, new_masks, inner_updates.fast, params.fast),
-        map_kept(emit, new_masks, inner_updates.slow, params.slow),
+        emit(fast_updates, params.fast), emit(inner_updates.slow, params.slow)
       )
     else:
-      final = map_kept(emit, new_masks, inner_updates, params)
-    inner_state = _zero_schedule_free_z(inner_state, new_masks)
-
+      final = emit(inner_updates, params)
     new_state = state_type(
-      optax.safe_increment(t),
+      optax.safe_increment(state.count),
       new_masks,
-      tuple(jax.tree.unflatten(structure, s) for s in stats_l),
-      jax.tree.unflatten(structure, scores_l),
-      inner_state,
+      tuple(as_tree(s) for s in stats_l),
+      as_tree(scores_l),
+      _zero_schedule_free_z(inner_state, new_masks),
       state.layout,
     )
     return final, new_state

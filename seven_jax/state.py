@@ -73,6 +73,9 @@ class Layout:
   """
 
   hole_shapes: tuple
+  """Shape of every hole in tree order; ``None`` for a leaf that was already
+  an ``optax.MaskedNode`` in the params (given to another transformation by
+  ``optax.multi_transform`` or ``optax.masked``)."""
 
 
 class _NotParams:
@@ -182,9 +185,11 @@ def _fill_holes(tree, layout, fill):
     x = _unwrap_variable(x)
     if is_hole(x):
       try:
-        return fill(next(shapes))
+        shape = next(shapes)
       except StopIteration:
         raise ValueError("the state's layout does not match its masks.") from None
+      # None: a leaf optax itself masked out (multi_transform / masked).
+      return x if shape is None else fill(shape)
     return x
 
   return jax.tree.map(leaf, tree, is_leaf=lambda x: is_hole(x) or hasattr(x, "value"))
@@ -208,7 +213,7 @@ def prunable_tree(opt_state) -> Any:
   (``fixed_mask``: which leaves have a mask)."""
   state = find_state(opt_state)
   return _fill_holes(
-    jax.tree.map(lambda _: True, state.masks, is_leaf=is_hole),
+    jax.tree.map(lambda x: x if is_hole(x) else True, state.masks, is_leaf=is_hole),
     state.layout,
     lambda shape: False,
   )

@@ -301,7 +301,7 @@ def test_map_params_maps_param_shardings_onto_the_state():
     optax.adam(1e-3), sparsity=0.5, start_step=0, pruning_steps=3, prunable=PRUNABLE
   )
   state = tx.init(params)
-  mesh = jax.make_mesh((1,), ("fsdp",))
+  mesh = jax.make_mesh((1,), ("fsdp",), axis_types=(jax.sharding.AxisType.Auto,))
   specs = {"a": P("fsdp", None), "b": P(None, "fsdp"), "c": P(), "d": P("fsdp")}
   shardings = {k: NamedSharding(mesh, spec) for k, spec in specs.items()}
   replicated = NamedSharding(mesh, P())
