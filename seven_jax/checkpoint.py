@@ -15,7 +15,8 @@ data position. :class:`CheckpointManager` wraps ``orbax.checkpoint``'s
 * typed PRNG keys (``jax.random.key``) are stored as their key data and
   re-wrapped on restore;
 * a damaged step (a file deleted, truncated or overwritten; caught by orbax,
-  by the manifest checks or by the per-leaf CRC-32) is never fatal when the
+  by the manifest checks or by the per-leaf CRC-32, computed for every leaf
+  one process can read whole) is never fatal when the
   latest step is asked for: :meth:`CheckpointManager.restore` warns, naming
   the damaged step's directory, and falls back to the newest readable step.
   Asked for a damaged step explicitly, it raises a one-line
@@ -127,6 +128,12 @@ def _to_saveable(x):
 def _crc32(a, dtype) -> int:
   """CRC-32 of the C-order bytes of ``a`` as ``dtype`` (the stored dtype)."""
   return zlib.crc32(np.ascontiguousarray(np.asarray(a, dtype=dtype)).view(np.uint8).reshape(-1))
+
+
+def _is_local(a) -> bool:
+  """Whether this process can read every element of ``a`` (a checksum needs
+  them all): not so for an array sharded over several hosts."""
+  return not isinstance(a, jax.Array) or a.is_fully_addressable or a.is_fully_replicated
 
 
 def _one_line(e: BaseException, limit: int = 200) -> str:
@@ -277,6 +284,8 @@ class CheckpointManager:
       return False
     arrays = {f"{i:06d}": _to_saveable(x) for i, (_, x) in enumerate(flat)}
     for meta, a in zip(metas, arrays.values()):
+      if not _is_local(a):
+        continue  # shards on other hosts: no one process sees all the bytes
       # Key data keep their own dtype (uint32); others the manifest's.
       dtype = np.asarray(a).dtype if meta["dtype"] == "prng_key" else np.dtype(meta["dtype"])
       meta["crc32"] = _crc32(a, dtype)
@@ -418,7 +427,9 @@ class CheckpointManager:
       meta, a = manifest["leaves"][i], arrays.get(f"{i:06d}")
       if a is None or tuple(np.shape(a)) != tuple(abstract[f"{i:06d}"].shape):
         raise _Damaged(f"leaf {key} is missing or has the wrong shape")
-      if "crc32" in meta and _crc32(a, abstract[f"{i:06d}"].dtype) != meta["crc32"]:
+      if (
+        "crc32" in meta and _is_local(a) and _crc32(a, abstract[f"{i:06d}"].dtype) != meta["crc32"]
+      ):
         raise _Damaged(f"leaf {key} fails its CRC-32 check (its bytes changed on disk)")
       if meta["dtype"] == "prng_key":
         a = jax.random.wrap_key_data(jnp.asarray(a), impl=meta["impl"])
