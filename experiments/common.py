@@ -718,6 +718,7 @@ def run(cfg: ExperimentConfig, task: Task) -> dict:
         bar.set_postfix(**postfix)
 
   interrupted = stopped = False
+  compiled_at = loop_end = None
   try:
     with ckpt.interrupt_guard():
       data_position = task.train_batches.state()
@@ -726,6 +727,8 @@ def run(cfg: ExperimentConfig, task: Task) -> dict:
         batch = pending
         params, rest, opt_state, loss = stepper.step(params, rest, opt_state, batch)
         step += 1
+        if step == first_step + 1:
+          compiled_at = time.perf_counter()  # the first call compiled the step
         device_log.add(step, loss)
         data_position = task.train_batches.state()
         if step < last_step:  # the next batch travels while this step runs
@@ -754,6 +757,7 @@ def run(cfg: ExperimentConfig, task: Task) -> dict:
           ckpt.save_now(step, training_state(data_position))
           interrupted = True
           break
+      loop_end = time.perf_counter()  # after the last drain: every step has run
       stopped = not interrupted and step < cfg.steps
       if not interrupted:
         ckpt.save_now(step, training_state(data_position))
@@ -801,6 +805,13 @@ def run(cfg: ExperimentConfig, task: Task) -> dict:
     "sparsity_per_layer": report.as_dict()["leaves"] if report else [],
     "train_seconds": train_seconds,
     "steps_per_second": (step - first_step) / max(train_seconds, 1e-9),
+    # Steps after the first (which compiles) until the last one finished; no
+    # checkpoint or evaluation in between: the loop's own throughput.
+    "steady_steps_per_second": (
+      (step - first_step - 1) / max(loop_end - compiled_at, 1e-9)
+      if compiled_at is not None and loop_end is not None and step - first_step > 1
+      else None
+    ),
     "steps": step,
     "interrupted": interrupted,
     "stopped_early": stopped,
