@@ -18,8 +18,19 @@ before selection (0 for non-negative scores, exactly as SEVEN's (E7); the
 most negative float for signed scores such as movement, as FORCE's Iterative
 SNIP sets them to the minimum) and the new mask is intersected with the old
 one, so masks only shrink. Global and per-leaf budgets use the exact counting
-threshold of :mod:`seven_jax.threshold`: ties at the k-th score are all kept,
-as ``S >= topk(S, k)[-1]`` in the official code.
+threshold of :mod:`seven_jax.threshold`.
+
+Ties at the k-th score. With ``ties="exact"`` (the default) exactly ``k``
+weights are kept even when many scores equal the k-th value ``tau`` (dead
+inputs, all-zero or all-NaN gradient leaves, constant scores): every score
+``> tau`` is kept, and among the scores ``== tau`` the currently kept weights
+come first, then the lower flat (row-major) index, leaves in the order given
+(the order of ``jax.tree.leaves`` of the params in the engine). This is the
+order :func:`nm_masks` uses inside its groups. With ``ties="keep_all"``
+every score ``>= tau`` is kept, the official ``S >= topk(S, k)[-1]`` rule
+(then more than ``k`` weights may survive). The tie-break costs one more pass
+over the scores and masks, and only runs (a ``lax.cond``) when the counting
+threshold reports more than ``k`` scores ``>= tau``.
 """
 
 from __future__ import annotations
@@ -29,9 +40,10 @@ from typing import Optional, Sequence
 import jax
 import jax.numpy as jnp
 import numpy as np
+from jax import lax
 
 from seven_jax import schedules
-from seven_jax.threshold import kth_largest_threshold
+from seven_jax.threshold import canonicalize_scores, run_in_auto_axes, threshold_stats
 
 __all__ = [
   "parse_pattern",
@@ -39,10 +51,13 @@ __all__ = [
   "nm_masks",
   "select_masks",
   "SCOPES",
+  "TIES",
   "LOWEST_SCORE",
+  "exact_topk_masks",
 ]
 
 SCOPES = ("global", "per_leaf")
+TIES = ("exact", "keep_all")
 LOWEST_SCORE = np.float32(-np.finfo(np.float32).max)
 """Score given to pruned weights of signed methods (canonical, see threshold)."""
 
@@ -113,11 +128,17 @@ def select_masks(
   resurrect: bool = False,
   signed: bool = False,
   threshold=None,
-) -> list[jax.Array]:
+  ties: str = "exact",
+  hint=None,
+  return_threshold: bool = False,
+  barriers: Optional[bool] = None,
+):
   """New boolean masks of the prunable leaves.
 
   Args:
-    scores: canonical float32 scores, one per prunable leaf (higher = keep).
+    scores: canonical float32 scores, one per prunable leaf (higher = keep);
+      other dtypes (float64 under ``jax_enable_x64``) are canonicalised
+      first (see :func:`seven_jax.threshold.canonicalize_scores`).
     masks: the current masks of those leaves.
     keep_ratio: fraction of weights to keep (may be traced).
     scope: ``"global"`` or ``"per_leaf"``; ignored with ``nm`` or ``threshold``.
@@ -127,31 +148,165 @@ def select_masks(
     resurrect: if False, pruned weights cannot come back.
     signed: the scores may be negative (pruned weights then score lowest).
     threshold: keep ``score > threshold`` instead of a budget.
+    ties: ``"exact"`` (keep exactly ``k``; tie-break in the module doc) or
+      ``"keep_all"`` (keep every score equal to the k-th, as the official
+      code). Budgets only; N:M is always exact.
+    hint: warm start of the budget threshold (global: a scalar, per_leaf: one
+      value per leaf), e.g. the ``tau`` this function returned at the
+      previous step; NaN for none. The masks do not depend on it.
+    return_threshold: also return the threshold: a scalar (global), one per
+      leaf (per_leaf), ``threshold`` itself, or NaN for N:M.
+    barriers: passed to :func:`seven_jax.threshold.kth_largest_threshold`.
+
+  Returns:
+    The list of masks, or ``(masks, tau)`` with ``return_threshold``.
   """
+  if ties not in TIES:
+    raise ValueError(f"ties must be one of {TIES}, got {ties!r}.")
+  if threshold is None and nm is None and scope not in SCOPES:
+    raise ValueError(f"scope must be one of {SCOPES}, got {scope!r}.")
   masks = list(masks)
+  scores = [
+    s if getattr(s, "dtype", None) == jnp.float32 else canonicalize_scores(s) for s in scores
+  ]
   if not resurrect:
     fill = LOWEST_SCORE if signed else np.float32(0.0)
     scores = [jnp.where(m, s, fill) for s, m in zip(scores, masks)]
+  tau = jnp.float32(jnp.nan)
   if threshold is not None:
     kept = [s > threshold for s in scores]
+    tau = jnp.asarray(threshold, jnp.float32)
   elif nm is not None:
     n, m = nm
     n_keep = n if nm_keep is None else nm_keep
     kept = [nm_masks(s, mk, n_keep, m) for s, mk in zip(scores, masks)]
   elif scope == "global":
-    total = int(sum(int(np.prod(s.shape)) for s in scores))
-    tau = kth_largest_threshold(scores, schedules.keep_count(keep_ratio, total))
-    kept = [s >= tau for s in scores]
-  elif scope == "per_leaf":
-    kept = [
-      s >= kth_largest_threshold([s], schedules.keep_count(keep_ratio, int(np.prod(s.shape))))
-      for s in scores
-    ]
+    kept, tau = _budget_masks(scores, masks, keep_ratio, ties, hint, barriers)
   else:
-    raise ValueError(f"scope must be one of {SCOPES}, got {scope!r}.")
+    kept, taus = [], []
+    hints = [None] * len(scores) if hint is None else jnp.asarray(hint, jnp.float32).reshape(-1)
+    for i, (s, mk) in enumerate(zip(scores, masks)):
+      leaf_kept, leaf_tau = _budget_masks([s], [mk], keep_ratio, ties, hints[i], barriers)
+      kept.append(leaf_kept[0])
+      taus.append(leaf_tau)
+    tau = jnp.stack(taus) if taus else jnp.zeros((0,), jnp.float32)
   if not resurrect:
     kept = [k & m for k, m in zip(kept, masks)]
-  return kept
+  return (kept, tau) if return_threshold else kept
+
+
+def _budget_masks(scores, masks, keep_ratio, ties, hint, barriers):
+  """Masks of the global top-``floor(r D)`` of ``scores`` and the threshold.
+
+  Zero-size leaves take no part (their masks stay empty); with no scores at
+  all the threshold is ``+inf``.
+  """
+  total = int(sum(int(np.prod(s.shape)) for s in scores))
+  live = [i for i, s in enumerate(scores) if int(np.prod(s.shape))]
+  kept = [jnp.zeros(s.shape, jnp.bool_) for s in scores]
+  if not live:
+    return kept, jnp.float32(jnp.inf)
+  k = schedules.keep_count(keep_ratio, total)
+  live_scores = [scores[i] for i in live]
+  st = threshold_stats(live_scores, k, hint=hint, barriers=barriers)
+
+  def plain():
+    return [s >= st.tau for s in live_scores]
+
+  if ties == "keep_all":
+    live_kept = plain()
+  else:
+    live_masks = [jnp.asarray(masks[i], jnp.bool_) for i in live]
+    live_kept = lax.cond(
+      st.kept == k, plain, lambda: exact_topk_masks(live_scores, live_masks, st.tau, k)
+    )
+  for i, x in zip(live, live_kept):
+    kept[i] = x
+  return kept, st.tau
+
+
+def _as_rows(x):
+  """A leaf as a ``(rows, last axis)`` array: row-major order is kept."""
+  shape = tuple(x.shape)
+  cols = shape[-1] if shape else 1
+  return x.reshape(int(np.prod(shape[:-1])) if len(shape) > 1 else 1, cols)
+
+
+def exact_topk_masks(scores, prefer, tau, k) -> list[jax.Array]:
+  """Exactly ``k`` weights: every score ``> tau`` and the first of the scores
+  ``== tau`` in the tie order (``prefer`` first, then lower row-major index,
+  leaves in the given order).
+
+  ``tau`` must be the k-th largest score (as :func:`threshold_stats` returns
+  it when it reports more than ``k`` scores ``>= tau``). One pass computes
+  per-row counts of the scores above ``tau`` and of the ties (preferred or
+  not); a cumulative sum over those few row counts finds the row where the
+  budget runs out, and one row per leaf is read to find the column. The
+  masks are then one fused elementwise pass. Every step is a reduction, a
+  one-row gather or elementwise, so it stays sharding-friendly.
+  """
+  scores = [jnp.asarray(s) for s in scores]
+  prefer = [jnp.asarray(p, jnp.bool_) for p in prefer]
+
+  def run(args):
+    return _exact_topk(*args)
+
+  # Under explicit sharding the masks keep the scores' partition specs.
+  specs = [getattr(jax.typeof(s).sharding, "spec", None) for s in scores]
+  specs = [jax.sharding.PartitionSpec() if x is None else x for x in specs]
+  args = (scores, prefer, jnp.asarray(tau, jnp.float32), jnp.asarray(k, jnp.int32))
+  return run_in_auto_axes(run, args, specs)
+
+
+def _exact_topk(scores, prefer, tau, k):
+  views = [_as_rows(s) for s in scores]
+  pviews = [_as_rows(p) for p in prefer]
+  one, zero = np.float32(1), np.float32(0)
+
+  def row_count(x):  # float32 per-row sums: exact (rows are < 2**24 long)
+    return jnp.sum(jnp.where(x, one, zero), axis=1).astype(jnp.int32)
+
+  above = [row_count(v > tau) for v in views]
+  tie_pref = [row_count((v == tau) & p) for v, p in zip(views, pviews)]
+  tie_rest = [row_count((v == tau) & ~p) for v, p in zip(views, pviews)]
+  n_above = sum(jnp.sum(a, dtype=jnp.int32) for a in above)
+  n_pref = sum(jnp.sum(t, dtype=jnp.int32) for t in tie_pref)
+  need = jnp.clip(k - n_above, 0, None)
+  # Which tie class the budget runs out in, and how many of it to keep.
+  in_pref = need < n_pref
+  n = jnp.where(in_pref, need, need - n_pref)
+  rows_x = jnp.concatenate([jnp.where(in_pref, a, b) for a, b in zip(tie_pref, tie_rest)])
+  cum = jnp.cumsum(rows_x, dtype=jnp.int32)
+  offsets = np.cumsum([0] + [v.shape[0] for v in views])
+  g = jnp.clip(jnp.searchsorted(cum, n, side="left"), 0, offsets[-1] - 1).astype(jnp.int32)
+  n_in_row = n - (cum[g] - rows_x[g])
+  leaf_of_g = (jnp.searchsorted(jnp.asarray(offsets[1:]), g, side="right")).astype(jnp.int32)
+  # n == 0: nothing of that class is kept.
+  leaf_of_g = jnp.where(n > 0, leaf_of_g, -1)
+  row_of_g = g - jnp.asarray(offsets[:-1], jnp.int32)[jnp.clip(leaf_of_g, 0, len(views) - 1)]
+  cols_of_g = []
+  for i, (v, p) in enumerate(zip(views, pviews)):
+    r = jnp.clip(g - int(offsets[i]), 0, v.shape[0] - 1)[None]
+    row = jnp.take(v, r, axis=0, mode="clip")[0]
+    prow = jnp.take(p, r, axis=0, mode="clip")[0]
+    x = (row == tau) & jnp.where(in_pref, prow, ~prow)
+    c = jnp.cumsum(x.astype(jnp.int32), dtype=jnp.int32)
+    cols_of_g.append(jnp.argmax(c >= n_in_row).astype(jnp.int32))
+  col_of_g = jnp.stack(cols_of_g)[jnp.clip(leaf_of_g, 0, len(views) - 1)]
+
+  out = []
+  for i, (s, v, p) in enumerate(zip(scores, views, pviews)):
+    rows = lax.broadcasted_iota(jnp.int32, v.shape, 0)
+    cols = lax.broadcasted_iota(jnp.int32, v.shape, 1)
+    first = (i < leaf_of_g) | (
+      (i == leaf_of_g) & ((rows < row_of_g) | ((rows == row_of_g) & (cols <= col_of_g)))
+    )
+    tie = v == tau
+    keep_pref = jnp.where(in_pref, first, True)
+    keep_rest = jnp.where(in_pref, False, first)
+    kept = (v > tau) | (tie & p & keep_pref) | (tie & ~p & keep_rest)
+    out.append(kept.reshape(s.shape))
+  return out
 
 
 def nm_keep_count(keep_ratio, nm: tuple[int, int], is_last) -> jax.Array:

@@ -16,24 +16,30 @@ Here :math:`\\tau` is found by a *counting select*: we only ever evaluate
 
 one fused pass over each leaf that returns an integer, so the leaves are never
 concatenated and, under ``jax.sharding``, ``C`` is a plain reduction that XLA
-turns into a ``psum``.
+turns into a per-shard count and one small all-reduce (see
+``tests/test_threshold_sharding.py``, which checks the compiled HLO).
 
 Fast path (inputs of at least ``2**18`` scores), four passes (rarely five or
 six), unrolled:
 
-1. a sorted random sample of ``2**14`` scores gives a first estimate; pass 1
-   counts it exactly and pass 2 corrects it with the sample's local density;
+1. a sorted random sample of ``2**14`` scores gives a first estimate (or, with
+   ``hint``, the previous step's threshold is the first probe); pass 1 counts
+   it exactly and pass 2 corrects it with the sample's local density;
 2. pass 3 probes the secant of passes 1-2 (in order-preserving integer key
    space, roughly logarithmic in the value); pass 4 probes the next secant
    shifted by a safety margin to the far side of the k-th value, so that
-   passes 3-4 bracket it. Passes 3-4 also return per-column counts (each
-   leaf seen as a ``(256, n / 256)`` array); when they do not bracket it
-   closely enough (heavy-tailed scores) one or two more such passes, each
-   under a ``lax.cond`` that runs only when needed, aim past the k-th value
-   from the nearest probe;
+   passes 3-4 bracket it. Every pass also returns per-column counts (each
+   leaf seen as a ``(256, n / 256)`` array); passes 3-4 (and, with a hint,
+   2-4) run under a ``lax.cond`` only while the passes so far do not bracket
+   the k-th value closely enough, and up to two more such passes aim past the
+   k-th value from the nearest probe (heavy-tailed scores);
 3. the columns whose counts differ between the tightest bracketing pair hold
-   every candidate (a few hundred at BERT-base size); up to 1024 of them are
-   gathered and the exact answer is found among those few values.
+   every candidate (a few hundred at BERT-base size). Every block gathers its
+   own candidate columns into a small static budget of slots (about twice its
+   share of 1024); only when one block holds more than its budget does a
+   general gather of 1024 columns run. The exact answer is found among those
+   few values by counting alone (no sample, no reshape: it stays
+   sharding-friendly).
 
 When six passes do not bracket the answer within 1024 columns (heavy ties,
 ``k`` at the very ends, odd distributions) the general search below resumes
@@ -43,8 +49,11 @@ counts inside the bracket (alternating just below and above the estimate) and
 bisects when interpolation stops paying, so it terminates for any input.
 
 The search stops as soon as ``G(lo) == k`` (then ``{s >= lo}`` is exactly the
-sorted top-k) or the bracket is one key wide (ties at the k-th value: every
-tied entry is kept, exactly as ``s >= topk(s, k)[-1]`` in the official code).
+sorted top-k) or the bracket is one key wide (ties at the k-th value: then
+``tau`` *is* the k-th value and ``G(tau) > k``). :func:`threshold_stats`
+returns ``G(tau)`` too, so that callers who want exactly ``k`` entries
+(:func:`seven_jax.selection.select_masks` with ``ties="exact"``) know when a
+tie-break is needed without another pass.
 
 Exactness and speed of the counts. XLA on CPU vectorises float reductions far
 better than integer or boolean ones, so ``C`` is computed in float32 with the
@@ -52,15 +61,20 @@ division-free indicator ``min(max(s - u, 0) * 2**124, 1)``, exact for
 *canonical* scores (finite, and either 0 or at least ``1e-30`` in magnitude;
 see :func:`canonicalize_scores`). Every leaf is reduced as a ``(groups,
 columns)`` array with at most 256 groups, first over the groups, so each
-column sum is an exact float32 integer; columns are added in int32. Each
-leaf's reduction sits behind an ``optimization_barrier`` so that XLA cannot share one materialised broadcast
+column sum is an exact float32 integer; columns are added in int32 (also with
+``jax_enable_x64``). On CPU each leaf's reduction sits behind an
+``optimization_barrier`` so that XLA cannot share one materialised broadcast
 of ``u`` between all leaves of the same shape (that sharing made every pass
-3-5x slower than a plain ``jnp.sum``).
+3-5x slower than a plain ``jnp.sum``). The barriers are a CPU workaround:
+``barriers=False`` (or the module setting :data:`USE_BARRIERS`) gives the
+plain-XLA program, which is what accelerators should be benchmarked with too.
 """
 
 from __future__ import annotations
 
-from typing import NamedTuple, Sequence
+import math
+from collections.abc import Sequence
+from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -73,10 +87,19 @@ __all__ = [
   "topk_masks",
   "sort_reference_threshold",
   "threshold_and_passes",
+  "threshold_stats",
+  "ThresholdStats",
+  "USE_BARRIERS",
 ]
 
 TINY = np.float32(1e-30)
 """Scores of smaller magnitude are treated as exactly zero."""
+
+USE_BARRIERS: bool | None = None
+"""Default of ``barriers=`` in :func:`kth_largest_threshold`: ``None`` means
+"on for the CPU backend, off elsewhere"; ``True``/``False`` force it. The
+optimization barriers only stop XLA's CPU backend from sharing broadcasts
+between leaves (see the module doc); without them the program is plain XLA."""
 
 _FLOAT32_MAX = np.float32(np.finfo(np.float32).max)
 # Integer keys: canonical floats mapped, in order, onto a contiguous int32 range.
@@ -92,34 +115,51 @@ _CAPACITY = 1024
 _FAST_MIN = 1 << 18
 # Conditional column-counted passes after the four (run only when needed).
 _EXTRA_PASSES = 2
+# Per-block gather budget: this many times the block's share of ``capacity``
+# slots, at least _MIN_BUDGET (candidates spread evenly over the columns, so
+# a block rarely holds more than twice its share).
+_BUDGET_SLACK = 2.0
+_MIN_BUDGET = 16
 
 
 def canonicalize_scores(scores: jax.Array) -> jax.Array:
-  """Maps scores onto values the counting select handles exactly.
+  """Maps scores onto float32 values the counting select handles exactly.
 
-  NaN becomes 0, infinities become the largest finite float32, and values of
-  magnitude below ``1e-30`` become 0. Apply it once where scores are produced;
-  the resulting order is the same as the input's except among those tiny
-  values, which are all tied at zero.
+  NaN becomes 0, infinities (also float64 values beyond the float32 range)
+  become the largest finite float32, and values of magnitude below ``1e-30``
+  become 0. Apply it once where scores are produced; the resulting order is
+  the same as the input's except among those tiny values, which are all tied
+  at zero, and among float64 values that round to the same float32.
   """
-  scores = jnp.asarray(scores, jnp.float32)
+  scores = jnp.asarray(scores)
+  if scores.dtype != jnp.float32:
+    scores = scores.astype(jnp.float32)
   scores = jnp.nan_to_num(scores, nan=0.0, posinf=_FLOAT32_MAX, neginf=-_FLOAT32_MAX)
-  return jnp.where(jnp.abs(scores) >= TINY, scores, 0.0)
+  return jnp.where(jnp.abs(scores) >= TINY, scores, jnp.float32(0.0))
 
 
 def _to_key(x: jax.Array) -> jax.Array:
   """Order-preserving map from canonical float32 values to int32 keys."""
-  bits = lax.bitcast_convert_type(jnp.abs(x), jnp.int32)
+  bits = lax.bitcast_convert_type(jnp.abs(x).astype(jnp.float32), jnp.int32)
   magnitude = jnp.where(bits == 0, 0, bits - (_TINY_BITS - 1))
-  return jnp.where(x < 0, -magnitude, magnitude)
+  return jnp.where(x < 0, -magnitude, magnitude).astype(jnp.int32)
 
 
 def _from_key(key: jax.Array) -> jax.Array:
   """Inverse of :func:`_to_key`; ``_MAX_KEY + 1`` maps to ``+inf``."""
-  magnitude = jnp.abs(key)
-  bits = jnp.where(magnitude == 0, 0, magnitude + (_TINY_BITS - 1))
+  magnitude = jnp.abs(key).astype(jnp.int32)
+  bits = jnp.where(magnitude == 0, 0, magnitude + (_TINY_BITS - 1)).astype(jnp.int32)
   value = lax.bitcast_convert_type(bits, jnp.float32)
   return jnp.where(key < 0, -value, value)
+
+
+def _i32(x) -> jax.Array:
+  return jnp.asarray(x, jnp.int32)
+
+
+def _isum(x, axis=None) -> jax.Array:
+  """int32 sum (``jnp.sum`` of int32 is int64 under ``jax_enable_x64``)."""
+  return jnp.sum(x, axis=axis, dtype=jnp.int32)
 
 
 # Exact indicator of ``s > u`` for canonical s and u, in float arithmetic:
@@ -131,20 +171,62 @@ def _from_key(key: jax.Array) -> jax.Array:
 _SCALE = np.float32(2.0**124)
 
 
-def _indicator(leaf: jax.Array, block: "_Block", u: jax.Array) -> jax.Array:
+class _Block(NamedTuple):
+  """A static view of part of one leaf as a ``(groups, columns)`` array.
+
+  Entries ``start .. start + groups * columns`` of the flattened leaf, row
+  major: column ``j`` holds the ``groups`` entries ``start + g * columns + j``
+  (strided). Per-column counts are then a sum over axis 0, which XLA's CPU
+  backend vectorises as well as a plain sum (a sum over the last axis of
+  short rows was 2-4x slower, and erratically so across row widths). For a
+  leaf sharded along its first axis the view is sharded along ``groups``, so
+  the per-column sums are per-shard partial sums plus one all-reduce.
+  """
+
+  leaf: int
+  start: int
+  groups: int
+  columns: int
+
+
+class _Plan(NamedTuple):
+  """Static layout of one call: blocks, gather sizes, barrier switch."""
+
+  blocks: tuple
+  group: int
+  capacity: int
+  budgets: tuple  # gather slots per block
+  barriers: bool
+
+
+def _make_plan(sizes, group, capacity, barriers) -> _Plan:
+  blocks = tuple(_plan_blocks(sizes, group))
+  columns = sum(b.columns for b in blocks)
+  capacity = min(capacity, columns)
+  budgets = tuple(
+    min(b.columns, max(_MIN_BUDGET, math.ceil(_BUDGET_SLACK * capacity * b.columns / columns)))
+    for b in blocks
+  )
+  return _Plan(blocks, group, capacity, budgets, bool(barriers))
+
+
+def _indicator(leaf: jax.Array, block: _Block, u: jax.Array, barriers: bool) -> jax.Array:
   """The exact 0/1 indicator ``s > u`` over one block, as a float32
   ``(groups, columns)`` array (fused into the reduction that consumes it).
 
-  ``lax.optimization_barrier`` gives every block its own copy of the scalars:
-  without it XLA shares one broadcast of ``u`` (and of the constants) between
-  all leaves of the same shape and materialises it as a full-size array, which
-  made every probe 3-5x slower than a plain ``jnp.sum``. The barrier goes
-  after the reshape when the block is the whole leaf (a free view; measured
-  1.5x faster than reshaping behind the barrier) and before the slice
-  otherwise (a barrier after a slice would materialise it).
+  With ``barriers``, ``lax.optimization_barrier`` gives every block its own
+  copy of the scalars: without it XLA's CPU backend shares one broadcast of
+  ``u`` (and of the constants) between all leaves of the same shape and
+  materialises it as a full-size array, which made every probe 3-5x slower
+  than a plain ``jnp.sum``. The barrier goes after the reshape when the block
+  is the whole leaf (a free view; measured 1.5x faster than reshaping behind
+  the barrier) and before the slice otherwise (a barrier after a slice would
+  materialise it).
   """
   consts = (_SCALE, np.float32(0), np.float32(1))
-  if block.groups * block.columns == leaf.size:
+  if not barriers:
+    x, (scale, zero, one) = _block_view(leaf, block), consts
+  elif block.groups * block.columns == leaf.size:
     x, u, (scale, zero, one) = lax.optimization_barrier((_block_view(leaf, block), u, consts))
   else:
     leaf, u, (scale, zero, one) = lax.optimization_barrier((leaf, u, consts))
@@ -152,7 +234,9 @@ def _indicator(leaf: jax.Array, block: "_Block", u: jax.Array) -> jax.Array:
   return jnp.minimum(jnp.maximum(x - u, zero) * scale, one)
 
 
-def _count_greater(leaves: Sequence[jax.Array], u: jax.Array) -> jax.Array:
+def _count_greater(
+  leaves: Sequence[jax.Array], u: jax.Array, barriers: bool = True, group: int = _GROUP
+) -> jax.Array:
   """Exact ``#{s > u}`` over all leaves, as int32, for canonical s and u.
 
   Each leaf is reduced as ``(groups, columns)`` blocks, first over the
@@ -160,127 +244,253 @@ def _count_greater(leaves: Sequence[jax.Array], u: jax.Array) -> jax.Array:
   and columns are added in int32, so counts are exact at any leaf size.
   """
   u = jnp.asarray(u, jnp.float32)
-  total = jnp.zeros((), jnp.int32)
-  for b in _plan_blocks([int(leaf.size) for leaf in leaves], _GROUP):
-    per_column = jnp.sum(_indicator(leaves[b.leaf], b, u), axis=0)
-    total = total + jnp.sum(per_column.astype(jnp.int32))
+  total = _i32(0)
+  for b in _plan_blocks([int(leaf.size) for leaf in leaves], group):
+    per_column = jnp.sum(_indicator(leaves[b.leaf], b, u, barriers), axis=0)
+    total = total + _isum(per_column.astype(jnp.int32))
   return total
 
 
-def _count_at_least(leaves: Sequence[jax.Array], key: jax.Array) -> jax.Array:
+def _count_at_least(leaves, key, barriers=True, group=_GROUP) -> jax.Array:
   """``G(key) = #{s >= value(key)}``; no canonical value lies between keys."""
-  return _count_greater(leaves, _from_key(key - 1))
+  return _count_greater(leaves, _from_key(key - 1), barriers, group)
 
 
 def _sample(leaves: Sequence[jax.Array], size: int, seed: int) -> jax.Array:
-  """A fixed pseudo-random sample, allocated to leaves by their size."""
+  """A fixed pseudo-random sample, allocated to leaves by their size.
+
+  Indices are static (shapes are static): a gather of a few scores per leaf
+  with constant indices, which XLA's SPMD partitioner turns into per-shard
+  gathers and one small all-reduce of the sample (no copy of the scores).
+  """
   sizes = np.array([leaf.size for leaf in leaves], np.int64)
   total = int(sizes.sum())
   rng = np.random.default_rng(seed)
   parts = []
   for leaf, n in zip(leaves, sizes):
+    if n == 0:
+      continue
     take = int(min(n, max(1, round(size * n / total))))
-    # Indices are static (shapes are static), so this is a cheap gather.
     # (With replacement: choice without replacement permutes all n at trace time.)
     idx = np.sort(rng.integers(0, int(n), size=take)) if take < n else np.arange(int(n))
     parts.append(leaf.reshape(-1)[jnp.asarray(idx, jnp.int32)])
   return jnp.concatenate(parts)
 
 
+class ThresholdStats(NamedTuple):
+  """What :func:`threshold_stats` found.
+
+  ``tau``: float32 threshold, ``{s >= tau}`` is the sorted top-``k`` with every
+  tie at the k-th value kept. ``kept``: ``#{s >= tau}`` (int32) when the search
+  knows it without another pass, else ``-1``; ``kept > k`` means ``tau`` is
+  exactly the k-th value and ``kept - k`` entries tied with it are beyond the
+  budget. ``passes``: full counting passes over the scores.
+  """
+
+  tau: jax.Array
+  kept: jax.Array
+  passes: jax.Array
+
+
 def kth_largest_threshold(
   leaves: Sequence[jax.Array],
   k: jax.typing.ArrayLike,
   *,
+  hint: jax.typing.ArrayLike | None = None,
   sample_size: int = _DEFAULT_SAMPLE,
   max_passes: int = 128,
   seed: int = 0,
+  barriers: bool | None = None,
+  **layout,
 ) -> jax.Array:
   """Threshold whose mask ``s >= tau`` equals the sorted top-``k`` mask.
 
   Args:
-    leaves: float32 score arrays of any shapes, already canonical (see
-      :func:`canonicalize_scores`). They are never concatenated.
+    leaves: score arrays of any shapes, already canonical (see
+      :func:`canonicalize_scores`; float64 scores are cast to float32). They
+      are never concatenated; they may be sharded (``jax.sharding``, ``Auto``
+      or ``Explicit`` axes).
     k: number of entries to keep (may be traced). ``k <= 0`` gives ``+inf``
       (keep nothing); ``k >= D`` keeps everything.
+    hint: warm start, e.g. the previous step's ``tau`` (may be traced). Its
+      first pass counts at the hint instead of a sample estimate and the
+      later passes run only while needed; ``None``, NaN or ``+-inf`` take the
+      cold path. The result is identical to the cold path's for any hint.
     sample_size: size of the random sample that seeds the search.
     max_passes: safety cap on counting passes of the fallback search; its
       bisection guarantees convergence well before it (about 3 probes per bit
       of the 32-bit key range in the worst case).
     seed: seed of the (static) sample positions.
+    barriers: CPU-tuned optimization barriers on (True) or plain XLA
+      (False); ``None`` uses :data:`USE_BARRIERS`.
+    **layout: ``group``, ``capacity``, ``fast_min`` of :func:`threshold_stats`.
 
   Returns:
     A float32 scalar ``tau``. ``[s >= tau for s in leaves]`` keeps the same
     entries as ``s >= sort(concat(leaves))[::-1][k - 1]``; in particular every
     entry tied with the k-th largest value is kept, as in the official code.
-    ``tau`` itself may lie strictly between the k-th and (k+1)-th values.
+    For ``1 <= k <= D``, ``tau`` is the k-th largest score itself, whatever
+    the path (cold, warm or fallback).
   """
-  return threshold_and_passes(leaves, k, sample_size=sample_size, max_passes=max_passes, seed=seed)[
-    0
-  ]
+  return threshold_stats(
+    leaves,
+    k,
+    hint=hint,
+    sample_size=sample_size,
+    max_passes=max_passes,
+    seed=seed,
+    barriers=barriers,
+    **layout,
+  ).tau
 
 
-def threshold_and_passes(
+def threshold_and_passes(leaves, k, **kwargs) -> tuple[jax.Array, jax.Array]:
+  """:func:`kth_largest_threshold` plus the number of full counting passes
+  (same arguments as :func:`threshold_stats`)."""
+  st = threshold_stats(leaves, k, **kwargs)
+  return st.tau, st.passes
+
+
+def _default_barriers() -> bool:
+  if USE_BARRIERS is not None:
+    return bool(USE_BARRIERS)
+  return jax.default_backend() == "cpu"
+
+
+def _explicit_axes(leaves):
+  """Mesh and axis names of explicitly sharded leaves (sharding in types)."""
+  for leaf in jax.tree.leaves(leaves):
+    sharding = jax.typeof(leaf).sharding
+    mesh = getattr(sharding, "mesh", None)
+    if mesh is None or getattr(mesh, "empty", True):
+      continue
+    names = tuple(
+      n for n, t in zip(mesh.axis_names, mesh.axis_types) if t == jax.sharding.AxisType.Explicit
+    )
+    if names:
+      return mesh, names
+  return None, ()
+
+
+def run_in_auto_axes(fn, leaves, out_sharding):
+  """Runs ``fn(leaves)`` with explicit mesh axes switched to ``Auto``.
+
+  The search reshapes and gathers small pieces of the scores; with explicit
+  sharding in types JAX would ask for an output sharding at each of them.
+  Inside ``auto_axes`` XLA's partitioner places them (and keeps the counts as
+  per-shard reductions plus all-reduces). ``out_sharding`` gives the
+  partition specs of the results. Without explicit axes it is ``fn(leaves)``.
+  """
+  mesh, names = _explicit_axes(leaves)
+  if not names:
+    return fn(leaves)
+  with jax.sharding.use_abstract_mesh(mesh):
+    return jax.sharding.auto_axes(fn, axes=names, out_sharding=out_sharding)(leaves)
+
+
+def threshold_stats(
   leaves: Sequence[jax.Array],
   k: jax.typing.ArrayLike,
   *,
+  hint: jax.typing.ArrayLike | None = None,
   sample_size: int = _DEFAULT_SAMPLE,
   max_passes: int = 128,
   seed: int = 0,
+  barriers: bool | None = None,
   group: int = _GROUP,
   capacity: int = _CAPACITY,
   fast_min: int = _FAST_MIN,
-) -> tuple[jax.Array, jax.Array]:
-  """:func:`kth_largest_threshold` plus the number of full counting passes.
+) -> ThresholdStats:
+  """:func:`kth_largest_threshold` with ``#{s >= tau}`` and the pass count.
 
   Inputs of at least ``fast_min`` scores take the four-probe path
   (:func:`_four_probe_select`), which falls back to the general search
   (:func:`_loop_select`) when it cannot prove its answer; smaller inputs use
   the general search directly. ``group`` and ``capacity`` size the
   candidate gather of the fast path (exposed for tests and benchmarks).
+  Zero-size leaves are ignored.
   """
-  leaves = [jnp.asarray(leaf, jnp.float32) for leaf in leaves]
+  leaves = [jnp.asarray(leaf) for leaf in leaves]
+  leaves = [x if x.dtype == jnp.float32 else x.astype(jnp.float32) for x in leaves]
+  leaves = [x for x in leaves if x.size]
   total = sum(int(leaf.size) for leaf in leaves)
   if total == 0:
-    raise ValueError("kth_largest_threshold needs at least one score.")
+    raise ValueError("kth_largest_threshold needs at least one score (all leaves are empty).")
   if total >= 2**31:
     raise ValueError(f"kth_largest_threshold supports fewer than 2**31 scores, got {total}.")
-  k = jnp.clip(jnp.asarray(k, jnp.int32), 0, total)
-  if total < fast_min:
-    tau, passes = _loop_select(leaves, k, total, sample_size, max_passes, seed)
-    return jnp.where(k <= 0, jnp.float32(jnp.inf), tau), passes
+  barriers = _default_barriers() if barriers is None else bool(barriers)
+  k = jnp.clip(jnp.asarray(k).astype(jnp.int32), 0, total)
+  if hint is not None:
+    hint = jnp.asarray(hint, jnp.float32)
 
-  blocks = _plan_blocks([int(x.size) for x in leaves], group)
-  capacity = min(capacity, sum(b.columns for b in blocks))
+  def search(args):
+    leaves, k, hint = args
+    return _search(
+      leaves, k, hint, total, sample_size, max_passes, seed, barriers, group, capacity, fast_min
+    )
+
+  # Everything traced goes in as an argument (nothing closed over), so that
+  # it can switch to Auto axes under explicit sharding.
+  tau, kept, passes = run_in_auto_axes(
+    search, (leaves, k, hint), (jax.sharding.PartitionSpec(),) * 3
+  )
+  return ThresholdStats(tau, kept, passes)
+
+
+def _search(leaves, k, hint, total, sample_size, max_passes, seed, barriers, group, capacity, fm):
+  if total < fm:
+    lo, count_lo, passes = _loop_select(
+      leaves, k, total, sample_size, max_passes, seed, barriers=barriers
+    )
+    return _finalize(k, _snap(leaves, _from_key(lo)), count_lo, passes + 1)
+
+  plan = _make_plan([int(x.size) for x in leaves], group, capacity, barriers)
+  capacity = plan.capacity
 
   def middle():
-    fast_tau, ok, bracket, fast_passes = _four_probe_select(
-      leaves, k, total, sample_size, seed, group, capacity
+    fast_tau, fast_kept, ok, bracket, fast_passes = _four_probe_select(
+      leaves, k, total, sample_size, seed, plan, hint
     )
+
     # The fallback runs only when the fast path failed (a ``cond``, not both),
-    # and resumes from the tightest bracket the four passes found.
-    tau, extra = lax.cond(
-      ok,
-      lambda: (fast_tau, jnp.int32(0)),
-      lambda: _loop_select(leaves, k, total, sample_size, max_passes, seed, bracket),
-    )
-    return tau, fast_passes + extra
+    # and resumes from the tightest bracket the passes found.
+    def fallback():
+      lo, count_lo, extra = _loop_select(
+        leaves, k, total, sample_size, max_passes, seed, bracket, barriers=barriers
+      )
+      return _snap(leaves, _from_key(lo)), count_lo, extra + 1
+
+    tau, kept, extra = lax.cond(ok, lambda: (fast_tau, fast_kept, _i32(0)), fallback)
+    return tau, kept, fast_passes + extra
 
   # Near either end (keep at most ``capacity``, or drop fewer than
   # ``capacity``: the first steps of every pruning window) a sample cannot
   # resolve the k-th value, but one pass of per-column extremes finds it.
   branch = jnp.where(k <= capacity, 0, jnp.where(total - k < capacity, 1, 2))
-  tau, passes = lax.switch(
+  tau, kept, passes = lax.switch(
     branch,
     [
-      lambda: _extreme_select(leaves, blocks, k, total, group, capacity, True),
-      lambda: _extreme_select(leaves, blocks, k, total, group, capacity, False),
+      lambda: _extreme_select(leaves, plan, k, total, True),
+      lambda: _extreme_select(leaves, plan, k, total, False),
       middle,
     ],
   )
-  return jnp.where(k <= 0, jnp.float32(jnp.inf), tau), passes
+  return _finalize(k, tau, kept, passes)
 
 
-def _extreme_select(leaves, blocks, k, total, group, capacity, largest):
+def _snap(leaves, tau):
+  """The smallest score ``>= tau`` (one pass): the k-th largest value itself,
+  so that every path (cold, warm, fallback) returns the same ``tau``."""
+  return jnp.min(jnp.stack([jnp.min(jnp.where(x >= tau, x, jnp.inf)) for x in leaves]))
+
+
+def _finalize(k, tau, kept, passes):
+  tau = jnp.where(k <= 0, jnp.float32(jnp.inf), tau)
+  kept = jnp.where(k <= 0, _i32(0), kept)
+  return tau, _i32(kept), _i32(passes)
+
+
+def _extreme_select(leaves, plan, k, total, largest):
   """The k-th largest value when ``k`` or ``total - k`` is below ``capacity``.
 
   One pass computes every column's maximum (``largest``) or minimum. For
@@ -290,41 +500,47 @@ def _extreme_select(leaves, blocks, k, total, group, capacity, largest):
   larger entry sits in a column whose maximum is larger), so it is the k-th
   largest among the gathered ``capacity`` columns with the largest maxima.
   Symmetrically, the k-th largest is the ``r = total - k + 1``-th smallest,
-  found among the columns with the smallest minima. Returns ``(tau, 1)``.
+  found among the columns with the smallest minima. Returns ``(tau, kept,
+  1)`` with ``kept = #{s >= tau}`` when no column left out can hold a tie
+  with ``tau``, else ``-1``.
   """
   extremes = []
-  for b in blocks:
+  for b in plan.blocks:
     view = _block_view(leaves[b.leaf], b)
     extremes.append(jnp.max(view, axis=0) if largest else jnp.min(view, axis=0))
   extremes = jnp.concatenate(extremes)
-  _, idx = lax.top_k(extremes if largest else -extremes, capacity)
-  cand, real = _gather_columns(leaves, blocks, idx, group)
+  top, idx = lax.top_k(extremes if largest else -extremes, plan.capacity)
+  cand, real = _gather_columns(leaves, plan.blocks, idx, plan.group)
   # Padding (-FLOAT32_MAX) is never above a real entry, so the r-th smallest
   # of the ``real`` gathered entries is their (real - r + 1)-th largest.
   rank = k if largest else real - (total - k)
-  tau, _ = _loop_select(
-    [cand.reshape(-1)], rank, capacity * group, min(_DEFAULT_SAMPLE, 1024), 128, 0
+  slots = int(cand.size)
+  lo, _, _ = _loop_select(
+    [cand],
+    rank,
+    slots,
+    0,
+    128,
+    0,
+    (_i32(-_MAX_KEY), _i32(_MAX_KEY + 1), _i32(slots), _i32(0)),
+    barriers=False,
   )
   # The search may return any value between the k-th and (k+1)-th gathered
   # entries, but entries that were not gathered can lie in that gap: snap to
   # the k-th value itself.
-  return jnp.min(jnp.where(cand >= tau, cand, jnp.inf)), jnp.int32(1)
-
-
-class _Block(NamedTuple):
-  """A static view of part of one leaf as a ``(groups, columns)`` array.
-
-  Entries ``start .. start + groups * columns`` of the flattened leaf, row
-  major: column ``j`` holds the ``groups`` entries ``start + g * columns + j``
-  (strided). Per-column counts are then a sum over axis 0, which XLA's CPU
-  backend vectorises as well as a plain sum (a sum over the last axis of
-  short rows was 2-4x slower, and erratically so across row widths).
-  """
-
-  leaf: int
-  start: int
-  groups: int
-  columns: int
+  tau = jnp.min(jnp.where(cand >= _from_key(lo), cand, jnp.inf))
+  # Columns left out have maxima <= the last gathered maximum (minima >= the
+  # last gathered minimum): they cannot hold an entry tied with tau unless
+  # tau equals that bound.
+  bound = top[-1] if largest else -top[-1]
+  if largest:
+    kept = jnp.where(tau > bound, _isum(cand >= tau), -1)
+  else:
+    # Every entry outside the gathered columns is >= bound > tau, so the
+    # entries below tau are the gathered ones (less the padding).
+    padding = jnp.where(tau > -_FLOAT32_MAX, slots - real, 0)
+    kept = jnp.where(tau < bound, total - (_isum(cand < tau) - padding), -1)
+  return tau, _i32(kept), _i32(1)
 
 
 def _plan_blocks(sizes: Sequence[int], group: int) -> list[_Block]:
@@ -335,10 +551,12 @@ def _plan_blocks(sizes: Sequence[int], group: int) -> list[_Block]:
   Transformer weight shapes: a free reshape); otherwise a ``(group, n //
   group)`` block plus a one-column block of the ``n % group`` entries left
   over. Every column holds at most ``group`` entries, so its float32 count
-  is exact.
+  is exact. Empty leaves get no block.
   """
   blocks = []
   for i, n in enumerate(sizes):
+    if n == 0:
+      continue
     if n <= group:
       blocks.append(_Block(i, 0, n, 1))
       continue
@@ -360,45 +578,67 @@ def _block_view(leaf: jax.Array, block: _Block) -> jax.Array:
   return flat.reshape(block.groups, block.columns)
 
 
-def _column_counts(leaves, blocks, u):
-  """Per-column ``#{s > u}`` of every block, concatenated, and their int32 total.
+def _column_counts(leaves, plan: _Plan, u):
+  """Per-column ``#{s > u}`` of every block (a list, one float32 vector per
+  block) and their int32 total.
 
   One pass over the scores; the column counts (``D / group`` floats) are what
   let the fast path find the columns that hold the candidates afterwards.
   """
-  counts, total = [], jnp.zeros((), jnp.int32)
-  for b in blocks:
-    per_column = jnp.sum(_indicator(leaves[b.leaf], b, u), axis=0)
-    # Without the barrier XLA folds the total into a second full reduction of
-    # the indicator, which then gets materialised (a copy of the scores).
-    per_column = lax.optimization_barrier(per_column)
+  counts, total = [], _i32(0)
+  for b in plan.blocks:
+    per_column = jnp.sum(_indicator(leaves[b.leaf], b, u, plan.barriers), axis=0)
+    if plan.barriers:
+      # Without the barrier XLA folds the total into a second full reduction
+      # of the indicator, which then gets materialised (a copy of the scores).
+      per_column = lax.optimization_barrier(per_column)
     counts.append(per_column)
-    total = total + jnp.sum(per_column.astype(jnp.int32))
-  return jnp.concatenate(counts), total
+    total = total + _isum(per_column.astype(jnp.int32))
+  return counts, total
 
 
 def _gather_columns(leaves, blocks, idx, group):
-  """Columns ``idx`` (global, block-major ids) as a ``(len(idx), group)`` array,
+  """Columns ``idx`` (global, block-major ids) as a ``(group, len(idx))`` array,
   short columns padded with ``-FLOAT32_MAX`` (never counted by a probe), and
   the number of real (unpadded) entries gathered.
 
   Every block gathers every slot and keeps its own: ``blocks x len(idx) x
-  group`` reads, but no copy of the scores.
+  group`` reads, but no copy of the scores. The general (slow) gather: the
+  fast path uses :func:`_gather_own_columns` first. The result keeps the
+  views' layout (groups first, no transpose), so a leaf sharded along its
+  first axis gives candidates sharded the same way (no all-gather).
   """
-  cand = jnp.full((idx.shape[0], group), -_FLOAT32_MAX, jnp.float32)
-  real = jnp.zeros((), jnp.int32)
+  cand = jnp.full((group, idx.shape[0]), -_FLOAT32_MAX, jnp.float32)
+  real = _i32(0)
   offset = 0
   for b in blocks:
     view = _block_view(leaves[b.leaf], b)
     local = jnp.clip(idx - offset, 0, b.columns - 1)
     mine = (idx >= offset) & (idx < offset + b.columns)
-    cols = view[:, local].T  # (slots, groups)
+    cols = view[:, local]  # (groups, slots)
     if b.groups < group:
-      cols = jnp.pad(cols, ((0, 0), (0, group - b.groups)), constant_values=-_FLOAT32_MAX)
-    cand = jnp.where(mine[:, None], cols, cand)
-    real = real + jnp.sum(mine.astype(jnp.int32)) * b.groups
+      cols = jnp.pad(cols, ((0, group - b.groups), (0, 0)), constant_values=-_FLOAT32_MAX)
+    cand = jnp.where(mine[None, :], cols, cand)
+    real = real + _isum(mine.astype(jnp.int32)) * b.groups
     offset += b.columns
   return cand, real
+
+
+def _gather_own_columns(leaves, plan: _Plan, diffs):
+  """Each block's candidate columns (``diff > 0``) into its own budget of
+  slots: a list of ``(groups, budget)`` arrays, unused slots repeated (their
+  entries are masked out by the caller's bracket test on ``diff``).
+
+  ``blocks x budget x group`` reads in all (about twice the candidate
+  columns), instead of ``blocks x capacity x group`` for the general gather.
+  """
+  out = []
+  for b, budget, diff in zip(plan.blocks, plan.budgets, diffs):
+    _, local = lax.top_k(diff, budget)
+    view = _block_view(leaves[b.leaf], b)
+    cols = view[:, local]  # (groups, budget)
+    out.append(jnp.where((diff[local] > 0)[None, :], cols, -_FLOAT32_MAX))
+  return out
 
 
 def _key_secant(ka, ca, kb, cb, target):
@@ -417,48 +657,51 @@ def _key_secant(ka, ca, kb, cb, target):
   near = ka + jnp.clip(step, -(2.0**27), 2.0**27).astype(jnp.int32)
   far = jnp.clip(ka.astype(jnp.float32) + step, -_MAX_KEY, _MAX_KEY).astype(jnp.int32)
   key = jnp.where(jnp.abs(step) < 2.0**27, near, far)
-  return jnp.clip(key, -_MAX_KEY, _MAX_KEY)
+  return jnp.clip(key, -_MAX_KEY, _MAX_KEY).astype(jnp.int32)
 
 
-def _four_probe_select(leaves, k, total, sample_size, seed, group, capacity):
-  """Sample, four to six counting passes, then an exact finish on a few
+def _four_probe_select(leaves, k, total, sample_size, seed, plan: _Plan, hint=None):
+  """Sample, two to six counting passes, then an exact finish on a few
   gathered columns.
 
-  All probes are canonical values ``u`` and count ``C(u) = #{s > u}``.
+  All probes are canonical values ``u`` and count ``C(u) = #{s > u}``, with
+  per-column counts.
 
-  1. A sorted random sample gives a first estimate ``u1`` of the k-th value.
+  1. A sorted random sample gives a first estimate ``u1`` of the k-th value
+     (with a finite ``hint``: ``u1`` just below the hint).
   2. Pass 1 counts ``C(u1)`` exactly; the sample, read at a rank shifted by
      the observed error, gives ``u2`` (typically within ~5% of the first
-     error, since it only relies on the sample's local density).
+     error, since it only relies on the sample's local density). With a hint
+     ``u2`` is aimed past the k-th value by a margin, so that passes 1-2 may
+     already bracket it.
   3. Pass 3 probes the secant of passes 1-2; pass 4 the secant of pass 3 and
      the nearer earlier probe, shifted by a margin of ``3 sqrt(error) + 16``
      entries to the far side of the k-th value, so that passes 3 and 4
-     bracket it: ``C(u_lo) >= k > C(u_hi)``. Passes 3 and 4 also return
-     per-column counts (each leaf viewed as ``group`` rows; a column is
-     ``group`` strided scores).
-  4. Passes 5 and 6 run (each under a ``lax.cond``) only while no two
-     column-counted passes bracket the k-th value within ``capacity``
-     columns: a secant of the two probes nearest to ``k``, aimed past it from
-     the nearest by the same margin (plus a quarter of its error when the
-     two do not bracket ``k``, as extrapolation is less certain).
+     bracket it: ``C(u_lo) >= k > C(u_hi)``.
+  4. Passes 5 and 6 (each under a ``lax.cond``) run only while no two
+     passes bracket the k-th value within the gather's budget: a secant of
+     the two probes nearest to ``k``, aimed past it from the nearest by the
+     same margin (plus a quarter of its error when the two do not bracket
+     ``k``, as extrapolation is less certain). With a hint, passes 2-4 are
+     conditional in the same way.
   5. The columns whose counts differ hold every candidate
-     ``u_lo < s <= u_hi``; up to ``capacity`` of them are gathered and the
-     general search finds
-     the ``(k - C(u_hi))``-th largest candidate among them (at most
-     ``capacity * group`` values, so its passes are cheap).
+     ``u_lo < s <= u_hi``; every block gathers its own into its budget (or,
+     when a block has more, the general gather takes up to ``capacity``), and
+     a counting search started from the bracket finds the ``(k -
+     C(u_hi))``-th largest candidate among them.
 
   The passes are unrolled at the top level of the computation: inside a
   ``lax.while_loop`` the same reductions measured ~2x slower on CPU.
 
-  Returns ``(tau, ok, bracket, passes)``: ``ok`` is False (and ``tau``
-  meaningless) when no two column-counted passes bracket the k-th value
-  within ``capacity`` columns (heavy ties, ``k`` at the very ends, odd
+  Returns ``(tau, kept, ok, bracket, passes)``: ``ok`` is False (and ``tau``
+  meaningless) when no two passes bracket the k-th value within
+  ``capacity`` columns (heavy ties, ``k`` at the very ends, odd
   distributions); ``bracket = (lo_key, hi_key, G(lo_key), G(hi_key))`` is
   the tightest bracket of all passes, in the key form of
   :func:`_loop_select`, to warm-start the fallback; ``passes`` counts the
-  full passes made (4 to 6).
+  full passes made.
   """
-  blocks = _plan_blocks([int(x.size) for x in leaves], group)
+  blocks, capacity = plan.blocks, plan.capacity
   sample = _to_key(jnp.sort(_sample(leaves, sample_size, seed))[::-1])  # descending
   s = sample.shape[0]
   kf = k.astype(jnp.float32)
@@ -474,89 +717,137 @@ def _four_probe_select(leaves, k, total, sample_size, seed, group, capacity):
   def value(key):
     return _from_key(jnp.clip(key, -_MAX_KEY, _MAX_KEY))
 
-  j1 = kf * per_score - 0.5
-  k1 = quantile(j1)
-  c1 = _count_greater(leaves, value(k1))
-  k2 = quantile(j1 - (c1 - k).astype(jnp.float32) * per_score)
-  c2 = _count_greater(leaves, value(k2))
-  k3 = _key_secant(k1, c1, k2, c2, kf)
-  cc3, c3 = _column_counts(leaves, blocks, value(k3))
-  near_2 = jnp.abs(c2 - k) <= jnp.abs(c1 - k)
-  ka, ca = jnp.where(near_2, k2, k1), jnp.where(near_2, c2, c1)
-  margin = 3.0 * jnp.sqrt(jnp.abs(c3 - k).astype(jnp.float32)) + 16.0
-  k4 = _key_secant(k3, c3, ka, ca, jnp.where(c3 >= k, kf - margin, kf + margin))
-  cc4, c4 = _column_counts(leaves, blocks, value(k4))
+  def counted(key):
+    cc, c = _column_counts(leaves, plan, value(key))
+    return key, c, cc
 
-  # Passes 5 and 6, each only when the column-counted passes so far do not
-  # bracket the k-th value closely enough (heavy-tailed scores, where the
-  # secant of passes 1-2 is poor): a secant of the two passes nearest to k,
-  # aimed past k (beyond the nearest pass) so that the two bracket it.
   def tight_bracket(col):
-    keys, counts, col_counts = (jnp.stack(x) for x in zip(*col))
+    """Tightest bracketing pair of column-counted passes and whether every
+    block's candidate columns fit its gather budget (``own``) or at least
+    the general gather's capacity (``ok``)."""
+    keys = jnp.stack([p[0] for p in col])
+    counts = jnp.stack([p[1] for p in col])
     is_lo = counts >= k
     lo = jnp.argmax(jnp.where(is_lo, keys, -_MAX_KEY - 1))
     hi = jnp.argmin(jnp.where(is_lo, _MAX_KEY + 2, keys))
-    diff = col_counts[lo] - col_counts[hi]  # candidates per column
-    ok = jnp.any(is_lo) & ~jnp.all(is_lo) & (k >= 1)
-    ok &= jnp.sum(diff > 0) <= capacity
-    return ok, keys[lo], keys[hi], counts[hi], diff
+    diffs = [
+      jnp.stack([p[2][b] for p in col])[lo] - jnp.stack([p[2][b] for p in col])[hi]
+      for b in range(len(blocks))
+    ]
+    brackets = jnp.any(is_lo) & ~jnp.all(is_lo) & (k >= 1)
+    wide = [_isum(d > 0) for d in diffs]
+    own = brackets & jnp.all(jnp.stack([w <= bud for w, bud in zip(wide, plan.budgets)]))
+    # Either gather proves the answer: every block within its own budget, or
+    # all candidate columns within the general gather's capacity.
+    ok = own | (brackets & (sum(wide) <= capacity))
+    return ok, own, keys[lo], keys[hi], counts[hi], diffs
 
-  def extra_pass(probes):
+  def aim(probes, extrapolation):
+    """Secant of the two probes nearest to k, aimed past k from the nearest."""
     keys, counts = jnp.stack([p[0] for p in probes]), jnp.stack([p[1] for p in probes])
     err = jnp.abs(counts - k)
     order = jnp.argsort(err)
     kn, cn, ko, co = keys[order[0]], counts[order[0]], keys[order[1]], counts[order[1]]
     brackets = (cn >= k) != (co >= k)
-    # Extrapolating (no bracket yet) is less certain: aim further past k.
-    margin = (
-      3.0 * jnp.sqrt(err[order[0]].astype(jnp.float32))
-      + 16.0
-      + jnp.where(brackets, 0.0, 0.25 * err[order[0]].astype(jnp.float32))
-    )
-    key = _key_secant(kn, cn, ko, co, jnp.where(cn >= k, kf - margin, kf + margin))
-    cc, c = _column_counts(leaves, blocks, value(key))
-    return key, c, cc
+    e0 = err[order[0]].astype(jnp.float32)
+    margin = 3.0 * jnp.sqrt(e0) + 16.0 + jnp.where(brackets, 0.0, extrapolation * e0)
+    return _key_secant(kn, cn, ko, co, jnp.where(cn >= k, kf - margin, kf + margin))
 
-  probes = [(k1, c1), (k2, c2), (k3, c3), (k4, c4)]
-  col = [(k3, c3, cc3), (k4, c4, cc4)]
-  passes = jnp.int32(4)
-  for _ in range(_EXTRA_PASSES):
-    ok = tight_bracket(col)[0]
-    # Skipped, the extra pass repeats pass 3 (which changes no bracket).
-    new = lax.cond(ok, lambda: (k3, c3, cc3), lambda p=tuple(probes): extra_pass(p))
-    passes += jnp.where(ok, 0, 1)
-    probes.append(new[:2])
+  j1 = kf * per_score - 0.5
+  warm = None
+  if hint is None:
+    k1 = quantile(j1)
+  else:
+    warm = jnp.isfinite(hint)
+    # Just below the hint: C(u1) = G(hint), the number kept by the hint.
+    k1 = jnp.where(warm, _to_key(canonicalize_scores(hint)) - 1, quantile(j1))
+    # Where the hint sits in the sample (for the density correction).
+    j1 = jnp.where(warm, _isum(sample > k1).astype(jnp.float32) - 0.5, j1)
+  p1 = counted(k1)
+  c1 = p1[1]
+  k2 = quantile(j1 - (c1 - k).astype(jnp.float32) * per_score)
+  col = [p1]
+  passes = _i32(1)
+
+  def conditional(key_fn):
+    """One more column-counted pass, skipped (repeating pass 1, which changes
+    no bracket) when the passes so far already bracket k within budget."""
+    nonlocal passes
+    done = tight_bracket(col)[1]
+    new = lax.cond(done, lambda: p1, lambda c=tuple(col): counted(key_fn(c)))
+    passes = passes + jnp.where(done, 0, 1)
     col.append(new)
-  ok, key_lo, key_hi, c_hi, diff = tight_bracket(col)
-  u_lo, u_hi = value(key_lo), value(key_hi)
 
-  _, idx = lax.top_k(diff, capacity)
-  cand, _ = _gather_columns(leaves, blocks, idx, group)
-  cand = jnp.where((cand > u_lo) & (cand <= u_hi), cand, -_FLOAT32_MAX)
-  # The k-th largest overall is the r-th largest candidate.
+  if warm is None:
+    col.append(counted(k2))
+    passes = passes + 1
+  else:
+    # Warm: aim the density-corrected estimate past k so that passes 1-2 may
+    # bracket it (the hint is typically a few hundred entries off).
+    def k2_warm(c):
+      e1 = jnp.abs(c1 - k).astype(jnp.float32)
+      margin = 3.0 * jnp.sqrt(e1) + 16.0 + 0.25 * e1
+      j = j1 - (c1 - kf + jnp.where(c1 >= k, margin, -margin)) * per_score
+      cold = quantile(j1 - (c1 - k).astype(jnp.float32) * per_score)
+      # A hint that keeps exactly k: the next key up brackets the ties at it.
+      return jnp.where(warm, jnp.where(c1 == k, k1 + 1, quantile(j)), cold)
+
+    conditional(k2_warm)
+  p2 = col[-1]
+  k3 = _key_secant(k1, c1, p2[0], p2[1], kf)
+  if warm is None:
+    col.append(counted(k3))
+    passes = passes + 1
+  else:
+    conditional(lambda c: k3)
+  conditional(lambda c: aim(c, 0.0))
+  for _ in range(_EXTRA_PASSES):
+    conditional(lambda c: aim(c, 0.25))
+
+  ok, own, key_lo, key_hi, c_hi, diffs = tight_bracket(col)
+  u_lo, u_hi = value(key_lo), value(key_hi)
+  # The k-th largest overall is the r-th largest candidate u_lo < s <= u_hi.
   r = k - c_hi
-  tau, _ = _loop_select([cand.reshape(-1)], r, capacity * group, min(sample_size, 1024), 128, seed)
-  # With r equal to the number of candidates the search may return a value
-  # below u_lo (the padding is -FLOAT32_MAX); nothing lies in between.
-  tau = jnp.maximum(tau, _from_key(_to_key(u_lo) + 1))
+
+  def finish(cands):
+    cands = [jnp.where((x > u_lo) & (x <= u_hi), x, -_FLOAT32_MAX) for x in cands]
+    n_cand = sum(_isum(x > -_FLOAT32_MAX) for x in cands)
+    # Start from the bracket itself: G(key(u_lo) + 1) = every candidate,
+    # G(key(u_hi) + 1) = none; counting only, no sample.
+    init = (_to_key(u_lo) + 1, _to_key(u_hi) + 1, n_cand, _i32(0))
+    lo, count_lo, _ = _loop_select(
+      cands, r, sum(int(x.size) for x in cands), 0, 128, seed, init, barriers=False
+    )
+    # Snap to the r-th largest candidate itself: the k-th largest score.
+    tau = _from_key(lo)
+    tau = jnp.min(jnp.stack([jnp.min(jnp.where(x >= tau, x, jnp.inf)) for x in cands]))
+    return tau, c_hi + count_lo
+
+  def general():
+    top_diff = jnp.concatenate(diffs)
+    _, idx = lax.top_k(top_diff, capacity)
+    cand, _ = _gather_columns(leaves, blocks, idx, plan.group)
+    return finish([cand])
+
+  tau, kept = lax.cond(own, lambda: finish(_gather_own_columns(leaves, plan, diffs)), general)
 
   # Tightest bracket of all passes, as keys of G(key) = #{s >= value(key)}:
   # C(value(key)) = G(key + 1).
-  keys = jnp.stack([p[0] for p in probes]) + 1
-  counts = jnp.stack([p[1] for p in probes])
+  keys = jnp.stack([p[0] for p in col]) + 1
+  counts = jnp.stack([p[1] for p in col])
   is_lo = counts >= k
   lo = jnp.argmax(jnp.where(is_lo, keys, -_MAX_KEY - 1))
   hi = jnp.argmin(jnp.where(is_lo, _MAX_KEY + 2, keys))
   bracket = (
-    jnp.where(jnp.any(is_lo), keys[lo], -_MAX_KEY),
-    jnp.where(jnp.all(is_lo), _MAX_KEY + 1, keys[hi]),
-    jnp.where(jnp.any(is_lo), counts[lo], total),
-    jnp.where(jnp.all(is_lo), 0, counts[hi]),
+    jnp.where(jnp.any(is_lo), keys[lo], -_MAX_KEY).astype(jnp.int32),
+    jnp.where(jnp.all(is_lo), _MAX_KEY + 1, keys[hi]).astype(jnp.int32),
+    jnp.where(jnp.any(is_lo), counts[lo], total).astype(jnp.int32),
+    jnp.where(jnp.all(is_lo), 0, counts[hi]).astype(jnp.int32),
   )
-  return tau, ok, bracket, passes
+  return tau, kept, ok, bracket, passes
 
 
-def _loop_select(leaves, k, total, sample_size, max_passes, seed, bracket=None):
+def _loop_select(leaves, k, total, sample_size, max_passes, seed, bracket=None, *, barriers=True):
   """General counting select: works for any input, in 9-40 passes.
 
   Keeps a bracket ``lo < hi`` of order-preserving integer keys with
@@ -565,29 +856,43 @@ def _loop_select(leaves, k, total, sample_size, max_passes, seed, bracket=None):
   just above the estimate), and a probe bisects the key range whenever
   interpolation stops paying (ties, odd distributions). ``bracket`` (keys
   ``lo, hi`` and their counts) warm-starts the search, skipping the sample.
-  Returns ``(tau, passes)``.
+  Returns ``(lo_key, G(lo_key), passes)``: ``G(lo) == k``, or ``G(lo) > k``
+  and ``lo`` is the key of the k-th value (ties).
   """
-
-  sample = jnp.sort(_sample(leaves, sample_size, seed))[::-1]  # descending
-  s = sample.shape[0]
-  # Rank of the k-th largest within the sample, with a binomial margin.
-  rank = k.astype(jnp.float32) * (s / total)
-  spread = 3.0 * jnp.sqrt(rank * (1.0 - rank / s)) + 2.0
-  below = _to_key(sample[jnp.clip(jnp.ceil(rank + spread), 0, s - 1).astype(jnp.int32)])
-  above = _to_key(sample[jnp.clip(jnp.floor(rank - spread), 0, s - 1).astype(jnp.int32)])
-
-  # Bracket of keys with G(lo) >= k > G(hi).
-  lo0 = jnp.int32(-_MAX_KEY)
-  hi0 = jnp.int32(_MAX_KEY + 1)
+  k = _i32(k)
+  first = 0
+  below = above = _i32(0)
+  if bracket is None:
+    sample = jnp.sort(_sample(leaves, sample_size, seed))[::-1]  # descending
+    s = sample.shape[0]
+    # Rank of the k-th largest within the sample, with a binomial margin.
+    rank = k.astype(jnp.float32) * (s / total)
+    spread = 3.0 * jnp.sqrt(rank * (1.0 - rank / s)) + 2.0
+    below = _to_key(sample[jnp.clip(jnp.ceil(rank + spread), 0, s - 1).astype(jnp.int32)])
+    above = _to_key(sample[jnp.clip(jnp.floor(rank - spread), 0, s - 1).astype(jnp.int32)])
+    init = (
+      _i32(-_MAX_KEY),
+      _i32(_MAX_KEY + 1),
+      _i32(total),
+      _i32(0),
+      _i32(0),
+      _i32(total),
+      _i32(total),
+    )
+  else:
+    # Start after the two sample probes, straight into interpolation.
+    first = 2
+    lo_key, hi_key, count_lo, count_hi = (_i32(x) for x in bracket)
+    init = (lo_key, hi_key, count_lo, count_hi, _i32(first), count_lo - count_hi, _i32(total))
 
   def done(state):
     lo, hi, count_lo, _, passes, _, _ = state
-    return (count_lo == k) | (lo + 1 >= hi) | (passes >= max_passes)
+    return (count_lo == k) | (lo + 1 >= hi) | (passes >= max_passes + first)
 
   def probe_key(state):
     lo, hi, count_lo, count_hi, passes, _, entries_two_ago = state
     entries = count_lo - count_hi  # entries with a key in [lo, hi)
-    n = entries.astype(jnp.float32)
+    n = jnp.maximum(entries, 1).astype(jnp.float32)
     width = hi.astype(jnp.float32) - lo.astype(jnp.float32)
     # Fraction of the bracket (from lo) where G crosses k, if locally uniform,
     # and a one-sigma margin, alternately below and above the estimate so that
@@ -602,52 +907,25 @@ def _loop_select(leaves, k, total, sample_size, max_passes, seed, bracket=None):
     delta = jnp.clip(jnp.round(fraction * width), 1.0, 2.0**31 - 1)
     interpolated = lo + delta.astype(jnp.int32)
     key = jnp.where(passes == 0, below, jnp.where(passes == 1, above, interpolated))
-    return jnp.clip(key, lo + 1, hi - 1)
+    return jnp.clip(key, lo + 1, hi - 1).astype(jnp.int32)
 
   def step(state):
     lo, hi, count_lo, count_hi, passes, entries_prev, _ = state
     t = probe_key(state)
-    count_t = _count_at_least(leaves, t)
+    count_t = _count_at_least(leaves, t, barriers)
     keep_up = count_t >= k
-    new_lo = jnp.where(keep_up, t, lo)
-    new_hi = jnp.where(keep_up, hi, t)
-    new_count_lo = jnp.where(keep_up, count_t, count_lo)
-    new_count_hi = jnp.where(keep_up, count_hi, count_t)
     return (
-      new_lo,
-      new_hi,
-      new_count_lo,
-      new_count_hi,
+      jnp.where(keep_up, t, lo),
+      jnp.where(keep_up, hi, t),
+      jnp.where(keep_up, count_t, count_lo),
+      jnp.where(keep_up, count_hi, count_t),
       passes + 1,
       count_lo - count_hi,
       entries_prev,
     )
 
-  init = (
-    lo0,
-    hi0,
-    jnp.int32(total),
-    jnp.int32(0),
-    jnp.int32(0),
-    jnp.int32(total),
-    jnp.int32(total),
-  )
-  first = 0
-  if bracket is not None:
-    # Start after the two sample probes, straight into interpolation.
-    first = 2
-    lo_key, hi_key, count_lo, count_hi = bracket
-    init = (
-      lo_key,
-      hi_key,
-      count_lo,
-      count_hi,
-      jnp.int32(first),
-      count_lo - count_hi,
-      jnp.int32(total),
-    )
-  lo, _, _, _, passes, _, _ = lax.while_loop(lambda st: ~done(st), step, init)
-  return _from_key(lo), passes - first
+  lo, _, count_lo, _, passes, _, _ = lax.while_loop(lambda st: ~done(st), step, init)
+  return lo, count_lo, passes - first
 
 
 def topk_masks(leaves: Sequence[jax.Array], k: jax.typing.ArrayLike, **kwargs) -> list[jax.Array]:

@@ -1,0 +1,215 @@
+"""select_masks against brute-force numpy references: exact ties, keep-all ties,
+per-leaf budgets, zero-size leaves, float64 scores and ``jax_enable_x64``."""
+
+import os
+import subprocess
+import sys
+import textwrap
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from seven_jax import schedules, selection
+from seven_jax import threshold as th
+
+SHAPES = [(30, 40), (7,), (0, 5), (100, 3), (1,), (5, 5, 4), ()]
+
+
+def _scores(rng, kind, shapes=SHAPES):
+  out = []
+  for s in shapes:
+    if kind == "tied":
+      x = np.round(np.abs(rng.standard_normal(s)) * 2)
+    elif kind == "constant":
+      x = np.full(s, 0.25)
+    elif kind == "zeros":  # dead inputs / all-zero gradients
+      x = np.zeros(s)
+    elif kind == "mostly_zero":
+      x = np.where(rng.random(s) < 0.8, 0.0, rng.random(s))
+    else:
+      x = rng.standard_normal(s)
+    out.append(np.asarray(x, np.float32))
+  return out
+
+
+def _reference_exact(scores, prefer, k):
+  """First ``k`` by (score desc, preferred first, global row-major index)."""
+  flat = np.concatenate([s.reshape(-1) for s in scores])
+  pref = np.concatenate([p.reshape(-1) for p in prefer])
+  order = np.lexsort((np.arange(flat.size), ~pref, -flat))
+  keep = np.zeros(flat.size, bool)
+  keep[order[:k]] = True
+  out, start = [], 0
+  for s in scores:
+    out.append(keep[start : start + s.size].reshape(s.shape))
+    start += s.size
+  return out
+
+
+def _k(ratio, n):
+  return int(schedules.keep_count(ratio, n))
+
+
+@pytest.mark.parametrize("kind", ["tied", "constant", "zeros", "mostly_zero", "signed"])
+@pytest.mark.parametrize("scope", ["global", "per_leaf"])
+def test_exact_ties_match_brute_force(kind, scope):
+  rng = np.random.default_rng({"tied": 1, "constant": 2, "zeros": 3, "mostly_zero": 4}.get(kind, 5))
+  scores = _scores(rng, kind)
+  masks = [rng.random(s.shape) < 0.6 for s in scores]
+  select = jax.jit(
+    lambda s, m, r: selection.select_masks(s, m, r, scope=scope, resurrect=True, ties="exact")
+  )
+  for ratio in [0.0, 0.1, 0.5, 0.77, 1.0]:
+    got = select([jnp.asarray(x) for x in scores], [jnp.asarray(m) for m in masks], ratio)
+    if scope == "global":
+      total = sum(x.size for x in scores)
+      want = _reference_exact(scores, masks, _k(ratio, total))
+    else:
+      want = [_reference_exact([x], [m], _k(ratio, x.size))[0] for x, m in zip(scores, masks)]
+    for g, w in zip(got, want):
+      np.testing.assert_array_equal(np.asarray(g), w, err_msg=f"{kind} {scope} r={ratio}")
+    if scope == "global":
+      assert sum(int(np.sum(g)) for g in got) == _k(ratio, sum(x.size for x in scores))
+
+
+@pytest.mark.parametrize("kind", ["tied", "constant", "zeros"])
+def test_keep_all_is_the_official_rule(kind):
+  rng = np.random.default_rng(7)
+  scores = _scores(rng, kind)
+  masks = [np.ones(s.shape, bool) for s in scores]
+  live = [x for x in scores if x.size]
+  total = sum(x.size for x in scores)
+  for ratio in [0.1, 0.5, 0.9]:
+    k = _k(ratio, total)
+    ref = th.sort_reference_threshold(live, k)
+    got = selection.select_masks(
+      [jnp.asarray(x) for x in scores], [jnp.asarray(m) for m in masks], ratio, ties="keep_all"
+    )
+    for g, x in zip(got, scores):
+      np.testing.assert_array_equal(np.asarray(g), x >= ref)
+
+
+def test_constant_scores_reach_the_asked_sparsity():
+  # The issue's case: all-zero scores, 0.5 asked. keep_all keeps everything.
+  scores = [jnp.zeros((64, 32)), jnp.zeros((32, 16))]
+  masks = [jnp.ones(s.shape, bool) for s in scores]
+  exact = selection.select_masks(scores, masks, 0.5)
+  assert sum(int(m.sum()) for m in exact) == (64 * 32 + 32 * 16) // 2
+  # Ties go to the lower flat index: the first leaf's first half.
+  np.testing.assert_array_equal(np.asarray(exact[0]).reshape(-1)[:1280], True)
+  loose = selection.select_masks(scores, masks, 0.5, ties="keep_all")
+  assert all(bool(m.all()) for m in loose)
+
+
+def test_without_resurrection_ties_prefer_kept_weights_and_masks_only_shrink():
+  rng = np.random.default_rng(8)
+  scores = [np.zeros((20, 10), np.float32), np.full((10, 10), 1.0, np.float32)]
+  masks = [rng.random(s.shape) < 0.5 for s in scores]
+  got = selection.select_masks(
+    [jnp.asarray(x) for x in scores], [jnp.asarray(m) for m in masks], 0.3, resurrect=False
+  )
+  k = _k(0.3, 300)
+  filled = [np.where(m, x, 0.0).astype(np.float32) for x, m in zip(scores, masks)]
+  want = _reference_exact(filled, masks, k)
+  for g, w, m in zip(got, want, masks):
+    np.testing.assert_array_equal(np.asarray(g), w & m)
+    assert not np.any(np.asarray(g) & ~m)
+  assert sum(int(np.sum(g)) for g in got) == k
+
+
+def test_exact_ties_on_the_fast_path():
+  # Large enough for the four-probe path; coarse values make ties at tau.
+  rng = np.random.default_rng(9)
+  shapes = [(512, 300), (300, 512), (64, 64)]
+  scores = [np.round(rng.random(s) * 50).astype(np.float32) for s in shapes]
+  masks = [rng.random(s) < 0.7 for s in shapes]
+  select = jax.jit(lambda s, m, r: selection.select_masks(s, m, r, resurrect=True))
+  total = sum(x.size for x in scores)
+  for ratio in [0.3, 0.61, 0.999]:
+    got = select([jnp.asarray(x) for x in scores], [jnp.asarray(m) for m in masks], ratio)
+    want = _reference_exact(scores, masks, _k(ratio, total))
+    for g, w in zip(got, want):
+      np.testing.assert_array_equal(np.asarray(g), w, err_msg=f"r={ratio}")
+
+
+def test_zero_size_leaves_per_leaf_and_global():
+  scores = [jnp.zeros((0, 4)), jnp.arange(12.0).reshape(3, 4), jnp.zeros((0,))]
+  masks = [jnp.ones(s.shape, bool) for s in scores]
+  for scope in ["per_leaf", "global"]:
+    got = jax.jit(lambda s, m, sc=scope: selection.select_masks(s, m, 0.5, scope=sc))(scores, masks)
+    assert [g.shape for g in got] == [(0, 4), (3, 4), (0,)]
+    np.testing.assert_array_equal(np.asarray(got[1]).reshape(-1), np.arange(12) >= 6)
+  only_empty = selection.select_masks([jnp.zeros((0, 3))], [jnp.ones((0, 3), bool)], 0.5)
+  assert only_empty[0].shape == (0, 3)
+
+
+def test_float64_scores_are_canonicalised():
+  rng = np.random.default_rng(10)
+  scores64 = [rng.standard_normal((40, 30)), rng.standard_normal((30,))]
+  masks = [np.ones(s.shape, bool) for s in scores64]
+  got = selection.select_masks(scores64, masks, 0.4, resurrect=True)
+  f32 = [np.asarray(th.canonicalize_scores(jnp.asarray(s))) for s in scores64]
+  want = _reference_exact(f32, masks, _k(0.4, 1230))
+  for g, w in zip(got, want):
+    np.testing.assert_array_equal(np.asarray(g), w)
+
+
+def test_return_threshold_and_hint_give_the_same_masks():
+  rng = np.random.default_rng(11)
+  scores = [jnp.asarray(rng.random((600, 500)).astype(np.float32))]
+  masks = [jnp.ones((600, 500), bool)]
+  cold, tau = selection.select_masks(scores, masks, 0.4, return_threshold=True)
+  warm, tau_warm = selection.select_masks(
+    scores, masks, 0.4, return_threshold=True, hint=tau * 1.001
+  )
+  np.testing.assert_array_equal(np.asarray(cold[0]), np.asarray(warm[0]))
+  assert float(tau) == float(tau_warm)
+
+
+def test_bad_ties_and_scope_raise():
+  s, m = [jnp.ones((4, 4))], [jnp.ones((4, 4), bool)]
+  with pytest.raises(ValueError, match="ties"):
+    selection.select_masks(s, m, 0.5, ties="all")
+  with pytest.raises(ValueError, match="scope"):
+    selection.select_masks(s, m, 0.5, scope="layer")
+
+
+_X64_SCRIPT = textwrap.dedent(
+  """
+  import jax
+  jax.config.update("jax_enable_x64", True)
+  import jax.numpy as jnp, numpy as np
+  from seven_jax import selection, threshold as th
+  rng = np.random.default_rng(0)
+  for dtype in [np.float32, np.float64]:
+    for shapes in [[(40, 30), (7,)], [(512, 300), (300, 512)]]:
+      leaves = [jnp.asarray(rng.standard_normal(s).astype(dtype)) for s in shapes]
+      canon = [th.canonicalize_scores(x) for x in leaves]
+      total = sum(x.size for x in leaves)
+      for k in [1, total // 3, total - 1]:
+        tau = jax.jit(th.kth_largest_threshold)(canon, k)
+        ref = th.sort_reference_threshold(canon, k)
+        assert all(bool(jnp.all((x >= tau) == (x >= ref))) for x in canon), (dtype, k)
+      masks = [jnp.ones(s, bool) for s in shapes]
+      got = jax.jit(lambda s, m: selection.select_masks(s, m, 0.5, resurrect=True))(leaves, masks)
+      assert sum(int(g.sum()) for g in got) == total // 2, dtype
+  print("x64 ok")
+  """
+)
+
+
+def test_x64_float32_and_float64_scores():
+  env = dict(os.environ, JAX_ENABLE_X64="1", JAX_PLATFORMS="cpu")
+  root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+  proc = subprocess.run(
+    [sys.executable, "-c", _X64_SCRIPT],
+    env=env,
+    cwd=root,
+    capture_output=True,
+    text=True,
+    timeout=600,
+  )
+  assert proc.returncode == 0, proc.stderr[-3000:]
+  assert "x64 ok" in proc.stdout
