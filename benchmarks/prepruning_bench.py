@@ -11,15 +11,15 @@ so a whole call always re-traces and re-compiles; timing it would mostly time
 XLA. Instead each method's per-batch work is rebuilt here from the library's
 own pieces and timed after warm-up (compilation excluded):
 
-* the mini-batch gradient is the library's ``_mean_grad`` with
-  ``jax.jit(jax.grad(loss_fn))`` on the masked weights (``_Context.apply_masks``,
+* the mini-batch gradient is the library's ``mean_grad`` with
+  ``jax.jit(jax.grad(loss_fn))`` on the masked weights (``PreContext.apply_masks``,
   eager, as in the library loop);
 * the jitted per-step bodies of ``_run_rule`` (SEVEN_pre and every dynamic
   rule), ``_run_force_like`` (FORCE, Iterative SNIP) and ``_run_synflow`` are
   local functions of those runners, so they are restated here
   (``_rule_score``, ``_force_score``, ``_synflow_score``) on the library's
   ``ScoreRule.update``, schedules and ``synflow_scores``, followed by a
-  jitted ``_Context.select`` (the global top-k) shared between methods;
+  jitted ``PreContext.select`` (the global top-k) shared between methods;
   :func:`check_against_library` replays S steps with them and compares the
   masks with ``prune_before_finetuning(steps=S)``;
 * GraSP's per-batch work is one gradient plus one Hessian-gradient product
@@ -72,10 +72,8 @@ def _context(
   idx = [i for i, s in enumerate(treedef.flatten_up_to(spec)) if s]
   total = int(sum(np.prod(np.shape(flat[i][1]), dtype=np.int64) for i in idx))
   hp = resolve_hparams(DYNAMIC_RULES[pre.rule], {}) if pre.rule else {}
-  batches = prepruning._Batches(  # pylint: disable=protected-access
-    itertools.repeat(batch), 1, method, "benchmark"
-  )
-  ctx = prepruning._Context(  # pylint: disable=protected-access
+  batches = prepruning.BatchFeed(itertools.repeat(batch), 1, method, "benchmark")
+  ctx = prepruning.PreContext(
     method=method,
     loss_fn=loss_fn,
     params=params,
@@ -231,7 +229,7 @@ class _Recipe:
   def __init__(self, kind, ctx, shared: _Shared):
     self.kind, self.ctx = kind, ctx
     grad_fn = shared.grad_fn
-    mean_grad = prepruning._mean_grad  # pylint: disable=protected-access
+    mean_grad = prepruning.mean_grad
     apply_masks = jax.jit(ctx.apply_masks)
     if kind == "rule":
       score, self.init, signed = _rule_score(ctx)

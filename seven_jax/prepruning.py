@@ -71,10 +71,21 @@ from seven_jax.scores import DYNAMIC_RULES, PreMethod, pre_method, resolve_hpara
 from seven_jax.state import freeze, masks as state_masks
 from seven_jax.threshold import canonicalize_scores
 
-__all__ = ["prune_before_finetuning", "fixed_mask", "FixedMaskState", "freeze", "PreMethod"]
+__all__ = [
+  "prune_before_finetuning",
+  "fixed_mask",
+  "FixedMaskState",
+  "freeze",
+  "PreMethod",
+  "PreContext",
+  "BatchFeed",
+  "mean_grad",
+  "rule_transform",
+  "RUNNERS",
+]
 
 
-class _Batches:
+class BatchFeed:
   """Hands out mini-batches and says clearly when the iterator ran short."""
 
   def __init__(self, batches, needed: int, method: str, why: str):
@@ -101,7 +112,7 @@ class _Batches:
     return batch
 
 
-class _Context(NamedTuple):
+class PreContext(NamedTuple):
   """Everything a runner needs, flattened over the prunable leaves."""
 
   method: str
@@ -113,7 +124,7 @@ class _Context(NamedTuple):
   final_keep: float
   steps: int
   per_step: int
-  batches: _Batches
+  batches: BatchFeed
   scope: str
   nm: Optional[tuple]
   resurrect: bool
@@ -165,7 +176,7 @@ class _Context(NamedTuple):
     return [jnp.ones_like(p, jnp.bool_) for p in self.prunable_leaves(self.params)]
 
 
-def _mean_grad(ctx: _Context, grad_fn, params, count: int):
+def mean_grad(ctx: PreContext, grad_fn, params, count: int):
   """Mean gradient over ``count`` fresh batches, and the batches."""
   total, used = None, []
   for _ in range(count):
@@ -179,7 +190,7 @@ def _mean_grad(ctx: _Context, grad_fn, params, count: int):
 # ------------------------------------------------------------------ runners
 
 
-def rule_transform(ctx: _Context) -> optax.GradientTransformationExtraArgs:
+def rule_transform(ctx: PreContext) -> optax.GradientTransformationExtraArgs:
   """SEVEN_pre and every dynamic rule before fine-tuning: the pruning engine
   itself, over a window of ``steps`` updates from step 0, with the cubic keep
   ratio of ``K = steps`` (exactly ``1 - sparsity`` on the last step) and a
@@ -204,7 +215,7 @@ def rule_transform(ctx: _Context) -> optax.GradientTransformationExtraArgs:
   )
 
 
-def _run_rule(ctx: _Context):
+def _run_rule(ctx: PreContext):
   """Any dynamic score rule along the cubic schedule over ``steps`` batches."""
   grad_fn = jax.jit(jax.grad(ctx.loss_fn))
   tx = rule_transform(ctx)
@@ -218,17 +229,17 @@ def _run_rule(ctx: _Context):
   for _ in range(ctx.steps):
     # The weights entering a step are already masked (the engine's update
     # zeroes pruned weights): the gradient is that of the masked model.
-    grads, _ = _mean_grad(ctx, grad_fn, params, ctx.per_step)
+    grads, _ = mean_grad(ctx, grad_fn, params, ctx.per_step)
     params, state = step(params, state, grads)
   return ctx.prunable_leaves(state_masks(state)), params
 
 
-def _run_magnitude(ctx: _Context):
+def _run_magnitude(ctx: PreContext):
   scores = [jnp.abs(w.astype(jnp.float32)) for w in ctx.prunable_leaves(ctx.params)]
   return ctx.select(scores, ctx.ones(), ctx.final_keep, True), ctx.params
 
 
-def _run_random(ctx: _Context):
+def _run_random(ctx: PreContext):
   key = jax.random.PRNGKey(ctx.seed)
   scores = [
     jax.random.uniform(jax.random.fold_in(key, j), jnp.shape(w))
@@ -251,7 +262,7 @@ def snip_scores(loss_fn, params, batches, leaves_of):
   ]
 
 
-def _run_snip(ctx: _Context):
+def _run_snip(ctx: PreContext):
   batches = [ctx.batches.next() for _ in range(ctx.steps)]
   scores = snip_scores(ctx.loss_fn, ctx.params, batches, ctx.prunable_leaves)
   return ctx.select(scores, ctx.ones(), ctx.final_keep, True), ctx.params
@@ -288,7 +299,7 @@ def grasp_scores(loss_fn, params, batches, leaves_of, with_prunable):
   ]
 
 
-def _run_grasp(ctx: _Context):
+def _run_grasp(ctx: PreContext):
   batches = [ctx.batches.next() for _ in range(ctx.steps)]
   s = grasp_scores(ctx.loss_fn, ctx.params, batches, ctx.prunable_leaves, ctx.with_prunable)
   # GraSP removes the highest S: keep the top-k of -S.
@@ -296,7 +307,7 @@ def _run_grasp(ctx: _Context):
   return ctx.select(keep_scores, ctx.ones(), ctx.final_keep, True, signed=True), ctx.params
 
 
-def force_like_scores(ctx: _Context, params, masks, grads, *, dense: bool):
+def force_like_scores(ctx: PreContext, params, masks, grads, *, dense: bool):
   """``|W g|`` per prunable leaf: FORCE scores the dense weights (``dense``),
   Iterative SNIP the masked ones."""
   weights = ctx.prunable_leaves(params)
@@ -308,7 +319,7 @@ def force_like_scores(ctx: _Context, params, masks, grads, *, dense: bool):
   ]
 
 
-def _run_force_like(ctx: _Context, *, dense: bool):
+def _run_force_like(ctx: PreContext, *, dense: bool):
   grad_fn = jax.jit(jax.grad(ctx.loss_fn))
   masks = ctx.ones()
 
@@ -321,7 +332,7 @@ def _run_force_like(ctx: _Context, *, dense: bool):
   for k in range(ctx.steps):
     # Gradient with respect to the *effective* weights W * M (not masked), so
     # a pruned weight still has a saliency: FORCE can bring it back.
-    grads, _ = _mean_grad(ctx, grad_fn, ctx.apply_masks(ctx.params, masks), ctx.per_step)
+    grads, _ = mean_grad(ctx, grad_fn, ctx.apply_masks(ctx.params, masks), ctx.per_step)
     masks = step(ctx.params, masks, grads, jnp.int32(k))
   return masks, ctx.params
 
@@ -341,7 +352,7 @@ def synflow_scores(apply_fn, params, leaves_of, input_shape, input_dtype=jnp.flo
   ]
 
 
-def _run_synflow(ctx: _Context):
+def _run_synflow(ctx: PreContext):
   if ctx.apply_fn is None or ctx.input_shape is None:
     raise ValueError(
       "method 'synflow' is data-free: pass apply_fn=(params, x) "
@@ -501,7 +512,7 @@ def prune_before_finetuning(
   total = int(sum(np.prod(np.shape(flat[i][1]), dtype=np.int64) for i in idx))
   needed = pre.batches(steps, batches_per_step)
   why = f"steps={steps}" + (f" x batches_per_step={batches_per_step}" if needed != steps else "")
-  ctx = _Context(
+  ctx = PreContext(
     method=method,
     loss_fn=loss_fn,
     params=params,
@@ -511,7 +522,7 @@ def prune_before_finetuning(
     final_keep=1.0 - float(sparsity),
     steps=steps,
     per_step=batches_per_step,
-    batches=_Batches(batches, needed, method, why),
+    batches=BatchFeed(batches, needed, method, why),
     scope=scope,
     nm=nm,
     resurrect=pre.resurrect if resurrect is None else resurrect,
