@@ -807,6 +807,7 @@ def main(argv=None, *, runner: Callable = subprocess_runner) -> dict:
   parser.add_argument("--prune-before-steps", type=int, default=None, help="scoring batches K")
   parser.add_argument("--lr", type=float, default=None, help="fine-tuning learning rate")
   parser.add_argument("--jobs", type=int, default=1, help="runs at a time (default 1)")
+  parser.add_argument("--model", default=None, help="checkpoint directory (e.g. bert-base-uncased)")
   parser.add_argument(
     "--reference", default=None, help="variant the paired differences are against"
   )
@@ -852,6 +853,8 @@ def main(argv=None, *, runner: Callable = subprocess_runner) -> dict:
     overrides["prune_before_steps"] = args.prune_before_steps
   if args.lr is not None:
     overrides["lr"] = args.lr
+  if args.model is not None:
+    overrides["model"] = args.model
   out = pathlib.Path(args.out or f"runs/study-{grid.name}")
   cost = estimate(grid, overrides)
   if args.dry_run:

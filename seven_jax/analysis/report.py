@@ -441,6 +441,12 @@ def write_report(
   out_dir = pathlib.Path(out_dir)
   out_dir.mkdir(parents=True, exist_ok=True)
   runs = [load_run(f) for f in folders]
+  labels = [r.label for r in runs]
+  # Two runs of one method (other seeds, settings): tell them apart by folder.
+  runs = [
+    r._replace(label=f"{r.label} [{i + 1}]") if labels.count(r.label) > 1 else r
+    for i, r in enumerate(runs)
+  ]
   lines = [
     "# seven-jax analysis",
     "",
