@@ -434,3 +434,37 @@ def test_a_new_rule_is_one_function_and_one_line_and_works_with_inject_hyperpara
       np.testing.assert_array_equal(np.asarray(kept[centre][name]), expected)
     assert float(state.hyperparams["sparsity"]) == 0.5
   assert any(bool(np.any(kept[0.0][k] != kept[1.0][k])) for k in NAMES)
+
+
+def test_seven_without_correction_matches_the_numpy_loop():
+  # Issue 15's ablation while fine-tuning: correction=False is the
+  # accumulated |W_p g| on SEVEN's schedule (tests/_reference.py).
+  params, grads_seq = _params(5), _grad_sequence(9, seed=6)
+  expected, _ = seven_loop(
+    params,
+    grads_from_sequence(grads_seq),
+    len(grads_seq),
+    prunable=PRUNABLE,
+    sparsity=0.7,
+    start=1,
+    window=6,
+    schedule_n=7,
+    lr=0.05,
+    correction=False,
+  )
+  tx = seven_jax.seven_mask(
+    optax.sgd(0.05),
+    sparsity=0.7,
+    start_step=1,
+    pruning_steps=7,
+    prunable=PRUNABLE,
+    correction=False,
+    **KEEP_ALL_TIES,
+  )
+  state = tx.init(params)
+  step = jax.jit(tx.update)
+  for t, grads in enumerate(grads_seq):
+    updates, state = step(jax.tree.map(jnp.asarray, grads), state, params)
+    params = optax.apply_updates(params, updates)
+    for k, mask in expected[t].items():
+      np.testing.assert_array_equal(np.asarray(seven_jax.masks(state)[k]), mask, err_msg=f"{t} {k}")
