@@ -63,7 +63,7 @@ class ListBatches:
     return dict(batch)
 
 
-def make_task(name: str, num_batches: int = 4) -> common.Task:
+def make_task(name: str, num_batches: int = 4, dropout: float = 0.1) -> common.Task:
   from seven_jax.models import bert
 
   layers, hidden, heads, inter, vocab, batch, seq = SHAPES[name]
@@ -74,6 +74,8 @@ def make_task(name: str, num_batches: int = 4) -> common.Task:
     num_attention_heads=heads,
     intermediate_size=inter,
     num_labels=2,
+    hidden_dropout_prob=dropout,
+    attention_probs_dropout_prob=dropout,
   )
   model = bert.BertForSequenceClassification(cfg, rngs=nnx.Rngs(0))
   rng = np.random.default_rng(0)

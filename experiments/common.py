@@ -505,8 +505,10 @@ def zero_pruned(params, masks):
   "all kept" node such as ``optax.MaskedNode``) leaves its parameter as is.
   """
   flat_params, treedef = jax.tree.flatten(params)
+  # Variables and States are pytree nodes (their arrays are the leaves); an
+  # "all kept" node (optax.MaskedNode, None) stands in for a whole leaf.
   flat_masks = jax.tree.leaves(
-    masks, is_leaf=lambda x: x is None or not isinstance(x, (dict, list, tuple, nnx.State))
+    masks, is_leaf=lambda x: x is None or isinstance(x, optax.MaskedNode)
   )
   if len(flat_masks) != len(flat_params):
     raise ValueError(
