@@ -105,16 +105,16 @@ def test_pre_pruning_per_leaf_and_n_m(method, option):
 
 def test_pre_pruning_aliases_give_their_methods_masks():
   batches = _batches(12)
+  want = {name: _mlp_pre_masks(name, "global", batches) for name in set(ALIASES.values())}
   for alias, name in ALIASES.items():
     assert alias in seven_jax.methods("pre") and seven_jax.method_kind(alias) == "pre"
-    got, want = _mlp_pre_masks(alias, "global", batches), _mlp_pre_masks(name, "global", batches)
+    got = _mlp_pre_masks(alias, "global", batches)
     for a, b in KERNELS:
-      np.testing.assert_array_equal(np.asarray(got[a][b]), np.asarray(want[a][b]))
-  # The two aliases are different methods (the comparison above can fail).
-  seven = _mlp_pre_masks("seven", "global", batches)
-  magnitude = _mlp_pre_masks("magnitude", "global", batches)
+      np.testing.assert_array_equal(np.asarray(got[a][b]), np.asarray(want[name][a][b]))
+  # The aliased methods differ from each other, so the comparison above can fail.
   assert any(
-    not np.array_equal(np.asarray(seven[a][b]), np.asarray(magnitude[a][b])) for a, b in KERNELS
+    not np.array_equal(np.asarray(want["seven"][a][b]), np.asarray(want["magnitude"][a][b]))
+    for a, b in KERNELS
   )
 
 

@@ -5,6 +5,11 @@ and modules) and ``params.py`` (checkpoint loading and the SEVEN
 prunable-leaf preset)::
 
   from seven_jax.models import bert, vit, clip_vision
+
+What the models share is written once: ``_layers.py`` (activations, dense /
+LayerNorm / patch-conv factories, multi-head attention, image input checks)
+and ``_hf.py`` (``config.json`` and weights I/O with errors that name the file
+and the field, config validation, ``from_pretrained``, the prunable tree).
 """
 
 from seven_jax.models import bert
