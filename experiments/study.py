@@ -428,6 +428,8 @@ def run_grid(
       )
       return cell.key, None
     try:
+      if is_finished(folder, expected):  # another process finished it meanwhile
+        return cell.key, "skipped"
       return _run_one(i, cell, folder, expected)
     finally:
       (folder / LOCK).unlink(missing_ok=True)
@@ -452,7 +454,8 @@ def run_grid(
     with ThreadPoolExecutor(jobs) as pool:
       results = list(pool.map(one, pending))
   for key, ok in results:
-    done["busy" if ok is None else "ran" if ok else "failed"].append(key)
+    kind = "busy" if ok is None else "skipped" if ok == "skipped" else "ran" if ok else "failed"
+    done[kind].append(key)
   return done
 
 

@@ -293,3 +293,27 @@ def test_parallel_jobs_and_locks(tmp_path):
   (folder / study.LOCK).write_text("999999999")  # no such process
   again = study.run_grid(grid, tmp_path, runner=runner, print_fn=lambda *a, **k: None)
   assert again["ran"] == [cell.key] and not (folder / study.LOCK).exists()
+  # A cell that another process finished after this one listed it is not run again.
+  other = study.cells(grid)[1]
+  other_folder = study.run_dir(tmp_path, other)
+  results = list(other_folder.glob("*/results.json"))[0]
+  kept = results.read_text()
+  results.unlink()
+
+  def finish_then_run(grid_, argv, **kw):
+    raise AssertionError("ran a finished cell")
+
+  real_take = study._take_lock
+
+  def take_and_finish(folder_):
+    ok = real_take(folder_)
+    if folder_ == other_folder:
+      results.write_text(kept)  # the other process finishes while we wait
+    return ok
+
+  study._take_lock = take_and_finish
+  try:
+    late = study.run_grid(grid, tmp_path, runner=finish_then_run, print_fn=lambda *a, **k: None)
+  finally:
+    study._take_lock = real_take
+  assert other.key in late["skipped"] and late["ran"] == []
