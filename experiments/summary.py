@@ -441,7 +441,9 @@ def panel_layout(rows: list[dict]) -> list[dict]:
     if majority is not None and not outliers:
       lows.append(majority)  # the constant classifier's line is in view unless it would squash
     lo, hi = min(lows), max(highs)
-    pad = max(0.12 * (hi - lo), 0.01 * max(abs(hi), 1e-12), 1e-6)
+    pad = max(
+      0.12 * (hi - lo), 0.02 * max(abs(hi), 1e-12), 1e-6
+    )  # a minimum span: no zoom on noise
     ylim = (lo - pad, hi + pad)
     edge = ylim[0] + 0.35 * pad  # where clipped rows are drawn
     points = []
