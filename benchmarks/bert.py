@@ -52,7 +52,9 @@ def bert_prunable(params):
   return jax.tree_util.tree_map_with_path(is_prunable, params)
 
 
-def make_model(name: str):
+def make_model(name: str, dtype=None):
+  """Random-weight model and one batch; ``dtype`` is the compute dtype
+  (e.g. ``jnp.bfloat16``; parameters stay float32)."""
   from transformers import BertConfig, FlaxBertForSequenceClassification
 
   layers, hidden, heads, inter, vocab, batch, seq = CONFIGS[name]
@@ -65,7 +67,8 @@ def make_model(name: str):
     max_position_embeddings=max(512, seq),
     num_labels=2,
   )
-  model = FlaxBertForSequenceClassification(config, seed=0, input_shape=(1, seq))
+  extra = {} if dtype is None else {"dtype": dtype}
+  model = FlaxBertForSequenceClassification(config, seed=0, input_shape=(1, seq), **extra)
   rng = np.random.default_rng(0)
   batch_data = {
     "input_ids": jnp.asarray(rng.integers(0, vocab, (batch, seq)), jnp.int32),
@@ -178,9 +181,16 @@ _WINDOW_STEP = 40
 _INNER = lambda: optax.adamw(2e-5)
 
 
-def step_overhead(name: str, *, repeats: int, warmup: int = 2) -> dict:
-  """Plain adamw vs seven_mask(adamw) inside and after the pruning window."""
-  model, batch = make_model(name)
+def step_overhead(
+  name: str, *, repeats: int, warmup: int = 2, dtype=None, update_only: bool = True
+) -> dict:
+  """Plain adamw vs seven_mask(adamw) inside and after the pruning window.
+
+  ``dtype``: compute dtype of the model (``jnp.bfloat16`` on accelerators).
+  ``update_only=False`` skips the update-alone timings, the bytes moved and
+  the bf16-state memory (the accelerator script's short mode).
+  """
+  model, batch = make_model(name, dtype)
   prunable = bert_prunable(model.params)
   num_prunable = int(
     sum(
@@ -205,9 +215,18 @@ def step_overhead(name: str, *, repeats: int, warmup: int = 2) -> dict:
   after = seven_jax.seven_mask(
     optax.adamw(2e-5), sparsity=0.6, start_step=0, pruning_steps=2, prunable=prunable
   )
+  inside_bf16 = seven_jax.seven_mask(
+    optax.adamw(2e-5),
+    sparsity=0.6,
+    start_step=0,
+    pruning_steps=200,
+    prunable=prunable,
+    stats_dtype=jnp.bfloat16,
+  )
   runners = {
     "plain_adamw": _Runner(model, batch, plain, 0),
     "seven_in_window": _Runner(model, batch, inside, 0, start_at=_WINDOW_STEP),
+    "seven_in_window_bf16": _Runner(model, batch, inside_bf16, 0, start_at=_WINDOW_STEP),
     "seven_after_window": _Runner(model, batch, after, 2),
     # After the window, frozen: fixed_mask on seven_jax.freeze(state).
     "seven_frozen": _Runner(model, batch, after, 2, freeze=True),
@@ -218,6 +237,22 @@ def step_overhead(name: str, *, repeats: int, warmup: int = 2) -> dict:
   )
   plain_state = runners["plain_adamw"].opt_state
   del runners  # BERT-base: four models' states at once plus the next four OOM in 24 GiB
+  base = timing["plain_adamw"]["median_ms"]
+  if not update_only:
+    return {
+      "model": name,
+      "batch_seq": list(CONFIGS[name][5:]),
+      "params": num_params,
+      "prunable": num_prunable,
+      "dtype": str(np.dtype(dtype)) if dtype is not None else "float32",
+      **timing,
+      "ratio_in_window": timing["seven_in_window"]["median_ms"] / base,
+      "ratio_in_window_bf16": timing["seven_in_window_bf16"]["median_ms"] / base,
+      "ratio_after_window": timing["seven_after_window"]["median_ms"] / base,
+      "ratio_frozen": timing["seven_frozen"]["median_ms"] / base,
+      "optimizer_state": memory,
+      "load_avg": list(os.getloadavg()),
+    }
   # The optimizer update alone (fixed gradients): its difference is the
   # overhead in ms, far less noisy than a difference of whole steps.
   grads = jax.tree.map(lambda p: jnp.full_like(p, 1e-3), model.params)
@@ -225,6 +260,7 @@ def step_overhead(name: str, *, repeats: int, warmup: int = 2) -> dict:
   for key, tx, skip, start in [
     ("plain_adamw", plain, 0, 0),
     ("seven_in_window", inside, 0, _WINDOW_STEP),
+    ("seven_in_window_bf16", inside_bf16, 0, _WINDOW_STEP),
     ("seven_after_window", after, 2, 0),
     ("seven_frozen", after, 2, 0),
   ]:
@@ -232,11 +268,15 @@ def step_overhead(name: str, *, repeats: int, warmup: int = 2) -> dict:
       tx, model.params, grads, skip, start_at=start, freeze=key == "seven_frozen"
     )
   update_timing = _interleaved(updates, repeats=repeats, warmup=warmup)
+  moved = {
+    key: update_bytes(r.update, r.grads, r.state, r.params, num_prunable)
+    for key, r in updates.items()
+  }
+  del updates
   bf16_state = seven_jax.seven_mask(
     optax.adamw(2e-5), prunable=prunable, stats_dtype=jnp.bfloat16
   ).init(model.params)
   memory_bf16 = optimizer_state_bytes(plain_state, bf16_state, prunable, model.params)
-  base = timing["plain_adamw"]["median_ms"]
   return {
     "model": name,
     "batch_seq": list(CONFIGS[name][5:]),
@@ -246,6 +286,9 @@ def step_overhead(name: str, *, repeats: int, warmup: int = 2) -> dict:
     "ratio_in_window": timing["seven_in_window"]["median_ms"] / base,
     "ratio_after_window": timing["seven_after_window"]["median_ms"] / base,
     "ratio_frozen": timing["seven_frozen"]["median_ms"] / base,
+    "ratio_in_window_bf16": timing["seven_in_window_bf16"]["median_ms"] / base,
+    "update_bytes": moved,
+    "load_avg": list(os.getloadavg()),
     "update_only": update_timing,
     "update_overhead_ms_in_window": (
       update_timing["seven_in_window"]["median_ms"] - update_timing["plain_adamw"]["median_ms"]
@@ -259,6 +302,22 @@ def step_overhead(name: str, *, repeats: int, warmup: int = 2) -> dict:
     "optimizer_state": memory,
     "optimizer_state_bf16": memory_bf16,
   }
+
+
+def update_bytes(update, grads, state, params, num_prunable) -> dict:
+  """Bytes the compiled optimizer update reads and writes (XLA cost analysis).
+
+  ``bytes accessed`` of ``compiled.cost_analysis()``: XLA's estimate of the
+  memory traffic of every op (a fused op counts its inputs and outputs once).
+  The arithmetic limit of the in-window update is about 32 B per prunable
+  weight (read W, g, m, v, S, mask; write m, v, S, mask in float32).
+  """
+  compiled = update.lower(grads, state, params).compile()
+  cost = compiled.cost_analysis()
+  if isinstance(cost, (list, tuple)):
+    cost = cost[0] if cost else {}
+  total = float((cost or {}).get("bytes accessed", float("nan")))
+  return {"bytes_accessed": total, "bytes_per_prunable_weight": total / num_prunable}
 
 
 def optimizer_state_bytes(plain_state, seven_state, prunable, params) -> dict:

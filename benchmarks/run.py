@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import platform
 import sys
 import time
@@ -42,6 +43,7 @@ def _machine() -> dict:
     "backend": jax.default_backend(),
     "devices": [str(d) for d in jax.devices()],
     "python": sys.version.split()[0],
+    "load_avg": [round(x, 2) for x in os.getloadavg()],
   }
 
 
@@ -59,7 +61,8 @@ def _mb(entry) -> str:
 def markdown(results: dict) -> str:
   out = [
     f"Machine: {results['machine']['cpu']}, jax {results['machine']['jax']} "
-    f"({results['machine']['backend']}). Medians of wall time in ms.",
+    f"({results['machine']['backend']}). Medians of wall time in ms. Load average "
+    f"(1 min) at start {results['machine'].get('load_avg', ['?'])[0]}.",
     "",
   ]
   if results.get("steps"):
@@ -96,6 +99,30 @@ def markdown(results: dict) -> str:
       "",
     ]
     out.append(
+      "In-window step with bf16 statistics (`stats_dtype=jnp.bfloat16`) / adamw: "
+      + "; ".join(
+        f"{r['model']}: {r['ratio_in_window_bf16']:.3f} (f32 stats {r['ratio_in_window']:.3f}); "
+        f"update alone bf16 {r['update_only']['seven_in_window_bf16']['median_ms']:.1f} ms vs f32 "
+        f"{r['update_only']['seven_in_window']['median_ms']:.1f} ms"
+        for r in results["steps"]
+        if "ratio_in_window_bf16" in r
+      )
+    )
+    out.append("")
+    out.append(
+      "Bytes the compiled update moves (XLA cost analysis, `bytes accessed`) per prunable "
+      "weight (limit of the in-window arithmetic: ~32 B): "
+      + "; ".join(
+        f"{r['model']}: "
+        + ", ".join(
+          f"{k} {v['bytes_per_prunable_weight']:.1f}" for k, v in r["update_bytes"].items()
+        )
+        for r in results["steps"]
+        if "update_bytes" in r
+      )
+    )
+    out.append("")
+    out.append(
       "Extra optimizer-state bytes per prunable weight, by field: "
       + "; ".join(
         f"{r['model']}: "
@@ -106,16 +133,23 @@ def markdown(results: dict) -> str:
     out.append("")
   if results.get("threshold"):
     out += [
-      "| scores | passes | ours ms | ours temp MiB | floor (1 sum) ms | ours / floor "
-      "| sort ms | sort temp MiB | sort / ours | top_k ms | exact |",
-      "|---|---|---|---|---|---|---|---|---|---|---|",
+      "| scores | dist | passes cold / warm / plain | ours ms | / 1 sum | warm ms | / 1 sum "
+      "| plain-XLA ms | / 1 sum | ours temp MiB | 1 sum ms | sort ms | sort / ours | top_k ms "
+      "| exact | load |",
+      "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in results["threshold"]:
       ratio = f"{r['sort_over_ours']:.0f}x" if "sort_over_ours" in r else "-"
+      warm = f"{r['ours_warm_over_floor']:.1f}" if "ours_warm" in r else "-"
+      plain = f"{r['ours_plain_over_floor']:.1f}" if "ours_plain" in r else "-"
+      load = f"{r['load_avg'][0]:.1f}" if "load_avg" in r else "-"
       out.append(
-        f"| {r['size']} ({r['scores']:,}) | {r['passes']} | {_ms(r['ours'])} | {_mb(r['ours'])} "
-        f"| {_ms(r['floor_sum'])} | {r['ours_over_floor']:.1f} | {_ms(r.get('sort'))} "
-        f"| {_mb(r.get('sort'))} | {ratio} | {_ms(r.get('top_k'))} | {r.get('exact', '-')} |"
+        f"| {r['size']} ({r['scores']:,}) | {r.get('dist', '-')} "
+        f"| {r['passes']} / {r.get('passes_warm', '-')} / {r.get('passes_plain', '-')} "
+        f"| {_ms(r['ours'])} | {r['ours_over_floor']:.1f} | {_ms(r.get('ours_warm'))} | {warm} "
+        f"| {_ms(r.get('ours_plain'))} | {plain} | {_mb(r['ours'])} | {_ms(r['floor_sum'])} "
+        f"| {_ms(r.get('sort'))} | {ratio} | {_ms(r.get('top_k'))} | {r.get('exact', '-')} "
+        f"| {load} |"
       )
     out.append("")
   if results.get("prepruning"):
@@ -157,23 +191,71 @@ def prepruning_markdown(r: dict) -> list:
   return out
 
 
+def _writable_out(path: str) -> str:
+  """``--out``: its folder must exist and be writable, checked before any run."""
+  parent = os.path.dirname(os.path.abspath(path)) or "."
+  if not os.path.isdir(parent):
+    raise argparse.ArgumentTypeError(f"the folder of --out {path!r} does not exist: {parent}")
+  if not os.access(parent, os.W_OK):
+    raise argparse.ArgumentTypeError(f"the folder of --out {path!r} is not writable: {parent}")
+  if os.path.isdir(path):
+    raise argparse.ArgumentTypeError(f"--out {path!r} is a folder; give a file name")
+  return path
+
+
+def _positive_int(text: str) -> int:
+  try:
+    value = int(text)
+  except ValueError:
+    raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
+  if value < 1:
+    raise argparse.ArgumentTypeError(f"expected a positive integer, got {value}")
+  return value
+
+
 def main(argv=None) -> int:
+  from benchmarks.bert import CONFIGS
+  from benchmarks.threshold_bench import SIZES
+
   parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
   parser.add_argument("--size", choices=sorted(PRESETS), default="small")
-  parser.add_argument("--out", default=None, help="write all results to this JSON file")
+  parser.add_argument(
+    "--out",
+    default=None,
+    type=_writable_out,
+    help="write all results to this JSON file (its folder must exist and be writable)",
+  )
   parser.add_argument("--skip-steps", action="store_true", help="skip the training-step benchmark")
   parser.add_argument("--skip-threshold", action="store_true", help="skip the threshold benchmark")
   parser.add_argument(
     "--skip-prepruning", action="store_true", help="skip the pre-pruning scoring benchmark"
   )
   parser.add_argument(
-    "--prepruning-model", default=None, help="override the preset's pre-pruning model"
+    "--prepruning-model",
+    default=None,
+    choices=sorted(CONFIGS),
+    help="override the preset's pre-pruning model",
   )
-  parser.add_argument("--models", nargs="*", default=None, help="override the preset's models")
   parser.add_argument(
-    "--threshold-sizes", nargs="*", default=None, help="override the preset's threshold sizes"
+    "--models",
+    nargs="*",
+    default=None,
+    choices=sorted(CONFIGS),
+    help="override the preset's models",
   )
-  parser.add_argument("--repeats", type=int, default=None, help="timed calls per measurement")
+  parser.add_argument(
+    "--threshold-sizes",
+    nargs="*",
+    default=None,
+    choices=list(SIZES),
+    help="override the preset's threshold sizes",
+  )
+  parser.add_argument(
+    "--repeats", type=_positive_int, default=None, help="timed calls per measurement"
+  )
+  parser.add_argument(
+    "--skip-baselines", action="store_true", help="threshold: skip the sort / top_k baselines"
+  )
   parser.add_argument(
     "--dist",
     default="uniform",
@@ -207,7 +289,9 @@ def main(argv=None) -> int:
     for name in sizes:
       reps = args.repeats or _HUGE_REPEATS.get(name, thr_reps)
       results["threshold"].append(
-        threshold_bench.threshold_cost(name, repeats=reps, dist=args.dist)
+        threshold_bench.threshold_cost(
+          name, repeats=reps, dist=args.dist, baseline_max=0 if args.skip_baselines else 1.1e8
+        )
       )
       print(f"[threshold] {name} done", file=sys.stderr, flush=True)
   if not args.skip_prepruning:

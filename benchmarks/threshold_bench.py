@@ -8,11 +8,18 @@ Compares, on the same score leaves (never concatenated by ours):
 * ``top_k``: ``lax.top_k`` of the concatenated scores (jaxpruner-style),
 * ``floor``: one plain ``jnp.sum`` over every leaf, the cost of reading the
   scores once; no exact method can beat it by much.
+* ``ours_warm``: ours with ``hint`` = the previous step's threshold, modelled
+  as the exact k'-th value for ``k' = k + warm_shift * D`` (the keep ratio
+  moved by ``warm_shift``; 1e-4 by default, about one step of a slow window);
+* ``ours_plain``: ours with ``barriers=False`` (the plain-XLA program, no
+  CPU-tuned optimization barriers), cold.
 
 Peak scratch memory is XLA's compiled memory analysis (``temp_bytes``).
 """
 
 from __future__ import annotations
+
+import os
 
 import jax
 import jax.numpy as jnp
@@ -71,6 +78,8 @@ def threshold_cost(
   baseline_budget_s: float = 60.0,
   dist: str = "uniform",
   check: bool = True,
+  warm_shift: float | None = 1e-4,
+  plain: bool = True,
 ) -> dict:
   """Times ours, the sort/top-k baselines (up to ``baseline_max`` scores) and the floor."""
   leaves = make_scores(name, dist)
@@ -79,6 +88,8 @@ def threshold_cost(
   k_arr = jnp.int32(k)
 
   ours = jax.jit(th.threshold_and_passes)
+  ours_warm = jax.jit(lambda ls, k, h: th.threshold_and_passes(ls, k, hint=h))
+  ours_plain = jax.jit(lambda ls, k: th.threshold_and_passes(ls, k, barriers=False))
   floor = jax.jit(lambda ls: sum(jnp.sum(x) for x in ls))
   sort = jax.jit(lambda ls, k: jnp.sort(_concat(ls))[total - k])
   topk = jax.jit(lambda ls: lax.top_k(_concat(ls), k)[0][-1])
@@ -94,6 +105,21 @@ def threshold_cost(
   row["ours"] = time_calls(lambda: ours(leaves, k_arr), repeats=repeats)
   row["ours"].update(compiled_memory(jax.jit(th.threshold_and_passes), leaves, k_arr))
   row["floor_sum"] = time_calls(lambda: floor(leaves), repeats=repeats)
+  if warm_shift is not None:
+    k_prev = jnp.int32(min(total, k + int(round(warm_shift * total))))
+    hint = ours(leaves, k_prev)[0]
+    ours_warm = ours_warm.lower(leaves, k_arr, hint).compile()
+    tau_warm, passes_warm = ours_warm(leaves, k_arr, hint)
+    row["warm_shift"] = warm_shift
+    row["passes_warm"] = int(passes_warm)
+    row["warm_equals_cold"] = bool(float(tau_warm) == float(tau))
+    row["ours_warm"] = time_calls(lambda: ours_warm(leaves, k_arr, hint), repeats=repeats)
+  if plain:
+    ours_plain = ours_plain.lower(leaves, k_arr).compile()
+    tau_plain, passes_plain = ours_plain(leaves, k_arr)
+    row["passes_plain"] = int(passes_plain)
+    row["plain_equals_barriers"] = bool(float(tau_plain) == float(tau))
+    row["ours_plain"] = time_calls(lambda: ours_plain(leaves, k_arr), repeats=repeats)
   if check:
     # Exactness against numpy's sort (outside the timed region).
     ref = th.sort_reference_threshold(leaves, k) if total <= 1.1e8 else None
@@ -122,6 +148,10 @@ def threshold_cost(
       row["top_k"].update(memory)
   base = row["floor_sum"]["median_ms"]
   row["ours_over_floor"] = row["ours"]["median_ms"] / base
+  for key in ("ours_warm", "ours_plain"):
+    if key in row:
+      row[key + "_over_floor"] = row[key]["median_ms"] / base
+  row["load_avg"] = list(os.getloadavg())
   if "sort" in row:
     row["sort_over_ours"] = row["sort"]["median_ms"] / row["ours"]["median_ms"]
   return row

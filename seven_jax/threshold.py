@@ -442,7 +442,7 @@ def _search(leaves, k, hint, total, sample_size, max_passes, seed, barriers, gro
     lo, count_lo, passes = _loop_select(
       leaves, k, total, sample_size, max_passes, seed, barriers=barriers
     )
-    return _finalize(k, _snap(leaves, _from_key(lo)), count_lo, passes + 1)
+    return _finalize(k, _snap(leaves, _from_key(lo), barriers), count_lo, passes + 1)
 
   plan = _make_plan([int(x.size) for x in leaves], group, capacity, barriers)
   capacity = plan.capacity
@@ -458,7 +458,7 @@ def _search(leaves, k, hint, total, sample_size, max_passes, seed, barriers, gro
       lo, count_lo, extra = _loop_select(
         leaves, k, total, sample_size, max_passes, seed, bracket, barriers=barriers
       )
-      return _snap(leaves, _from_key(lo)), count_lo, extra + 1
+      return _snap(leaves, _from_key(lo), barriers), count_lo, extra + 1
 
     tau, kept, extra = lax.cond(ok, lambda: (fast_tau, fast_kept, _i32(0)), fallback)
     return tau, kept, fast_passes + extra
@@ -478,10 +478,24 @@ def _search(leaves, k, hint, total, sample_size, max_passes, seed, barriers, gro
   return _finalize(k, tau, kept, passes)
 
 
-def _snap(leaves, tau):
+def _snap(leaves, tau, barriers=True):
   """The smallest score ``>= tau`` (one pass): the k-th largest value itself,
-  so that every path (cold, warm, fallback) returns the same ``tau``."""
-  return jnp.min(jnp.stack([jnp.min(jnp.where(x >= tau, x, jnp.inf)) for x in leaves]))
+  so that every path (cold, warm, fallback) returns the same ``tau``.
+
+  Reduced like the counts (``(groups, columns)`` views, first over the
+  groups, scalars behind a barrier on CPU): a whole-leaf ``min`` of a select
+  was not fused on XLA's CPU backend and materialised a copy of every score.
+  """
+  out = []
+  for b in _plan_blocks([int(x.size) for x in leaves], _GROUP):
+    view, t = _block_view(leaves[b.leaf], b), tau
+    if barriers:
+      view, t = lax.optimization_barrier((view, t))
+    # Arithmetic instead of a select: m = [s < t] from the exact indicator,
+    # then (1 - m) s + m FLOAT32_MAX (canonical s, so no overflow).
+    m = jnp.minimum(jnp.maximum(t - view, 0.0) * _SCALE, 1.0)
+    out.append(jnp.min(jnp.min((1.0 - m) * view + m * _FLOAT32_MAX, axis=0)))
+  return jnp.min(jnp.stack(out))
 
 
 def _finalize(k, tau, kept, passes):

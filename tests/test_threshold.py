@@ -242,8 +242,8 @@ def test_warm_start_equals_cold_for_any_hint(kind, monkeypatch):
       if h in near:
         warm_passes.append(int(st.passes))
   # A hint within a few hundred entries usually confirms its bracket in <= 3
-  # passes (heavily tied scores may need the fallback, cold or warm).
-  if kind != "tied":
+  # passes on continuous scores (tied or decades-wide ones may need more).
+  if kind in ("signed", "nonnegative"):
     assert np.median(warm_passes) <= 3, warm_passes
 
 
