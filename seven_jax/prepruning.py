@@ -231,7 +231,10 @@ def _run_rule(ctx: PreContext):
     # zeroes pruned weights): the gradient is that of the masked model.
     grads, _ = mean_grad(ctx, grad_fn, params, ctx.per_step)
     params, state = step(params, state, grads)
-  return ctx.prunable_leaves(state_masks(state)), params
+  # seven_jax.masks unboxes nnx Variables, so its tree is not the params'
+  # treedef; its leaves are still in the params' leaf order, one per leaf.
+  flat_masks = jax.tree.leaves(state_masks(state))
+  return [flat_masks[i] for i in ctx.idx], params
 
 
 def _run_magnitude(ctx: PreContext):

@@ -386,3 +386,42 @@ def test_bad_input():
     )
   with pytest.raises(ValueError, match="needs 1 mini-batches.*pass batches="):
     seven_jax.prune_before_finetuning(loss, params, None, method="snip", sparsity=0.5)
+
+
+def test_rule_methods_take_nnx_state_params():
+  """SEVEN_pre on an nnx ``State`` (Param-boxed leaves) gives the masks of the
+  same weights as a plain dict (the masks reader unboxes Variables)."""
+  from flax import nnx
+
+  class Net(nnx.Module):
+    def __init__(self, rngs):
+      self.l1 = nnx.Linear(4, 8, rngs=rngs)
+      self.l2 = nnx.Linear(8, 2, rngs=rngs)
+
+    def __call__(self, x):
+      return self.l2(jax.nn.relu(self.l1(x)))
+
+  graphdef, state = nnx.split(Net(nnx.Rngs(0)), nnx.Param)
+  rng = np.random.default_rng(3)
+  batches = [
+    {"x": jnp.asarray(rng.normal(size=(3, 4)), jnp.float32), "y": jnp.ones((3, 2))}
+    for _ in range(4)
+  ]
+
+  def loss_boxed(p, batch):
+    return jnp.mean((nnx.merge(graphdef, p)(batch["x"]) - batch["y"]) ** 2)
+
+  plain = nnx.to_pure_dict(state)
+
+  def loss_plain(p, batch):
+    return jnp.mean((nnx.merge(graphdef, p)(batch["x"]) - batch["y"]) ** 2)
+
+  kw = dict(method="seven_pre", sparsity=0.5, steps=4)
+  boxed_masks = seven_jax.prune_before_finetuning(loss_boxed, state, batches, **kw)
+  plain_masks = seven_jax.prune_before_finetuning(loss_plain, plain, batches, **kw)
+  got = [np.asarray(x) for x in jax.tree.leaves(boxed_masks)]
+  want = [np.asarray(x) for x in jax.tree.leaves(plain_masks)]
+  assert len(got) == len(want) == 4
+  for g, w in zip(got, want):
+    np.testing.assert_array_equal(g, w)
+  assert 0 < sum(int(g.sum()) for g in got if g.ndim == 2) < 4 * 8 + 8 * 2
