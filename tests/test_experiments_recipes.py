@@ -109,20 +109,26 @@ def test_zero_pruned_sets_exactly_the_pruned_weights_to_zero():
   np.testing.assert_array_equal(out["b"], params["b"])
 
 
-def test_a_non_finite_loss_stops_the_run_before_any_checkpoint_holds_it(tmp_path, capsys):
+def _task_with_nan_at_step_3():
   task = bench.make_task("tiny", dropout=0.0)
-  batches = task.train_batches.batches
-  for i, batch in enumerate(batches):
+  for i, batch in enumerate(task.train_batches.batches):
     batch["scale"] = np.float32(np.nan if i == 2 else 1.0)  # the third step's loss is NaN
   inner_loss = task.loss_fn
   task.loss_fn = lambda model, batch: inner_loss(model, batch) * batch["scale"]
+  return task
+
+
+def test_a_non_finite_loss_stops_the_run_before_any_checkpoint_holds_it(tmp_path, capsys):
+  task = _task_with_nan_at_step_3()
   cfg = _cfg(method="dense", steps=8, out=str(tmp_path), checkpoint_every=1, log_every=4)
   with pytest.raises(common.TrainingDiverged, match="the loss became nan at step 3"):
     common.run(cfg, task)
   saved = sorted(int(p.name) for p in (tmp_path / cfg.run_name / "checkpoints").iterdir())
   assert saved and max(saved) < 3, saved
   # The command line ends with status 1 and the message, without a traceback.
-  task.train_batches.index = 0
+  # A fresh task: the first run donated the model's buffers to its steps.
   with pytest.raises(SystemExit) as info:
-    common.run_and_report([dataclasses.replace(cfg, out=str(tmp_path / "cli"))], lambda c: task)
+    common.run_and_report(
+      [dataclasses.replace(cfg, out=str(tmp_path / "cli"))], lambda c: _task_with_nan_at_step_3()
+    )
   assert "error: the loss became nan at step 3" in str(info.value.code)

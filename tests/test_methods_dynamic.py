@@ -11,32 +11,18 @@ import pytest
 
 import seven_jax
 from seven_jax.engine import TIES_SUPPORTED
+from tests._helpers import PRUNABLE, SHAPES, grad_sequence, random_params
 from tests._reference import grads_from_sequence, seven_loop
 
 # Parity with the official loops keeps every tie at the threshold.
 KEEP_ALL_TIES = {"ties": "keep_all"} if TIES_SUPPORTED else {}
 
-SHAPES = {"a": (12, 10), "b": (7, 9), "c": (5,), "d": (3, 4, 5)}
-PRUNABLE = {"a": True, "b": True, "c": False, "d": True}
 NAMES = [k for k in SHAPES if PRUNABLE[k]]
 TOTAL = sum(int(np.prod(SHAPES[k])) for k in NAMES)
 
 
-def _params(seed=0, shapes=SHAPES):
-  rng = np.random.default_rng(seed)
-  return {k: jnp.asarray(rng.standard_normal(s).astype(np.float32)) for k, s in shapes.items()}
-
-
-def _grad_sequence(steps, seed=1, shapes=SHAPES):
-  rng = np.random.default_rng(seed)
-  signal = {k: rng.standard_normal(s) for k, s in shapes.items()}
-  return [
-    {
-      k: (signal[k] + 2.0 * rng.standard_normal(s) * rng.random(s)).astype(np.float32)
-      for k, s in shapes.items()
-    }
-    for _ in range(steps)
-  ]
+_params = random_params
+_grad_sequence = grad_sequence
 
 
 def _sigmoid(x):

@@ -11,6 +11,7 @@ import pytest
 import seven_jax
 from seven_jax import prepruning
 from seven_jax.engine import TIES_SUPPORTED
+from tests._helpers import mlp_apply, mlp_loss, mlp_params
 from tests._reference import seven_loop
 
 # Parity with the official loop keeps every tie at the threshold.
@@ -20,27 +21,11 @@ D_IN, D_H, D_OUT = 8, 8, 4
 
 
 def _mlp(seed=0):
-  rng = np.random.default_rng(seed)
-  return {
-    "l1": {
-      "kernel": jnp.asarray(rng.standard_normal((D_IN, D_H)) * 0.7, jnp.float32),
-      "bias": jnp.asarray(rng.standard_normal(D_H) * 0.1, jnp.float32),
-    },
-    "l2": {
-      "kernel": jnp.asarray(rng.standard_normal((D_H, D_OUT)) * 0.7, jnp.float32),
-      "bias": jnp.zeros(D_OUT, jnp.float32),
-    },
-  }
+  return mlp_params(D_IN, D_H, D_OUT, seed=seed, scale=0.7, bias_scale=0.1)
 
 
-def apply(p, x):
-  return jnp.tanh(x @ p["l1"]["kernel"] + p["l1"]["bias"]) @ p["l2"]["kernel"] + p["l2"]["bias"]
-
-
-def loss(p, batch):
-  x, y = batch
-  logits = apply(p, x)
-  return -jnp.mean(jnp.sum(jax.nn.log_softmax(logits) * jax.nn.one_hot(y, D_OUT), -1))
+apply = mlp_apply
+loss = mlp_loss
 
 
 def _batches(n, seed=1, size=16):
