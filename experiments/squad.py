@@ -36,12 +36,10 @@ import argparse
 import dataclasses
 import functools
 
-import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-import seven_jax
-from experiments import common
+from experiments import common, scoring
 from seven_jax import data as sj_data
 from seven_jax import metrics as sj_metrics
 
@@ -165,23 +163,9 @@ def build_task(cfg: SquadConfig) -> common.Task:
 
   def prepruning():
     batches = sj_data.squad_batches(train, cfg.batch_size, seed=cfg.seed + 1, num_epochs=None)
-    graphdef, params, rest = nnx.split(model, nnx.Param, ...)
-
-    def pure_loss(p, batch):
-      return loss_fn(
-        nnx.merge(graphdef, p, rest, copy=True), {k: jnp.asarray(v) for k, v in batch.items()}
-      )
-
-    return seven_jax.prune_before_finetuning(
-      pure_loss,
-      params,
-      batches,
-      sparsity=cfg.sparsity,
-      method=cfg.method,
-      steps=cfg.prune_before_steps,
-      prunable=prunable,
-      **common.method_kwargs(cfg),  # b1, b2 of seven_pre (the CLI rejects them elsewhere)
-    )
+    # Dropout as the method scores (experiments.scoring): a fresh key per batch
+    # for the gradient scores, off for SynFlow.
+    return scoring.prune_model(model, loss_fn, batches, cfg, prunable, **common.method_kwargs(cfg))
 
   return common.Task(
     model=model,

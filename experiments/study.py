@@ -751,10 +751,8 @@ def measure_grad_stats(
   Builds the task through ``experiments.<module>.build_task`` (text tasks).
   """
   import jax
-  import jax.numpy as jnp
-  from flax import nnx
 
-  from experiments import common
+  from experiments import common, scoring
   from seven_jax import analysis
   from seven_jax.analysis import report as areport
 
@@ -765,12 +763,9 @@ def measure_grad_stats(
   values.update({k: v for k, v in flags.items() if k in names})
   cfg = common.ExperimentConfig(**{**values, "seed": seed, "method": "dense"})
   task = module.build_task(cfg)
-  graphdef, params, rest = nnx.split(task.model, nnx.Param, ...)
-
-  def loss(p, batch):
-    return task.loss_fn(nnx.merge(graphdef, p, rest, copy=True), batch)
-
-  batches = ({k: jnp.asarray(v) for k, v in b.items()} for b in task.train_batches)
+  # Dropout as SEVEN_pre scores: a fresh key per batch (experiments.scoring).
+  loss, params = scoring.scoring_loss(task.model, task.loss_fn, scoring.dropout_mode("seven_pre"))
+  batches = scoring.keyed_batches(task.train_batches, seed + 2)
   rgv = analysis.relative_gradient_variation(
     jax.grad(loss), params, batches, num_batches=num_batches
   )

@@ -167,6 +167,13 @@ class PreMethod(NamedTuple):
     resurrect: default of the ``resurrect`` option.
     summary: one line for the docs.
     rule: the dynamic score rule of the ``"rule"`` runner.
+    dropout: how the method's loss is taken when the model has dropout:
+      ``"train"`` (dropout on, a fresh key per scoring batch: the PyTorch
+      reference loops score in ``model.train()``, where every forward pass
+      draws new dropout masks), ``"eval"`` (dropout off, the deterministic
+      model: SynFlow's data-free score), ``None`` (the method reads no loss).
+      The library's ``loss_fn`` is the caller's; ``experiments.scoring``
+      applies this policy.
   """
 
   name: str
@@ -176,6 +183,7 @@ class PreMethod(NamedTuple):
   resurrect: bool = False
   summary: str = ""
   rule: Optional[str] = None
+  dropout: Optional[str] = "train"
 
 
 _SEVEN_PRE = (
@@ -192,15 +200,16 @@ PRE_METHODS: dict[str, PreMethod] = {
     # Names that only mean pre-pruning, for experiment configs that pick the
     # entry point from the name (method_kind).
     PreMethod("seven_pre", "rule", 100, _PER_STEP, summary=_SEVEN_PRE, rule="seven"),
-    PreMethod("magnitude", "magnitude", 0, _NONE, summary="one-shot |W|"),
+    PreMethod("magnitude", "magnitude", 0, _NONE, summary="one-shot |W|", dropout=None),
     PreMethod(
       "magnitude_pre",
       "magnitude",
       0,
       _NONE,
       summary="one-shot |W| (as 'magnitude' before fine-tuning)",
+      dropout=None,
     ),
-    PreMethod("random", "random", 0, _NONE, summary="one-shot seeded random"),
+    PreMethod("random", "random", 0, _NONE, summary="one-shot seeded random", dropout=None),
     PreMethod("snip", "snip", 1, _ONE_PER_STEP, summary="one-shot |W * g| (Lee et al. 2019)"),
     PreMethod(
       "grasp",
@@ -215,6 +224,7 @@ PRE_METHODS: dict[str, PreMethod] = {
       100,
       _NONE,
       summary="data-free iterative synaptic flow (Tanaka et al. 2020)",
+      dropout="eval",
     ),
     PreMethod(
       "force",
