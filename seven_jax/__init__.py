@@ -38,7 +38,7 @@ from seven_jax.scores import (
   register_rule,
   soft_movement_penalty,
 )
-from seven_jax.engine import fixed_mask, pruning_mask
+from seven_jax.engine import fixed_mask, pruning_mask, straight_through_masked
 from seven_jax.transform import seven_mask
 from seven_jax.prepruning import prune_before_finetuning
 
@@ -91,6 +91,7 @@ __all__ = [
   "resolve_prunable",
   "SevenStats",
   "pruning_mask",
+  "straight_through_masked",
   "PruningState",
   "methods",
   "method_kind",

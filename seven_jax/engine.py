@@ -39,7 +39,14 @@ from seven_jax.state import (
 )
 from seven_jax.threshold import canonicalize_scores
 
-__all__ = ["pruning_mask", "PruningState", "fixed_mask", "FixedMaskState", "score_leaf"]
+__all__ = [
+  "pruning_mask",
+  "PruningState",
+  "fixed_mask",
+  "FixedMaskState",
+  "score_leaf",
+  "straight_through_masked",
+]
 
 SCHEDULES = ("cubic", "exponential")
 TIES_SUPPORTED = "ties" in inspect.signature(selection.select_masks).parameters
@@ -193,10 +200,11 @@ def _inner_update(inner, grads, inner_state, params, extra_args, name, lookahead
     raise
 
 
-def _zero_schedule_free_z(inner_state, mask_tree):
+def _zero_schedule_free_z(inner_state, mask_tree, when=None):
   """``optax.contrib.schedule_free`` keeps the sequence ``z`` in its state and
   evaluates at an average of ``z`` and the params: pruned entries of ``z``
-  must be 0 too, for the evaluated weights to be exactly 0."""
+  must be 0 too, for the evaluated weights to be exactly 0. ``when`` (a
+  traced bool, straight-through only): zero them only then, as the params."""
   try:
     from optax.contrib import ScheduleFreeState  # optax is imported anyway
   except ImportError:  # pragma: no cover - older optax
@@ -207,7 +215,8 @@ def _zero_schedule_free_z(inner_state, mask_tree):
     if not is_sf(x):
       return x
     try:
-      z = map_kept(lambda m, zi: jnp.where(m, zi, jnp.zeros_like(zi)), mask_tree, x.z)
+      keep = (lambda m: m) if when is None else (lambda m: m | ~when)
+      z = map_kept(lambda m, zi: jnp.where(keep(m), zi, jnp.zeros_like(zi)), mask_tree, x.z)
     except (ValueError, TypeError):  # z is not shaped like these params
       return x
     return x._replace(z=z)
@@ -235,13 +244,16 @@ def build_transform(
   name: str = "pruning_mask",
   window: Optional[int] = None,
   ties: Optional[str] = None,
+  straight_through: bool = False,
 ) -> optax.GradientTransformationExtraArgs:
-  """The engine; arguments are assumed checked.
+  """The engine; arguments are assumed checked (but ``straight_through``).
 
   The pruning window is ``window`` update calls from ``start_step`` (default
   ``pruning_steps - 1``, the official SEVEN loop; SEVEN_pre uses
   ``pruning_steps``, so that its last step keeps exactly ``1 - sparsity``).
+  ``straight_through``: see :func:`pruning_mask`.
   """
+  straight_through = validation.check_bool("straight_through", straight_through)
   inner = optax.with_extra_args_support(inner)
   num_stats = rule.num_stats
   stats_dtype = storage.check_stats_dtype(stats_dtype)
@@ -287,6 +299,10 @@ def build_transform(
 
     # Gradient of the masked network: pruned coordinates get exactly 0.
     grads = map_kept(lambda m, g: jnp.where(m, g, jnp.zeros_like(g)), masks, updates)
+    # Straight-through: the rule scores every weight with the raw gradient
+    # (taken at W * M through the identity), while the optimizer only ever
+    # sees the masked one.
+    score_grads = updates if straight_through else grads
     inner_updates, inner_state = _inner_update(
       inner, grads, state.inner_state, params, extra_args, name, lookahead
     )
@@ -294,14 +310,17 @@ def build_transform(
 
     def leaf_step(m, w, u, g, score, *stats):
       w = w.astype(jnp.float32)
-      x = ScoreInputs(
-        _finite(w), _finite(w + u.astype(jnp.float32)), g, m, local_step, is_last, total
-      )
+      u = u.astype(jnp.float32)
+      if straight_through:  # pruned weights keep their dense value: they do not move
+        u = jnp.where(m, u, 0.0)
+      x = ScoreInputs(_finite(w), _finite(w + u), g, m, local_step, is_last, total)
       return score_leaf(rule, hp, x, stats, score, resurrect=resurrect)
 
     def prune(carry):
       masks_l, scores_l, stats_l = carry
-      leaves = zip(masks_l, kept(weights), kept(fast_updates), kept(grads), scores_l, *stats_l)
+      leaves = zip(
+        masks_l, kept(weights), kept(fast_updates), kept(score_grads), scores_l, *stats_l
+      )
       new_stats, new_scores = zip(*[leaf_step(*xs) for xs in leaves])
       if schedule == "cubic":
         keep_ratio = schedules.cubic_keep_ratio(local_step, n_steps, 1.0 - sp)
@@ -341,9 +360,17 @@ def build_transform(
     as_tree = functools.partial(jax.tree.unflatten, jax.tree.structure(masks))
     new_masks = as_tree(masks_l)
 
-    # Pruned weights land exactly on 0 once the update is applied.
+    # Pruned weights land exactly on 0 once the update is applied; with
+    # straight_through they keep their dense value (update 0) inside the
+    # window and are zeroed on its last step, when the mask is final.
+    if straight_through:
+      zero_pruned = ~in_window | is_last
+      pruned_update = lambda u_, w: jnp.where(zero_pruned, -w.astype(u_.dtype), jnp.zeros_like(u_))
+    else:
+      zero_pruned = None
+      pruned_update = lambda u_, w: -w.astype(u_.dtype)
     emit = lambda u, p: map_kept(
-      lambda m, u_, w: jnp.where(m, u_, -w.astype(u_.dtype)), new_masks, u, p
+      lambda m, u_, w: jnp.where(m, u_, pruned_update(u_, w)), new_masks, u, p
     )
     if lookahead:  # fast and slow weights alike
       final = optax.LookaheadParams(
@@ -356,7 +383,7 @@ def build_transform(
       new_masks,
       tuple(as_tree(s) for s in stats_l),
       as_tree(scores_l),
-      _zero_schedule_free_z(inner_state, new_masks),
+      _zero_schedule_free_z(inner_state, new_masks, zero_pruned),
       state.layout,
     )
     return final, new_state
@@ -379,6 +406,7 @@ def pruning_mask(
   schedule: str = "cubic",
   stats_dtype="float32",
   ties: Optional[str] = None,
+  straight_through: bool = False,
   **method_kwargs,
 ) -> optax.GradientTransformationExtraArgs:
   r"""Prunes while fine-tuning with any registered dynamic method.
@@ -430,6 +458,19 @@ def pruning_mask(
       way.
     ties: how the threshold treats scores tied with the k-th
       (:func:`seven_jax.selection.select_masks`); ``None`` takes its default.
+    straight_through: keep the dense weights inside the window, as movement
+      pruning does (Sanh et al. 2020), so that a pruned weight can come back.
+      Inside the window the emitted update of a pruned weight is 0 (it keeps
+      its dense value ``W``) instead of ``-W``, and the rule scores every
+      weight with the dense ``W`` and the *raw* gradient (the inner
+      optimizer still gets the masked one, so pruned weights do not move).
+      The loss must then apply the mask itself, with the identity gradient:
+      ``loss(seven_jax.straight_through_masked(params, seven_jax.masks(state)))``
+      (:func:`straight_through_masked`). On the window's last step, and
+      whenever the mask is final (after the window), pruned weights get
+      ``-W`` as usual: after the window every pruned weight is exactly 0.
+      Inside the window ``params`` themselves are *not* sparse: export or
+      evaluate through the mask.
     **method_kwargs: the method's hyper-parameters, e.g. ``b1``, ``b2`` for
       ``seven`` and ``platon``; unknown names raise. Under
       ``optax.inject_hyperparams`` they are static (``sparsity``,
@@ -509,7 +550,41 @@ def pruning_mask(
     threshold=threshold,
     stats_dtype=stats_dtype,
     ties=check_ties(ties),
+    straight_through=validation.check_bool("straight_through", straight_through),
   )
+
+
+def straight_through_masked(params: Any, masks: Any) -> Any:
+  r"""``W * M`` in the forward pass with the identity gradient (straight-through).
+
+    .. math::
+
+       \operatorname{ste}(W) = W + \operatorname{stop\_gradient}(W \odot M - W),
+       \qquad rac{\partial L(\operatorname{ste}(W))}{\partial W}
+       =
+  abla Lig|_{W \odot M},
+
+    so the gradient of every weight, pruned or not, is the gradient of the loss
+    at the masked weights: what :func:`pruning_mask` with
+    ``straight_through=True`` scores pruned weights by. Pruned entries are
+    exactly 0 in the forward pass (``W - W``), kept ones exactly ``W``.
+
+    Args:
+      params: the (dense) parameters.
+      masks: bools shaped like ``params`` (``True`` = kept), e.g.
+        :func:`seven_jax.masks` of the optimizer state; an
+        :class:`optax.MaskedNode` in it (a leaf the pruning state does not
+        cover) leaves that part of ``params`` as it is.
+
+    Returns:
+      A tree like ``params``.
+  """
+
+  def leaf(m, p):
+    masked = jnp.where(m, p, jnp.zeros_like(p))
+    return p + lax.stop_gradient(masked - p)
+
+  return map_kept(leaf, masks, params)
 
 
 def check_schedule_args(sparsity, start_step, pruning_steps) -> None:
