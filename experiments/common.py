@@ -72,6 +72,14 @@ class ExperimentConfig:
   # Accept a pruning window that does not finish by the last step (the run ends
   # below the target sparsity; e.g. the official 10-epoch RTE and STS-B runs).
   partial_window: bool = False
+  # The pruning budget: "global" (one top-k over every prunable weight) or
+  # "per_leaf" (every prunable matrix pruned to the schedule's ratio on its own).
+  scope: str = "global"
+  # movement / soft_movement as Sanh et al. (2020): the forward pass uses W * M
+  # through a straight-through estimator; inside the window the dense weights
+  # are kept and scored (pruned weights can come back) and are zeroed when the
+  # window ends. Other methods do not read it (passing the flag is an error).
+  straight_through: bool = True
 
   @property
   def run_name(self) -> str:
@@ -129,8 +137,29 @@ def check_method(method: str) -> None:
 
 
 def method_kwargs(cfg) -> dict:
-  """The score-rule hyper-parameters of ``cfg.method`` from the config (e.g. ``b1``, ``b2``)."""
-  return {name: getattr(cfg, name) for name in method_hparams(cfg.method)}
+  """The keyword arguments of ``cfg.method``'s pruning call from the config.
+
+  Its score rule's hyper-parameters (e.g. ``b1``, ``b2``) and the budget's
+  ``scope``; ``{}`` for dense. Dynamic methods (``seven_mask``,
+  ``pruning_mask``) and pre-pruning (``prune_before_finetuning``) take them
+  all.
+  """
+  if cfg.method == DENSE:
+    return {}
+  return {"scope": cfg.scope, **{name: getattr(cfg, name) for name in method_hparams(cfg.method)}}
+
+
+# Methods whose paper applies the mask in the forward pass through a
+# straight-through estimator (Sanh et al. 2020: hard and soft movement pruning).
+STRAIGHT_THROUGH_METHODS = ("movement", "soft_movement")
+
+
+def uses_straight_through(cfg) -> bool:
+  """Whether the run trains ``cfg.method`` with the straight-through estimator.
+
+  True for :data:`STRAIGHT_THROUGH_METHODS` unless ``--no-straight-through``.
+  """
+  return cfg.method in STRAIGHT_THROUGH_METHODS and bool(cfg.straight_through)
 
 
 def learning_rate(cfg) -> optax.Schedule:
@@ -200,6 +229,7 @@ def make_optimizer(
       prunable=prunable,
       **method_kwargs(cfg),
     )
+  extra = {"straight_through": True} if uses_straight_through(cfg) else {}
   return seven_jax.pruning_mask(
     inner,
     method=cfg.method,
@@ -208,6 +238,7 @@ def make_optimizer(
     pruning_steps=cfg.pruning_steps,
     update_every=cfg.update_every,
     prunable=prunable,
+    **extra,
     **method_kwargs(cfg),
   )
 
@@ -529,12 +560,21 @@ class _Stepper:
   walk over the module graph, and the training state's buffers are donated.
   """
 
-  def __init__(self, graphdef, loss_fn, tx, shardings, num_prunable: int):
+  def __init__(
+    self, graphdef, loss_fn, tx, shardings, num_prunable: int, *, straight_through=False
+  ):
     self.graphdef, self.loss_fn, self.num_prunable = graphdef, loss_fn, num_prunable
     self.shardings = shardings
-    self.set_optimizer(tx)
+    self.set_optimizer(tx, straight_through=straight_through)
 
-  def set_optimizer(self, tx):
+  def set_optimizer(self, tx, *, straight_through: bool = False):
+    """Compiles the step for ``tx``.
+
+    ``straight_through``: the loss is taken at ``W * M`` (the optimizer
+    state's masks) with the identity gradient
+    (:func:`seven_jax.straight_through_masked`), for a
+    ``pruning_mask(..., straight_through=True)`` that keeps the dense ``W``.
+    """
     graphdef, loss_fn = self.graphdef, self.loss_fn
 
     def loss_and_rest(params, rest, batch):
@@ -542,8 +582,16 @@ class _Stepper:
       loss = loss_fn(model, batch)
       return loss, nnx.split(model, nnx.Param, ...)[2]
 
+    def forward_params(params, opt_state):
+      if not straight_through:
+        return params
+      masked = seven_jax.straight_through_masked(params, seven_jax.masks(opt_state))
+      # The same tree as params (their Variable wrappers), so the model merges alike.
+      return jax.tree.unflatten(jax.tree.structure(params), jax.tree.leaves(masked))
+
     def step(params, rest, opt_state, batch):
-      (loss, rest), grads = jax.value_and_grad(loss_and_rest, has_aux=True)(params, rest, batch)
+      forward = lambda p, r, b: loss_and_rest(forward_params(p, opt_state), r, b)
+      (loss, rest), grads = jax.value_and_grad(forward, has_aux=True)(params, rest, batch)
       updates, opt_state = tx.update(grads, opt_state, params)
       return optax.apply_updates(params, updates), rest, opt_state, loss
 
@@ -551,7 +599,7 @@ class _Stepper:
     if self.shardings is not None:
       p, r, o, scalar = self.shardings
       out = (p, r, o, scalar) if o is not None else None
-    self.tx = tx
+    self.tx, self.straight_through = tx, straight_through
     self.step = jax.jit(step, donate_argnums=(0, 1, 2), out_shardings=out)
 
   def sparsity(self, opt_state):
@@ -643,6 +691,7 @@ def run(cfg: ExperimentConfig, task: Task) -> dict:
   )
   inner = inner_optimizer(cfg)
   freeze_at = window_end(cfg) if freezes(cfg) else None
+  straight_through = uses_straight_through(cfg)
 
   shardings = None
   if mesh is not None:
@@ -680,11 +729,23 @@ def run(cfg: ExperimentConfig, task: Task) -> dict:
 
   if mesh is not None:
     shardings = (p_sh, r_sh, _state_shardings(opt_state, mesh), NamedSharding(mesh, P()))
-  stepper = _Stepper(graphdef, task.loss_fn, tx, shardings, num_prunable)
+  stepper = _Stepper(
+    graphdef,
+    task.loss_fn,
+    tx,
+    shardings,
+    num_prunable,
+    straight_through=straight_through and not frozen,
+  )
   sparsity_of = stepper.sparsity if cfg.method != DENSE else (lambda _: None)
 
   def sync_model():
-    nnx.update(task.model, params, rest)
+    # Straight-through inside the window: params hold the dense weights, the
+    # network is W * M (evaluations and the model the caller gets see that).
+    shown = params
+    if stepper.straight_through:
+      shown = zero_pruned(params, seven_jax.masks(opt_state))
+    nnx.update(task.model, shown, rest)
 
   def training_state(data_position):
     return _checkpoint_tree(params, rest, opt_state, step, data_position, mesh)
@@ -818,6 +879,12 @@ def run(cfg: ExperimentConfig, task: Task) -> dict:
     "interrupted": interrupted,
     "stopped_early": stopped,
     "frozen_at": freeze_at if frozen else None,
+    "straight_through": straight_through,
+    # The accuracy of a constant classifier on the evaluation examples.
+    "majority_rate": majority_rate(task),
+    "prunable_leaves": int(sum(bool(s) for s in jax.tree.leaves(spec))),
+    "prunable_weights": num_prunable,
+    "include_pooler": pooler_prunable(params, spec),
     "devices": jax.device_count(),
     "processes": jax.process_count(),
     "mesh": dict(mesh.shape) if mesh is not None else {"data": 1, "fsdp": 1},
@@ -832,6 +899,45 @@ def run(cfg: ExperimentConfig, task: Task) -> dict:
   elif stopped:
     print(f"stopped after step {step} (--stop-after); checkpoint saved. Continue with --resume.")
   return results
+
+
+def majority_rate(task: Task) -> Optional[float]:
+  """Share of the most frequent label among ``task``'s evaluation examples.
+
+  The accuracy of a constant classifier (padding rows, ``example_mask``, left
+  out). ``None`` where the batches carry no integer class label per example
+  (regression, span extraction).
+  """
+  counts = None
+  for batch in task.eval_batches():
+    if task.label_key not in batch:
+      return None
+    labels = np.asarray(batch[task.label_key])
+    if labels.ndim != 1 or not np.issubdtype(labels.dtype, np.integer):
+      return None
+    valid = np.asarray(batch.get("example_mask", np.ones(len(labels), bool)), bool)
+    batch_counts = np.bincount(labels[valid].astype(np.int64), minlength=1)
+    if counts is None:
+      counts = batch_counts
+    else:
+      size = max(len(counts), len(batch_counts))
+      counts = np.pad(counts, (0, size - len(counts))) + np.pad(
+        batch_counts, (0, size - len(batch_counts))
+      )
+  if counts is None or counts.sum() == 0:
+    return None
+  return float(counts.max() / counts.sum())
+
+
+def pooler_prunable(params, spec) -> Optional[bool]:
+  """Whether a ``pooler`` parameter is prunable (``None``: the model has no pooler)."""
+  found = None
+  for (path, _), prunable in zip(
+    jax.tree_util.tree_leaves_with_path(params), jax.tree.leaves(spec)
+  ):
+    if "pooler" in jax.tree_util.keystr(path):
+      found = bool(found) or bool(prunable)
+  return found
 
 
 def _checkpoint_tree(params, rest, opt_state, step, data_position, mesh=None) -> dict:
@@ -920,6 +1026,7 @@ class _Rule:
 
 
 LR_SCHEDULES = ("constant", "linear")
+SCOPES = ("global", "per_leaf")  # seven_jax.selection.SCOPES
 WEIGHT_DECAY_MASKS = ("all", "no_bias_norm")
 
 # Every numeric or enumerated field of the configs; a field missing here is free text.
@@ -949,11 +1056,20 @@ FIELD_RULES = {
   "doc_stride": _Rule(int, 1),
   "n_best": _Rule(int, 1),
   "max_answer_length": _Rule(int, 1),
+  "scope": _Rule(str, choices=SCOPES),
 }
 
 # Config fields that are hyper-parameters of a score rule (passed as method kwargs).
 METHOD_HPARAMS = {"b1", "b2"}
-METHOD_FIELDS = {"sparsity", "start_step", "pruning_steps", "update_every", "prune_before_steps"}
+METHOD_FIELDS = {
+  "sparsity",
+  "start_step",
+  "pruning_steps",
+  "update_every",
+  "prune_before_steps",
+  "scope",
+  "straight_through",
+}
 
 
 def flag(name: str) -> str:
@@ -971,15 +1087,20 @@ def _bad(name: str, message: str) -> ConfigError:
 def method_fields(method: str) -> set:
   """The config fields ``method`` reads (the others would be silently ignored).
 
-  Dense reads none; dynamic methods the schedule, ``update_every`` and the
-  hyper-parameters of their score rule that the config has (``b1``, ``b2``);
-  pre-pruning methods ``prune_before_steps`` and their rule's hyper-parameters.
+  Dense reads none; dynamic methods the schedule, ``update_every``,
+  ``scope`` and the hyper-parameters of their score rule that the config has
+  (``b1``, ``b2``), and movement / soft movement ``straight_through``;
+  pre-pruning methods ``prune_before_steps``, ``scope`` and their rule's
+  hyper-parameters.
   """
   if method == DENSE:
     return set()
   if seven_jax.method_kind(method) == "pre":
-    return {"sparsity", "prune_before_steps"} | set(method_hparams(method))
-  return {"sparsity", "start_step", "pruning_steps", "update_every"} | set(method_hparams(method))
+    return {"sparsity", "prune_before_steps", "scope"} | set(method_hparams(method))
+  fields = {"sparsity", "start_step", "pruning_steps", "update_every", "scope"}
+  if method in STRAIGHT_THROUGH_METHODS:
+    fields.add("straight_through")
+  return fields | set(method_hparams(method))
 
 
 def _rule_name(method: str) -> Optional[str]:

@@ -5,8 +5,13 @@ that names the flag and the allowed values; the dataset loaders are replaced
 by a function that fails the test, so a check that runs too late is caught.
 """
 
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
 import pytest
 
+import seven_jax
 from experiments import common, glue, squad, text, vision
 from seven_jax import data as sj_data
 
@@ -53,6 +58,17 @@ CASES = [
     ["--pruning-steps", "ends at step 12", "--steps 10"],
   ),
   (["--steps", "10", "--warmup-steps", "10"], ["--warmup-steps", "< --steps (10)"]),
+  (["--scope", "per_layer"], ["--scope", "one of global, per_leaf", "got 'per_layer'"]),
+  (["--methods", "dense", "--scope", "per_leaf"], ["--scope", "not used by", "dense"]),
+  # The straight-through estimator is movement pruning's (Sanh et al. 2020) only.
+  (
+    ["--methods", "seven", "--no-straight-through"],
+    ["--straight-through", "not used by", "seven", "movement, soft_movement"],
+  ),
+  (
+    ["--methods", "taylor_instant", "--straight-through"],
+    ["--straight-through", "not used by", "taylor_instant"],
+  ),
   (["--resume", "--out", "/nonexistent/seven-jax-runs"], ["--resume", "no checkpoint"]),
 ]
 
@@ -94,8 +110,57 @@ def test_valid_flags_pass_and_reach_the_config(nothing_loads):
   (cfg,) = common.configs_from_cli(
     ["--methods", "seven_pre", "--b1", "0.7"], "d", vision.PRESETS, vision.DEFAULT_METHODS
   )
-  assert common.method_kwargs(cfg) == {"b1": 0.7, "b2": 0.9}
-  assert common.method_kwargs(common.ExperimentConfig(method="snip")) == {}
+  assert common.method_kwargs(cfg) == {"b1": 0.7, "b2": 0.9, "scope": "global"}
+  assert common.method_kwargs(common.ExperimentConfig(method="snip")) == {"scope": "global"}
+  assert common.method_kwargs(common.ExperimentConfig(method="dense")) == {}
+  (cfg,) = common.configs_from_cli(
+    ["--methods", "movement", "--no-straight-through", "--scope", "per_leaf"],
+    "d",
+    vision.PRESETS,
+    vision.DEFAULT_METHODS,
+  )
+  assert (cfg.straight_through, cfg.scope) == (False, "per_leaf")
+  assert not common.uses_straight_through(cfg)
+  (cfg,) = common.configs_from_cli(["--methods", "movement"], "d", vision.PRESETS, ())
+  assert cfg.straight_through and common.uses_straight_through(cfg)
+
+
+def _one_shot_masks(method, scope):
+  """The masks after the window of ``method`` built from the CLI with ``--scope``."""
+  (cfg,) = common.configs_from_cli(
+    ["--methods", method, "--scope", scope, "--sparsity", "0.5", "--start-step", "0"]
+    + ["--pruning-steps", "3", "--steps", "4"],
+    "d",
+    vision.PRESETS,
+    vision.DEFAULT_METHODS,
+  )
+  # Two leaves of different scales: one global |W| budget prunes the small
+  # one whole, per-leaf budgets half of each.
+  params = {
+    "big": jnp.arange(1.0, 9.0).reshape(2, 4) * 10.0,
+    "small": jnp.arange(1.0, 9.0).reshape(2, 4),
+  }
+  tx = common.make_optimizer(cfg, prunable=None)
+  state = tx.init(params)
+  grads = jax.tree.map(jnp.ones_like, params)
+  for _ in range(2):  # the window: N - 1 = 2 updates, the last keeps floor(r D)
+    updates, state = tx.update(grads, state, params)
+    params = optax.apply_updates(params, updates)
+  return {k: np.asarray(m).ravel() for k, m in seven_jax.masks(state).items()}
+
+
+@pytest.mark.parametrize("method", ["magnitude", "seven"])
+def test_scope_flag_reaches_the_engine(method, nothing_loads):
+  per_leaf = _one_shot_masks(method, "per_leaf")
+  glob = _one_shot_masks(method, "global")
+  if method == "magnitude":  # scores |W|: the numpy answer
+    np.testing.assert_array_equal(per_leaf["small"], np.arange(8) >= 4)
+    np.testing.assert_array_equal(per_leaf["big"], np.arange(8) >= 4)
+    np.testing.assert_array_equal(glob["small"], np.zeros(8, bool))
+    np.testing.assert_array_equal(glob["big"], np.ones(8, bool))
+  for leaf in ("big", "small"):
+    assert per_leaf[leaf].sum() == 4
+  assert sum(m.sum() for m in glob.values()) == 8
 
 
 def test_rules_reject_what_they_should():

@@ -132,3 +132,33 @@ def test_a_non_finite_loss_stops_the_run_before_any_checkpoint_holds_it(tmp_path
       [dataclasses.replace(cfg, out=str(tmp_path / "cli"))], lambda c: _task_with_nan_at_step_3()
     )
   assert "error: the loss became nan at step 3" in str(info.value.code)
+
+
+@pytest.mark.parametrize("include_pooler", [True, False])
+def test_results_record_the_majority_rate_and_the_prunable_set(tmp_path, include_pooler):
+  from seven_jax.models import bert
+
+  task = bench.make_task("tiny", dropout=0.0)
+  params = nnx.state(task.model, nnx.Param)
+  task.prunable = bert.prunable(params, include_pooler=include_pooler)
+  cfg = _cfg(method="dense", steps=1, out=str(tmp_path), log_every=1)
+  result = common.run(cfg, task)
+  saved = json.loads((tmp_path / cfg.run_name / "results.json").read_text())
+  # eval_batches is the first training batch: its most frequent label's share.
+  labels = task.train_batches.batches[0]["labels"]
+  assert saved["majority_rate"] == pytest.approx(np.bincount(labels).max() / len(labels))
+  flags = [bool(f) for f in jax.tree.leaves(task.prunable)]
+  sizes = [np.size(p) for p in jax.tree.leaves(params)]
+  assert saved["prunable_leaves"] == sum(flags) == result["prunable_leaves"]
+  assert saved["prunable_weights"] == sum(s for s, f in zip(sizes, flags) if f)
+  assert saved["include_pooler"] is include_pooler
+  assert saved["straight_through"] is False and saved["config"]["scope"] == "global"
+
+
+def test_majority_rate_leaves_out_padding_and_regression():
+  task = bench.make_task("tiny", dropout=0.0)
+  batch = {"labels": np.array([1, 1, 0, 2, 2, 2]), "example_mask": np.array([1, 1, 1, 1, 0, 0])}
+  task.eval_batches = lambda: iter([dict(batch), {"labels": np.array([0, 0])}])
+  assert common.majority_rate(task) == pytest.approx(3 / 6)  # label 0: 3 of the 6 valid rows
+  task.eval_batches = lambda: iter([{"labels": np.array([0.5, 1.5], np.float32)}])
+  assert common.majority_rate(task) is None
