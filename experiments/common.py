@@ -1059,6 +1059,15 @@ FIELD_RULES = {
   "scope": _Rule(str, choices=SCOPES),
 }
 
+# What a flag does, where its name does not say it (printed by --help).
+FIELD_HELP = {
+  "scope": "pruning budget: one over all prunable weights, or every matrix on its own ",
+  "straight_through": (
+    "movement, soft_movement: mask in the forward pass, dense weights kept and scored "
+    "in the window (Sanh et al. 2020) "
+  ),
+}
+
 # Config fields that are hyper-parameters of a score rule (passed as method kwargs).
 METHOD_HPARAMS = {"b1", "b2"}
 METHOD_FIELDS = {
@@ -1245,12 +1254,15 @@ def add_config_flags(parser, defaults: ExperimentConfig, skip=()):
         flag(field.name),
         action=argparse.BooleanOptionalAction,
         default=None,
-        help=f"(preset: {default})",
+        help=f"{FIELD_HELP.get(field.name, '')}(preset: {default})",
       )
     else:
       kind = {int: int, float: float}.get(type(default), str)
       parser.add_argument(
-        flag(field.name), type=kind, default=None, help=f"(preset: {default}{allowed})"
+        flag(field.name),
+        type=kind,
+        default=None,
+        help=f"{FIELD_HELP.get(field.name, '')}(preset: {default}{allowed})",
       )
 
 

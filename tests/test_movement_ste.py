@@ -256,3 +256,14 @@ def test_straight_through_only_for_movement():
       common.ExperimentConfig(method="seven", straight_through=False),
       explicit={"straight_through"},
     )
+
+
+def test_soft_movement_trains_straight_through_and_ends_with_zeros(tmp_path):
+  task = _task()
+  result = common.run(_cfg(tmp_path, method="soft_movement"), task)
+  assert result["straight_through"] is True and result["frozen_at"] == START + N - 1
+  saved = np.load(tmp_path / _cfg(tmp_path, method="soft_movement").run_name / "masks.npz")
+  (key,) = [k for k in saved.files if "kernel" in k]
+  kernel = np.asarray(task.model.kernel.value)
+  assert (~saved[key]).sum() == round(SPARSITY * kernel.size)
+  assert np.all(kernel[~saved[key]] == 0.0) and np.all(kernel[saved[key]] != 0.0)
