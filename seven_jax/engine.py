@@ -259,6 +259,12 @@ def build_transform(
   stats_dtype = storage.check_stats_dtype(stats_dtype)
   select_kw = select_kwargs(ties)
 
+  def _initial_tau(num_leaves):
+    # The shape select_masks returns its threshold in: one per leaf for a
+    # per-leaf budget, else a scalar. NaN = no warm start yet.
+    per_leaf = scope == "per_leaf" and threshold is None and nm is None
+    return jnp.full((num_leaves,) if per_leaf else (), jnp.nan, jnp.float32)
+
   def split_lookahead(params):
     # With optax.lookahead inside, params are LookaheadParams(fast, slow): the
     # fast weights are scored and masked, the slow ones masked alike.
@@ -276,12 +282,21 @@ def build_transform(
         params,
         inner.init(params),
         placeholder_layout(),
+        jnp.float32(jnp.nan),
       )
     weights, _ = split_lookahead(params)
     spec = resolve_prunable(prunable, weights)
     _check_leaves(weights, spec, nm)
     masks, stats, scores, layout = _layout_trees(weights, spec, num_stats, stats_dtype)
-    return state_type(jnp.zeros([], jnp.int32), masks, stats, scores, inner.init(params), layout)
+    return state_type(
+      jnp.zeros([], jnp.int32),
+      masks,
+      stats,
+      scores,
+      inner.init(params),
+      layout,
+      _initial_tau(len(jax.tree.leaves(masks))),
+    )
 
   def update_fn(updates, state, params=None, **extra_args):
     if params is None:
@@ -317,7 +332,7 @@ def build_transform(
       return score_leaf(rule, hp, x, stats, score, resurrect=resurrect)
 
     def prune(carry):
-      masks_l, scores_l, stats_l = carry
+      masks_l, scores_l, stats_l, tau = carry
       leaves = zip(
         masks_l, kept(weights), kept(fast_updates), kept(score_grads), scores_l, *stats_l
       )
@@ -337,26 +352,32 @@ def build_transform(
         resurrect=resurrect,
         signed=rule.signed,
         threshold=threshold,
+        # Warm start from the last selection's threshold (the scores move
+        # little between steps); the masks are the same without it.
+        hint=tau,
+        return_threshold=True,
         **select_kw,
       )
       select_now = ((local_step + 1) % every == 0) | is_last
       # The mask is chosen from the float32 scores; only the stored copy is
       # rounded (stochastically, for bfloat16: see seven_jax.storage).
-      new_masks = lax.cond(select_now, select, lambda _: list(masks_l), None)
+      new_masks, new_tau = lax.cond(select_now, select, lambda _: (list(masks_l), tau), None)
       store = lambda x, j, n: storage.store(x, stats_dtype, state.count, (num_stats + 1) * j + n)
       return (
         list(new_masks),
         [store(x, j, num_stats) for j, x in enumerate(new_scores)],
         [[store(st[n], j, n) for j, st in enumerate(new_stats)] for n in range(num_stats)],
+        jnp.asarray(new_tau, jnp.float32).reshape(jnp.shape(tau)),
       )
 
     carry = (
       jax.tree.leaves(masks),
       jax.tree.leaves(state.scores),
       [jax.tree.leaves(t) for t in state.stats],
+      jnp.asarray(state.tau, jnp.float32),
     )
     in_window = (local_step >= 0) & (local_step < length)
-    masks_l, scores_l, stats_l = lax.cond(in_window, prune, lambda c: c, carry)
+    masks_l, scores_l, stats_l, new_tau = lax.cond(in_window, prune, lambda c: c, carry)
     as_tree = functools.partial(jax.tree.unflatten, jax.tree.structure(masks))
     new_masks = as_tree(masks_l)
 
@@ -385,6 +406,7 @@ def build_transform(
       as_tree(scores_l),
       _zero_schedule_free_z(inner_state, new_masks, zero_pruned),
       state.layout,
+      new_tau,
     )
     return final, new_state
 

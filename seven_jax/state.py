@@ -38,6 +38,7 @@ from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 import optax
 
 __all__ = [
@@ -104,6 +105,11 @@ class PruningState(NamedTuple):
     scores: the rule's scores, same layout and dtype.
     inner_state: state of the wrapped optimizer.
     layout: static :class:`Layout` of the non-prunable leaves.
+    tau: float32, the score threshold of the last selection (a scalar for a
+      global budget, one per prunable leaf for ``scope="per_leaf"``; NaN
+      before the first selection and for N:M patterns). The next selection
+      starts its search from it (a warm start; the masks do not depend on
+      it). A global reduction: replicated under a mesh, like ``count``.
   """
 
   count: jax.Array
@@ -112,6 +118,7 @@ class PruningState(NamedTuple):
   scores: Any
   inner_state: Any
   layout: Any = Layout(())
+  tau: Any = np.float32(np.nan)
 
 
 class SevenMaskState(PruningState):
