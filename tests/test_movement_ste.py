@@ -267,3 +267,43 @@ def test_soft_movement_trains_straight_through_and_ends_with_zeros(tmp_path):
   kernel = np.asarray(task.model.kernel.value)
   assert (~saved[key]).sum() == round(SPARSITY * kernel.size)
   assert np.all(kernel[~saved[key]] == 0.0) and np.all(kernel[saved[key]] != 0.0)
+
+
+_MESH_SCRIPT = """
+import json, pathlib, sys, tempfile
+sys.path.insert(0, {tests!r})
+import numpy as np
+from experiments import common
+from test_movement_ste import _cfg, _reference, _task
+out = pathlib.Path(tempfile.mkdtemp())
+cfg = _cfg(out, mesh={mesh!r})
+result = common.run(cfg, _task())
+lines = (out / cfg.run_name / "log.jsonl").read_text().splitlines()
+losses = [json.loads(line)["loss"] for line in lines if '"loss"' in line]
+print(json.dumps({{"mesh": result["mesh"], "losses": losses}}))
+"""
+
+
+@pytest.mark.slow  # a subprocess with two host devices
+@pytest.mark.parametrize("mesh", ["data=2", "fsdp=2"])
+def test_straight_through_on_a_two_device_mesh_matches_the_reference(mesh):
+  import os
+  import pathlib
+  import subprocess
+  import sys
+
+  tests = pathlib.Path(__file__).resolve().parent
+  env = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=2"}
+  proc = subprocess.run(
+    [sys.executable, "-c", _MESH_SCRIPT.format(tests=str(tests), mesh=mesh)],
+    capture_output=True,
+    text=True,
+    env=env,
+    cwd=tests.parent,
+    timeout=600,
+  )
+  assert proc.returncode == 0, proc.stderr[-2000:]
+  out = json.loads(proc.stdout.strip().splitlines()[-1])
+  expected_mesh = {"data": 2, "fsdp": 1} if mesh == "data=2" else {"data": 1, "fsdp": 2}
+  assert out["mesh"] == expected_mesh
+  np.testing.assert_allclose(out["losses"], [t["loss"] for t in _reference()], rtol=2e-5)
