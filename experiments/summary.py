@@ -72,6 +72,7 @@ METHOD_SETTINGS = (
   "b2",
   "scope",
   "include_pooler",
+  "straight_through",
 )
 # A seed at most this far above the majority-class rate has collapsed to a
 # constant classifier (0.5 points: a few test examples on top of the constant).
