@@ -2,6 +2,7 @@
 pre-pruned runs that start on the pruned weights, and runs that diverge."""
 
 import dataclasses
+import gc
 import json
 import re
 
@@ -123,6 +124,7 @@ def test_a_non_finite_loss_stops_the_run_before_any_checkpoint_holds_it(tmp_path
   cfg = _cfg(method="dense", steps=8, out=str(tmp_path), checkpoint_every=1, log_every=4)
   with pytest.raises(common.TrainingDiverged, match="the loss became nan at step 3"):
     common.run(cfg, task)
+  assert gc.get_freeze_count() == 0  # the loop's gc.freeze() is undone on the way out
   saved = sorted(int(p.name) for p in (tmp_path / cfg.run_name / "checkpoints").iterdir())
   assert saved and max(saved) < 3, saved
   # The command line ends with status 1 and the message, without a traceback.
@@ -153,6 +155,7 @@ def test_results_record_the_majority_rate_and_the_prunable_set(tmp_path, include
   assert saved["prunable_weights"] == sum(s for s, f in zip(sizes, flags) if f)
   assert saved["include_pooler"] is include_pooler
   assert saved["straight_through"] is False and saved["config"]["scope"] == "global"
+  assert gc.get_freeze_count() == 0
 
 
 def test_majority_rate_leaves_out_padding_and_regression():
