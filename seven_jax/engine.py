@@ -80,6 +80,26 @@ def score_leaf(rule: ScoreRule, hp: dict, inputs: ScoreInputs, stats, score, *, 
   return new_stats, new_score
 
 
+def run_if(pred, fn, carry):
+  """``fn(carry)`` if ``pred`` else ``carry``, as a while loop of 0 or 1 trips.
+
+  Not ``lax.cond(pred, fn, identity, carry)``: XLA's copy insertion cannot
+  keep a conditional's pass-through outputs in the donated input buffers
+  when the other branch cannot update them in place (the score fusion
+  re-reads the old statistics), and copies them *outside* the conditional,
+  on every call: 16 bytes per prunable weight after the pruning window for
+  SEVEN's ``m`` and ``v`` (compiled HLO, MiniLM-size leaves). A while loop's
+  state lives in one buffer, so those copies move into its body and run
+  only inside the window.
+  """
+
+  def body(state):
+    _, x = state
+    return jnp.zeros((), jnp.bool_), fn(x)
+
+  return lax.while_loop(lambda state: state[0], body, (jnp.asarray(pred, jnp.bool_), carry))[1]
+
+
 def _finite(x):
   return jnp.where(jnp.isfinite(x), x, 0.0)
 
@@ -314,10 +334,9 @@ def build_transform(
 
     # Gradient of the masked network: pruned coordinates get exactly 0.
     grads = map_kept(lambda m, g: jnp.where(m, g, jnp.zeros_like(g)), masks, updates)
-    # Straight-through: the rule scores every weight with the raw gradient
-    # (taken at W * M through the identity), while the optimizer only ever
-    # sees the masked one.
-    score_grads = updates if straight_through else grads
+    # The rule gets the raw gradient and masks it itself (below): the masked
+    # copy then need not be materialised for the window's loop (a while
+    # loop's operands are buffers), only fused into the inner update.
     inner_updates, inner_state = _inner_update(
       inner, grads, state.inner_state, params, extra_args, name, lookahead
     )
@@ -326,16 +345,19 @@ def build_transform(
     def leaf_step(m, w, u, g, score, *stats):
       w = w.astype(jnp.float32)
       u = u.astype(jnp.float32)
-      if straight_through:  # pruned weights keep their dense value: they do not move
+      if straight_through:
+        # Pruned weights keep their dense value (they do not move), and the
+        # rule scores every weight with the raw gradient (taken at W * M
+        # through the identity); the optimizer only sees the masked one.
         u = jnp.where(m, u, 0.0)
+      else:  # the gradient of the masked network, as the optimizer's
+        g = jnp.where(m, g, jnp.zeros_like(g))
       x = ScoreInputs(_finite(w), _finite(w + u), g, m, local_step, is_last, total)
       return score_leaf(rule, hp, x, stats, score, resurrect=resurrect)
 
     def prune(carry):
       masks_l, scores_l, stats_l, tau = carry
-      leaves = zip(
-        masks_l, kept(weights), kept(fast_updates), kept(score_grads), scores_l, *stats_l
-      )
+      leaves = zip(masks_l, kept(weights), kept(fast_updates), kept(updates), scores_l, *stats_l)
       new_stats, new_scores = zip(*[leaf_step(*xs) for xs in leaves])
       if schedule == "cubic":
         keep_ratio = schedules.cubic_keep_ratio(local_step, n_steps, 1.0 - sp)
@@ -377,7 +399,7 @@ def build_transform(
       jnp.asarray(state.tau, jnp.float32),
     )
     in_window = (local_step >= 0) & (local_step < length)
-    masks_l, scores_l, stats_l, new_tau = lax.cond(in_window, prune, lambda c: c, carry)
+    masks_l, scores_l, stats_l, new_tau = run_if(in_window, prune, carry)
     as_tree = functools.partial(jax.tree.unflatten, jax.tree.structure(masks))
     new_masks = as_tree(masks_l)
 
