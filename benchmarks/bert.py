@@ -21,7 +21,7 @@ import numpy as np
 import optax
 
 import seven_jax
-from benchmarks.common import tree_bytes
+from benchmarks.common import entry_while_body, hlo_bytes, tree_bytes
 from seven_jax.prunable import path_str
 
 CONFIGS = {
@@ -149,35 +149,50 @@ class _UpdateRunner:
     if freeze:
       tx, self.state = _frozen(self.state)
       self.update = jax.jit(lambda g, s, p: tx.update(g, s, p), donate_argnums=(1,))
+    self.tx = tx
 
   def __call__(self):
     updates, self.state = self.update(self.grads, self.state, self.params)
     return updates
 
 
-def _interleaved(runners: dict, *, repeats: int, warmup: int) -> dict:
-  """Median step time of each runner, timed round-robin.
+def _interleaved(runners: dict, *, repeats: int, warmup: int, periods: dict | None = None) -> dict:
+  """Median (and mean) step time of each runner, timed round-robin.
 
   The machine is shared (other jobs come and go), so the configurations are
   timed in turn, step by step, rather than one after the other: a burst of
   load then hits all of them alike and the ratios stay meaningful.
+  ``periods``: runner name -> mask period ``P``; that runner is timed for a
+  multiple of ``P`` steps (``repeats`` rounded up, so its mean covers whole
+  periods: one mask update per ``P`` steps); the others stop at ``repeats``.
   """
+  periods = periods or {}
+  counts = {name: -(-repeats // periods.get(name, 1)) * periods.get(name, 1) for name in runners}
   for run in runners.values():
     for _ in range(warmup):
       jax.block_until_ready(run())
   times = {name: [] for name in runners}
-  for _ in range(repeats):
+  for i in range(max(counts.values())):
     for name, run in runners.items():
+      if i >= counts[name]:
+        continue
       t0 = time.perf_counter()
       jax.block_until_ready(run())
       times[name].append((time.perf_counter() - t0) * 1e3)
   return {
-    name: {"median_ms": statistics.median(v), "min_ms": min(v), "max_ms": max(v), "repeats": len(v)}
+    name: {
+      "median_ms": statistics.median(v),
+      "mean_ms": statistics.fmean(v),
+      "min_ms": min(v),
+      "max_ms": max(v),
+      "repeats": len(v),
+    }
     for name, v in times.items()
   }
 
 
 _WINDOW_STEP = 40
+EVERY = 10
 _INNER = lambda: optax.adamw(2e-5)
 
 
@@ -223,15 +238,27 @@ def step_overhead(
     prunable=prunable,
     stats_dtype=jnp.bfloat16,
   )
+  # In the window, a new mask every EVERY steps (statistics every step): its
+  # figure is the mean over whole periods (see _interleaved).
+  every = seven_jax.seven_mask(
+    optax.adamw(2e-5),
+    sparsity=0.6,
+    start_step=0,
+    pruning_steps=200,
+    prunable=prunable,
+    update_every=EVERY,
+  )
   runners = {
     "plain_adamw": _Runner(model, batch, plain, 0),
     "seven_in_window": _Runner(model, batch, inside, 0, start_at=_WINDOW_STEP),
+    "seven_every10": _Runner(model, batch, every, 0, start_at=_WINDOW_STEP),
     "seven_in_window_bf16": _Runner(model, batch, inside_bf16, 0, start_at=_WINDOW_STEP),
     "seven_after_window": _Runner(model, batch, after, 2),
     # After the window, frozen: fixed_mask on seven_jax.freeze(state).
     "seven_frozen": _Runner(model, batch, after, 2, freeze=True),
   }
-  timing = _interleaved(runners, repeats=repeats, warmup=warmup)
+  periods = {"seven_every10": EVERY}
+  timing = _interleaved(runners, repeats=repeats, warmup=warmup, periods=periods)
   memory = optimizer_state_bytes(
     runners["plain_adamw"].opt_state, runners["seven_in_window"].opt_state, prunable, model.params
   )
@@ -248,6 +275,7 @@ def step_overhead(
       **timing,
       "ratio_in_window": timing["seven_in_window"]["median_ms"] / base,
       "ratio_in_window_bf16": timing["seven_in_window_bf16"]["median_ms"] / base,
+      "ratio_every10": _period_ratio(timing),
       "ratio_after_window": timing["seven_after_window"]["median_ms"] / base,
       "ratio_frozen": timing["seven_frozen"]["median_ms"] / base,
       "optimizer_state": memory,
@@ -260,6 +288,7 @@ def step_overhead(
   for key, tx, skip, start in [
     ("plain_adamw", plain, 0, 0),
     ("seven_in_window", inside, 0, _WINDOW_STEP),
+    ("seven_every10", every, 0, _WINDOW_STEP),
     ("seven_in_window_bf16", inside_bf16, 0, _WINDOW_STEP),
     ("seven_after_window", after, 2, 0),
     ("seven_frozen", after, 2, 0),
@@ -267,10 +296,9 @@ def step_overhead(
     updates[key] = _UpdateRunner(
       tx, model.params, grads, skip, start_at=start, freeze=key == "seven_frozen"
     )
-  update_timing = _interleaved(updates, repeats=repeats, warmup=warmup)
+  update_timing = _interleaved(updates, repeats=repeats, warmup=warmup, periods=periods)
   moved = {
-    key: update_bytes(r.update, r.grads, r.state, r.params, num_prunable)
-    for key, r in updates.items()
+    key: update_bytes(r.tx, r.grads, r.state, r.params, num_prunable) for key, r in updates.items()
   }
   del updates
   bf16_state = seven_jax.seven_mask(
@@ -287,6 +315,7 @@ def step_overhead(
     "ratio_after_window": timing["seven_after_window"]["median_ms"] / base,
     "ratio_frozen": timing["seven_frozen"]["median_ms"] / base,
     "ratio_in_window_bf16": timing["seven_in_window_bf16"]["median_ms"] / base,
+    "ratio_every10": _period_ratio(timing),
     "update_bytes": moved,
     "load_avg": list(os.getloadavg()),
     "update_only": update_timing,
@@ -304,20 +333,51 @@ def step_overhead(
   }
 
 
-def update_bytes(update, grads, state, params, num_prunable) -> dict:
-  """Bytes the compiled optimizer update reads and writes (XLA cost analysis).
+def _period_ratio(timing) -> float:
+  """Mean step over whole mask periods / mean adamw step (means: one step in
+  ``EVERY`` carries the threshold, so a median would miss it)."""
+  return timing["seven_every10"]["mean_ms"] / timing["plain_adamw"]["mean_ms"]
 
-  ``bytes accessed`` of ``compiled.cost_analysis()``: XLA's estimate of the
-  memory traffic of every op (a fused op counts its inputs and outputs once).
+
+def update_bytes(tx, grads, state, params, num_prunable) -> dict:
+  """Bytes the compiled optimizer step reads and writes (XLA's HLO).
+
+  Compiled as a training step compiles it: ``params, state -> apply_updates(
+  params, update), new state`` with both donated, so that every output can
+  reuse its input's buffer (jitting ``tx.update`` alone with only the state
+  donated lets XLA alias the *updates* to state buffers of the same shape,
+  which adds copies no training step has).
+
+  * ``bytes_accessed``: ``compiled.cost_analysis()``, XLA's estimate over the
+    whole program (every branch of every conditional and loop body once).
+  * ``path_bytes``: the top-level ops of the entry computation alone
+    (:func:`benchmarks.common.hlo_bytes`): what a step *outside* the pruning
+    window moves (the window's work is in a while loop of 0 trips then).
+  * ``window_body_bytes``: the top-level ops of that loop's body (nested
+    branches of the threshold not counted).
+
   The arithmetic limit of the in-window update is about 32 B per prunable
   weight (read W, g, m, v, S, mask; write m, v, S, mask in float32).
   """
-  compiled = update.lower(grads, state, params).compile()
+
+  def step(p, s, g):
+    u, s = tx.update(g, s, p)
+    return optax.apply_updates(p, u), s
+
+  compiled = jax.jit(step, donate_argnums=(0, 1)).lower(params, state, grads).compile()
   cost = compiled.cost_analysis()
   if isinstance(cost, (list, tuple)):
     cost = cost[0] if cost else {}
   total = float((cost or {}).get("bytes accessed", float("nan")))
-  return {"bytes_accessed": total, "bytes_per_prunable_weight": total / num_prunable}
+  hlo = compiled.as_text()
+  path = hlo_bytes(hlo)
+  body = hlo_bytes(hlo, entry_while_body(hlo)) if entry_while_body(hlo) else 0
+  return {
+    "bytes_accessed": total,
+    "bytes_per_prunable_weight": total / num_prunable,
+    "path_bytes_per_prunable_weight": path / num_prunable,
+    "window_body_bytes_per_prunable_weight": body / num_prunable,
+  }
 
 
 def optimizer_state_bytes(plain_state, seven_state, prunable, params) -> dict:
@@ -350,3 +410,48 @@ def optimizer_state_bytes(plain_state, seven_state, prunable, params) -> dict:
     "extra_bytes_per_prunable_weight": extra / num_prunable,
     "per_prunable_weight": {k: v / num_prunable for k, v in parts.items()},
   }
+
+
+def synthetic_update_bytes(layers: int = 6, hidden: int = 384, inter: int = 1536) -> dict:
+  """:func:`update_bytes` (no timing) on MiniLM-shaped leaves without a model.
+
+  ``layers`` x (four ``hidden x hidden`` kernels, ``hidden x inter``,
+  ``inter x hidden``), each with a bias (not prunable): 10.6M prunable
+  weights at the defaults. Rows: adamw, seven_mask(adamw) with float32 and
+  bfloat16 statistics (one program for inside and after the window), and
+  ``fixed_mask`` after ``freeze``.
+  """
+  rng = np.random.default_rng(0)
+  params = {}
+  for layer in range(layers):
+    for name, shape in [
+      ("q", (hidden, hidden)),
+      ("k", (hidden, hidden)),
+      ("v", (hidden, hidden)),
+      ("o", (hidden, hidden)),
+      ("up", (hidden, inter)),
+      ("down", (inter, hidden)),
+    ]:
+      params[f"l{layer}_{name}"] = jnp.asarray(0.02 * rng.normal(size=shape), jnp.float32)
+      params[f"l{layer}_{name}_bias"] = jnp.zeros(shape[1], jnp.float32)
+  prunable = {k: not k.endswith("_bias") for k in params}
+  n = int(sum(int(np.prod(p.shape)) for k, p in params.items() if prunable[k]))
+  grads = jax.tree.map(lambda p: jnp.full_like(p, 1e-3), params)
+  out = {"prunable": n, "adamw": update_bytes(_INNER(), grads, _INNER().init(params), params, n)}
+  for dtype in ("float32", "bfloat16"):
+    tx = seven_jax.seven_mask(
+      _INNER(), sparsity=0.6, start_step=0, pruning_steps=200, prunable=prunable, stats_dtype=dtype
+    )
+    state = _fast_forward(tx.init(params), _WINDOW_STEP)
+    out[f"seven_{dtype}"] = update_bytes(tx, grads, state, params, n)
+    if dtype == "float32":
+      fixed, frozen = _frozen(state)
+      out["frozen"] = update_bytes(fixed, grads, frozen, params, n)
+  return out
+
+
+if __name__ == "__main__":
+  import json
+  import sys
+
+  print(json.dumps(synthetic_update_bytes(int(sys.argv[1]) if len(sys.argv) > 1 else 6), indent=1))

@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+import re
 import statistics
 import time
-from typing import Any, Callable
+from typing import Any, Callable, Optional
 
 import jax
 import numpy as np
@@ -67,3 +68,59 @@ def tree_bytes(tree) -> int:
       np.asarray(x).nbytes if not hasattr(x, "nbytes") else x.nbytes for x in jax.tree.leaves(tree)
     )
   )
+
+
+_DTYPE_BYTES = {
+  "pred": 1, "s8": 1, "u8": 1, "bf16": 2, "f16": 2, "s16": 2, "u16": 2,
+  "f32": 4, "s32": 4, "u32": 4, "f64": 8, "s64": 8, "u64": 8,
+}  # fmt: skip
+_SHAPE = re.compile(r"\b(" + "|".join(_DTYPE_BYTES) + r")\[([\d,]*)\]")
+# Ops that move no data themselves (or whose data is counted elsewhere).
+_FREE_OPS = {
+  "parameter", "get-tuple-element", "tuple", "bitcast", "constant", "while",
+  "conditional", "after-all", "opt-barrier", "call",
+}  # fmt: skip
+
+
+def _type_bytes(text: str) -> int:
+  total = 0
+  for dtype, dims in _SHAPE.findall(text):
+    n = int(np.prod([int(d) for d in dims.split(",") if d])) if dims else 1
+    total += n * _DTYPE_BYTES[dtype]
+  return total
+
+
+def _computation(hlo: str, name: Optional[str]) -> str:
+  start = hlo.index("\nENTRY") if name is None else hlo.index(f"\n%{name} ")
+  return hlo[start : hlo.index("\n}", start)]
+
+
+def entry_while_body(hlo: str) -> Optional[str]:
+  """Name of the body of the first while loop of the entry computation."""
+  m = re.search(r" while\(.*?body=%([\w.\-]+)", _computation(hlo, None))
+  return m.group(1) if m else None
+
+
+def hlo_bytes(hlo: str, computation: Optional[str] = None) -> int:
+  """Bytes read and written by the top-level ops of one computation of an
+  optimized HLO module (``compiled.as_text()``; the entry by default).
+
+  Every op counts its operands and its result once (a fusion is one op);
+  loops and conditionals are not entered, so the entry's figure is what one
+  call moves when its loops run 0 times and its conditionals take free
+  branches.
+  """
+  lines = [ln.strip() for ln in _computation(hlo, computation).split("\n")[2:]]
+  lines = [ln.removeprefix("ROOT ") for ln in lines if ln.startswith(("%", "ROOT %"))]
+  sizes, total = {}, 0
+  for ln in lines:
+    name, rest = ln.split(" = ", 1)
+    op = re.match(r"(\([^=]*?\)|\S+)\s+([\w\-]+)\(", rest)
+    if op is None:
+      continue
+    sizes[name] = _type_bytes(op.group(1))
+    if op.group(2) in _FREE_OPS:
+      continue
+    args = rest[op.end() : rest.index(")", op.end())]
+    total += sizes[name] + sum(sizes.get(a.strip(), 0) for a in args.split(","))
+  return total

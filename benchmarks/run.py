@@ -110,12 +110,16 @@ def markdown(results: dict) -> str:
     )
     out.append("")
     out.append(
-      "Bytes the compiled update moves (XLA cost analysis, `bytes accessed`) per prunable "
-      "weight (limit of the in-window arithmetic: ~32 B): "
+      "Bytes the compiled optimizer step moves per prunable weight (limit of the in-window "
+      "arithmetic: ~32 B), as whole program (XLA cost analysis) / the path outside the window "
+      "(entry computation) / the window's loop body (top level): "
       + "; ".join(
         f"{r['model']}: "
         + ", ".join(
-          f"{k} {v['bytes_per_prunable_weight']:.1f}" for k, v in r["update_bytes"].items()
+          f"{k} {v['bytes_per_prunable_weight']:.1f} / "
+          f"{v.get('path_bytes_per_prunable_weight', float('nan')):.1f} / "
+          f"{v.get('window_body_bytes_per_prunable_weight', float('nan')):.1f}"
+          for k, v in r["update_bytes"].items()
         )
         for r in results["steps"]
         if "update_bytes" in r
@@ -154,6 +158,73 @@ def markdown(results: dict) -> str:
     out.append("")
   if results.get("prepruning"):
     out += prepruning_markdown(results["prepruning"])
+  return "\n".join(out)
+
+
+_STEP_ROWS = [
+  ("plain_adamw", "adamw", "median"),
+  ("seven_in_window", "seven_mask in the window, mask every step", "median"),
+  (
+    "seven_every10",
+    "seven_mask in the window, mask every 10 steps (mean of whole periods)",
+    "mean",
+  ),
+  ("seven_after_window", "seven_mask after the window (nothing called)", "median"),
+  ("seven_frozen", "after `freeze` (`fixed_mask`)", "median"),
+  ("seven_in_window_bf16", "seven_mask in the window, bf16 statistics", "median"),
+]
+_THRESHOLD_ROWS = [
+  ("ours", "passes", "cold"),
+  ("ours_warm", "passes_warm", "warm start (hint: previous tau)"),
+  ("ours_plain", "passes_plain", "plain XLA (`barriers=False`), cold"),
+]
+
+
+def summary_markdown(results: dict) -> str:
+  """Everything the performance issue asks for in one table.
+
+  Training steps: median wall time (the every-10 row: mean over whole mask
+  periods, against adamw's mean), relative to adamw of the same model.
+  Threshold: median wall time in units of one ``jnp.sum`` over the same
+  leaves (the one-pass floor), timed in the same process.
+  """
+  m = results["machine"]
+  out = [
+    f"Machine: {m['cpu']}, jax {m['jax']} ({m['backend']}), load average (1 min) "
+    f"{m.get('load_avg', ['?'])[0]} at start, {m.get('load_avg_end', ['?'])[0]} at the end. "
+    f"Command: `{results.get('command', '?')}` ({results.get('started', '?')} to "
+    f"{results.get('finished', '?')}).",
+    "",
+    "| measurement | model / scores | ms | relative | unit | n |",
+    "|---|---|---|---|---|---|",
+  ]
+  for r in results.get("steps") or []:
+    model = f"{r['model']} ({r['batch_seq'][0]}x{r['batch_seq'][1]}, {r['prunable'] / 1e6:.2f}M)"
+    for key, label, stat in _STEP_ROWS:
+      if key not in r:
+        continue
+      base = r["plain_adamw"][f"{stat}_ms"]
+      value = r[key][f"{stat}_ms"]
+      out.append(
+        f"| step: {label} | {model} | {value:.1f} | {value / base:.3f} "
+        f"| adamw step ({stat}) | {r[key]['repeats']} |"
+      )
+  for r in results.get("threshold") or []:
+    floor = r["floor_sum"]["median_ms"]
+    scores = f"{r['size']} ({r['scores']:,}, {r.get('dist', '-')})"
+    out.append(
+      f"| threshold: one `jnp.sum` over the leaves | {scores} | {floor:.1f} | 1.0 "
+      f"| one pass | {r['floor_sum']['repeats']} |"
+    )
+    for key, passes, label in _THRESHOLD_ROWS:
+      if key not in r:
+        continue
+      value = r[key]["median_ms"]
+      out.append(
+        f"| threshold: {label}, {r.get(passes, '?')} passes | {scores} | {value:.1f} "
+        f"| {value / floor:.1f} | one pass | {r[key]['repeats']} |"
+      )
+  out.append("")
   return "\n".join(out)
 
 
@@ -258,9 +329,10 @@ def main(argv=None) -> int:
   )
   parser.add_argument(
     "--dist",
-    default="uniform",
+    nargs="+",
+    default=["uniform"],
     choices=["uniform", "heavy"],
-    help="score distribution for the threshold benchmark",
+    help="score distribution(s) for the threshold benchmark (several: one row each)",
   )
   args = parser.parse_args(argv)
 
@@ -287,13 +359,14 @@ def main(argv=None) -> int:
       print(f"[steps] {name} done", file=sys.stderr, flush=True)
   if not args.skip_threshold:
     for name in sizes:
-      reps = args.repeats or _HUGE_REPEATS.get(name, thr_reps)
-      results["threshold"].append(
-        threshold_bench.threshold_cost(
-          name, repeats=reps, dist=args.dist, baseline_max=0 if args.skip_baselines else 1.1e8
+      for dist in args.dist:
+        reps = args.repeats or _HUGE_REPEATS.get(name, thr_reps)
+        results["threshold"].append(
+          threshold_bench.threshold_cost(
+            name, repeats=reps, dist=dist, baseline_max=0 if args.skip_baselines else 1.1e8
+          )
         )
-      )
-      print(f"[threshold] {name} done", file=sys.stderr, flush=True)
+        print(f"[threshold] {name} {dist} done", file=sys.stderr, flush=True)
   if not args.skip_prepruning:
     pre_model, pre_reps = PREPRUNING_PRESETS[args.size]
     pre_model = args.prepruning_model or pre_model
@@ -301,8 +374,16 @@ def main(argv=None) -> int:
       pre_model, repeats=args.repeats or pre_reps, warmup=1
     )
     print(f"[prepruning] {pre_model} done", file=sys.stderr, flush=True)
+  results["command"] = "python -m benchmarks.run " + " ".join(
+    argv if argv is not None else sys.argv[1:]
+  )
+  results["finished"] = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+  results["machine"]["load_avg_end"] = [round(x, 2) for x in os.getloadavg()]
+  summary = summary_markdown(results)
   table = markdown(results)
+  results["summary_markdown"] = summary
   results["markdown"] = table
+  print(summary)
   print(table)
   if args.out:
     with open(args.out, "w") as f:
