@@ -489,12 +489,17 @@ def _snap(leaves, tau, barriers=True):
   out = []
   for b in _plan_blocks([int(x.size) for x in leaves], _GROUP):
     view, t = _block_view(leaves[b.leaf], b), tau
+    consts = (_SCALE, np.float32(0), np.float32(1), _FLOAT32_MAX)
     if barriers:
-      view, t = lax.optimization_barrier((view, t))
+      # The constants go behind the barrier too (as in _indicator): else XLA's
+      # CPU backend materialises one block-sized broadcast of each constant
+      # per leaf shape (the score-sized scratch of the compiled threshold).
+      view, t, consts = lax.optimization_barrier((view, t, consts))
+    scale, zero, one, big = consts
     # Arithmetic instead of a select: m = [s < t] from the exact indicator,
     # then (1 - m) s + m FLOAT32_MAX (canonical s, so no overflow).
-    m = jnp.minimum(jnp.maximum(t - view, 0.0) * _SCALE, 1.0)
-    out.append(jnp.min(jnp.min((1.0 - m) * view + m * _FLOAT32_MAX, axis=0)))
+    m = jnp.minimum(jnp.maximum(t - view, zero) * scale, one)
+    out.append(jnp.min(jnp.min((one - m) * view + m * big, axis=0)))
   return jnp.min(jnp.stack(out))
 
 
