@@ -147,12 +147,11 @@ class TinyBert:
     return nnx.merge(self.graphdef, params, self.rest, copy=True)
 
 
-def tiny_bert(seed: int = 0, n_batches: int = 12, batch_size: int = 8, seq_len: int = 8):
-  from flax import nnx  # pylint: disable=g-import-not-at-top
-
+def tiny_bert_config(dropout: float = 0.0):
+  """A 2-layer, 32-wide BERT config (vocabulary 64, 2 labels)."""
   from seven_jax.models import bert  # pylint: disable=g-import-not-at-top
 
-  cfg = bert.BertConfig(
+  return bert.BertConfig(
     vocab_size=64,
     hidden_size=32,
     num_hidden_layers=2,
@@ -160,9 +159,17 @@ def tiny_bert(seed: int = 0, n_batches: int = 12, batch_size: int = 8, seq_len: 
     intermediate_size=64,
     max_position_embeddings=32,
     num_labels=2,
-    hidden_dropout_prob=0.0,
-    attention_probs_dropout_prob=0.0,
+    hidden_dropout_prob=dropout,
+    attention_probs_dropout_prob=dropout,
   )
+
+
+def tiny_bert(seed: int = 0, n_batches: int = 12, batch_size: int = 8, seq_len: int = 8):
+  from flax import nnx  # pylint: disable=g-import-not-at-top
+
+  from seven_jax.models import bert  # pylint: disable=g-import-not-at-top
+
+  cfg = tiny_bert_config()
   model = bert.BertForSequenceClassification(cfg, rngs=nnx.Rngs(seed))
   model.eval()
   graphdef, params, rest = nnx.split(model, nnx.Param, ...)

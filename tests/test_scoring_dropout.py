@@ -9,21 +9,11 @@ from flax import nnx
 import seven_jax
 from experiments import scoring
 from seven_jax.models import bert
+from tests._helpers import tiny_bert_config
 
 
 def _model(dropout=0.3, seed=0):
-  cfg = bert.BertConfig(
-    vocab_size=64,
-    hidden_size=32,
-    num_hidden_layers=2,
-    num_attention_heads=2,
-    intermediate_size=64,
-    max_position_embeddings=32,
-    num_labels=2,
-    hidden_dropout_prob=dropout,
-    attention_probs_dropout_prob=dropout,
-  )
-  return bert.BertForSequenceClassification(cfg, rngs=nnx.Rngs(seed))
+  return bert.BertForSequenceClassification(tiny_bert_config(dropout), rngs=nnx.Rngs(seed))
 
 
 def _loss_fn(model, batch):
