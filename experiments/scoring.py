@@ -31,6 +31,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
+import seven_jax
 from seven_jax import scores
 
 DROPOUT_KEY = "_dropout_key"
@@ -96,8 +97,6 @@ def keyed_batches(batches: Iterable[dict], seed: int) -> Iterator[dict]:
 
 def prune_model(model, loss_fn, batches, cfg, prunable, **method_kwargs):
   """SEVEN_pre / SNIP / ... on ``model`` with the method's dropout policy (experiments' ``prepruning``)."""
-  import seven_jax
-
   mode = dropout_mode(cfg.method)
   loss, params = scoring_loss(model, loss_fn, mode)
   if mode == "train":
