@@ -76,6 +76,9 @@ class ExperimentConfig:
   # The pruning budget: "global" (one top-k over every prunable weight) or
   # "per_leaf" (every prunable matrix pruned to the schedule's ratio on its own).
   scope: str = "global"
+  # BERT tasks: whether the pooler's dense kernel is prunable (the official
+  # SEVEN code prunes it). Models without a pooler (ViT) reject the flag.
+  include_pooler: bool = True
   # movement / soft_movement as Sanh et al. (2020): the forward pass uses W * M
   # through a straight-through estimator; inside the window the dense weights
   # are kept and scored (pruned weights can come back) and are zeroed when the
@@ -1072,6 +1075,7 @@ FIELD_RULES = {
 # What a flag does, where its name does not say it (printed by --help).
 FIELD_HELP = {
   "scope": "pruning budget: one over all prunable weights, or every matrix on its own ",
+  "include_pooler": "BERT: prune the pooler's dense kernel too, as the official SEVEN code ",
   "straight_through": (
     "movement, soft_movement: mask in the forward pass, dense weights kept and scored "
     "in the window (Sanh et al. 2020) "
@@ -1274,6 +1278,31 @@ def add_config_flags(parser, defaults: ExperimentConfig, skip=()):
         default=None,
         help=f"{FIELD_HELP.get(field.name, '')}(preset: {default}{allowed})",
       )
+
+
+def reject_flag(parser, name: str, reason: str) -> None:
+  """``--<name>`` and ``--no-<name>`` exit with status 2 and ``reason``.
+
+  For a boolean field left out of the flags (``skip``) because the module's
+  model lacks the part it configures (e.g. ``include_pooler``: a ViT has no
+  pooler): a message that says why, not argparse's "unrecognized arguments"
+  and not a value that would be silently ignored.
+  """
+  import argparse  # pylint: disable=g-import-not-at-top
+
+  class Rejected(argparse.Action):
+    def __call__(self, parser, namespace, values, option_string=None):
+      parser.error(f"argument {option_string}: {reason}")
+
+  option = flag(name)
+  parser.add_argument(
+    option,
+    "--no-" + option[2:],
+    nargs=0,
+    action=Rejected,
+    default=argparse.SUPPRESS,
+    help=argparse.SUPPRESS,
+  )
 
 
 def config_from_args(args, preset: dict, cls=ExperimentConfig) -> ExperimentConfig:

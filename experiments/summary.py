@@ -15,9 +15,11 @@ is one run. Only runs that can be compared share a row or a panel:
   a 300-step run are two recipes: two panels, each with its own dense line.
 * **Row.** Within a recipe, one row per method, method settings (the pruning
   schedule ``start_step``, ``pruning_steps``, ``update_every``,
-  ``prune_before_steps`` and the rates ``b1``, ``b2``; none for dense) and
-  target sparsity (0 for dense, whatever its config says). The seeds of a row
-  are its runs.
+  ``prune_before_steps``, the rates ``b1``, ``b2``, the budget's ``scope``,
+  ``include_pooler`` and ``straight_through``; none for dense) and target
+  sparsity (0 for dense, whatever its config says). A run older than
+  ``scope`` or ``include_pooler`` counts as ``global`` and ``True`` (what it
+  did). The seeds of a row are its runs.
 
 Each row shows the primary metric (``results["primary_metric"]``) as mean ± std
 over its seeds (sample std, ddof = 1) with the number of seeds ``n``. One seed
@@ -61,8 +63,6 @@ DENSE = "dense"
 # where the run was written, and bookkeeping that cannot change the numbers.
 NOT_RECIPE = ("seed", "out", "resume", "checkpoint_every", "log_every", "stop_after")
 # The method's own settings: they tell apart rows of one recipe (dense has none).
-# ``scope`` / ``include_pooler``: recorded by runs that set them (global budget
-# and the preset's prunable set otherwise).
 METHOD_SETTINGS = (
   "start_step",
   "pruning_steps",
@@ -74,6 +74,10 @@ METHOD_SETTINGS = (
   "include_pooler",
   "straight_through",
 )
+# What a run made before a setting existed did: one global budget, and the
+# BERT classifiers pruned their pooler. Such a run and a newer one at these
+# values are one row, not two.
+SETTING_DEFAULTS = {"scope": "global", "include_pooler": True}
 # A seed at most this far above the majority-class rate has collapsed to a
 # constant classifier (0.5 points: a few test examples on top of the constant).
 COLLAPSE_MARGIN = 0.005
@@ -177,7 +181,8 @@ def load_runs(folder, *, warn=None) -> list[dict]:
           if k not in NOT_RECIPE and k not in METHOD_SETTINGS and k not in ("method", "sparsity")
         )
       )
-      settings = () if dense else tuple((k, config[k]) for k in METHOD_SETTINGS if k in config)
+      recorded = {**SETTING_DEFAULTS, **config}
+      settings = () if dense else tuple((k, recorded[k]) for k in METHOD_SETTINGS if k in recorded)
       majority, source = majority_rate(results, metric)
       runs.append(
         {

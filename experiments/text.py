@@ -59,6 +59,7 @@ PRESETS = {
 # same cubic schedule): gradual magnitude with one global budget collapses at this
 # budget because it prunes all of MiniLM's never-trained pooler (its weights are
 # all below the global 60% |W| threshold; results/baselines/README.md).
+# --no-include-pooler leaves the pooler out of the prunable set.
 DEFAULT_METHODS = ("dense", "seven", "taylor_instant")
 TEXT_TASKS = ("text_classification", "text_pair_classification", "text_pair_regression")
 
@@ -77,7 +78,7 @@ def build_task(cfg: common.ExperimentConfig) -> common.Task:
   model = bert.from_pretrained(
     path, task="sequence_classification", num_labels=spec.num_labels, seed=cfg.seed
   )
-  prunable = bert.prunable(nnx.state(model, nnx.Param))
+  prunable = bert.prunable(nnx.state(model, nnx.Param), include_pooler=cfg.include_pooler)
   train = sj_data.get_dataset(cfg.task, "train")
   splits = eval_splits(cfg)
   evaluations = [
