@@ -133,6 +133,21 @@ def test_runs_record_it_and_leave_the_pooler_whole(tiny_checkpoint, tmp_path):
   assert np.all(pooler_weights[False] != 0)
 
 
+def test_glue_offers_the_flag():
+  """experiments.glue builds its tasks with experiments.text: the flag reaches its configs."""
+  tfds = pytest.importorskip(
+    "tensorflow_datasets", reason="pip install tensorflow-datasets==4.9.10"
+  )
+  from experiments import glue
+
+  with tfds.testing.mock_data(num_examples=8, policy=tfds.testing.MockPolicy.USE_CODE):
+    (default,) = glue.configs_from_args(["--task", "mrpc", "--method", "dense"])
+    (without,) = glue.configs_from_args(
+      ["--task", "mrpc", "--method", "dense", "--no-include-pooler"]
+    )
+  assert default.include_pooler is True and without.include_pooler is False
+
+
 @pytest.mark.parametrize("option", ["--no-include-pooler", "--include-pooler"])
 @pytest.mark.parametrize(
   "main,needle",
