@@ -90,7 +90,10 @@ def run_if(pred, fn, carry):
   on every call: 16 bytes per prunable weight after the pruning window for
   SEVEN's ``m`` and ``v`` (compiled HLO, MiniLM-size leaves). A while loop's
   state lives in one buffer, so those copies move into its body and run
-  only inside the window.
+  only inside the window. Everything the loop reads must be a buffer: the
+  engine passes it what exists anyway (weights, gradient, states) and
+  recomputes the rest inside (the inner update), so that outside the window
+  the step fuses as a :func:`fixed_mask` step does.
   """
 
   def body(state):
@@ -108,6 +111,16 @@ def _kept_leaves(mask_tree, tree) -> list:
   """The leaves of ``tree`` (params-shaped) at the prunable positions."""
   flat, treedef = jax.tree.flatten(mask_tree, is_leaf=is_hole)
   return [x for m, x in zip(flat, treedef.flatten_up_to(tree), strict=True) if not is_hole(m)]
+
+
+def _with_kept(mask_tree, tree, leaves) -> Any:
+  """``tree`` with its leaves at the prunable positions replaced by ``leaves``
+  (in :func:`_kept_leaves` order)."""
+  flat, treedef = jax.tree.flatten(mask_tree, is_leaf=is_hole)
+  subtrees = treedef.flatten_up_to(tree)
+  leaves = iter(leaves)
+  subtrees = [x if is_hole(m) else next(leaves) for m, x in zip(flat, subtrees, strict=True)]
+  return treedef.unflatten(subtrees)
 
 
 def select_kwargs(ties):
@@ -332,15 +345,14 @@ def build_transform(
     local_step = state.count - start
     is_last = local_step == length - 1
 
-    # Gradient of the masked network: pruned coordinates get exactly 0.
-    grads = map_kept(lambda m, g: jnp.where(m, g, jnp.zeros_like(g)), masks, updates)
-    # The rule gets the raw gradient and masks it itself (below): the masked
-    # copy then need not be materialised for the window's loop (a while
-    # loop's operands are buffers), only fused into the inner update.
-    inner_updates, inner_state = _inner_update(
-      inner, grads, state.inner_state, params, extra_args, name, lookahead
-    )
-    fast_updates = inner_updates.fast if lookahead else inner_updates
+    in_window = (local_step >= 0) & (local_step < length)
+    as_tree = functools.partial(jax.tree.unflatten, jax.tree.structure(masks))
+
+    # The optimizer gets the gradient of the masked network (pruned
+    # coordinates exactly 0) under this call's mask, before its selection.
+    def inner_step(masked_leaves, inner_state):
+      grads = _with_kept(masks, updates, masked_leaves)
+      return _inner_update(inner, grads, inner_state, params, extra_args, name, lookahead)
 
     def leaf_step(m, w, u, g, score, *stats):
       w = w.astype(jnp.float32)
@@ -356,8 +368,19 @@ def build_transform(
       return score_leaf(rule, hp, x, stats, score, resurrect=resurrect)
 
     def prune(carry):
-      masks_l, scores_l, stats_l, tau = carry
-      leaves = zip(masks_l, kept(weights), kept(fast_updates), kept(updates), scores_l, *stats_l)
+      masks_l, scores_l, stats_l, tau, grads_l, inner_state = carry
+      masked_l = [jnp.where(m, g, jnp.zeros_like(g)) for m, g in zip(masks_l, grads_l)]
+      # The rule needs this step's inner update (W + u). It is computed here
+      # again rather than passed in: a loop operand is a buffer, and passing
+      # ``u`` would materialise it on every call, also outside the window,
+      # where the update otherwise fuses into one pass with the emit below.
+      # The inner state and the gradient ride in the loop's state (the
+      # latter masked with the mask the loop starts from), so that the update
+      # after the loop reads them there: no copy of Adam's moments, nor of
+      # the old mask.
+      u, _ = inner_step(masked_l, inner_state)
+      u = u.fast if lookahead else u
+      leaves = zip(masks_l, kept(weights), kept(u), grads_l, scores_l, *stats_l)
       new_stats, new_scores = zip(*[leaf_step(*xs) for xs in leaves])
       if schedule == "cubic":
         keep_ratio = schedules.cubic_keep_ratio(local_step, n_steps, 1.0 - sp)
@@ -390,6 +413,10 @@ def build_transform(
         [store(x, j, num_stats) for j, x in enumerate(new_scores)],
         [[store(st[n], j, n) for j, st in enumerate(new_stats)] for n in range(num_stats)],
         jnp.asarray(new_tau, jnp.float32).reshape(jnp.shape(tau)),
+        masked_l,
+        # Not the same value for JAX (which would forward an unchanged loop
+        # state around the loop and make XLA copy it); one buffer for XLA.
+        lax.optimization_barrier(inner_state),
       )
 
     carry = (
@@ -397,10 +424,15 @@ def build_transform(
       jax.tree.leaves(state.scores),
       [jax.tree.leaves(t) for t in state.stats],
       jnp.asarray(state.tau, jnp.float32),
+      kept(updates),
+      state.inner_state,
     )
-    in_window = (local_step >= 0) & (local_step < length)
-    masks_l, scores_l, stats_l, new_tau = run_if(in_window, prune, carry)
-    as_tree = functools.partial(jax.tree.unflatten, jax.tree.structure(masks))
+    masks_l, scores_l, stats_l, new_tau, grads_l, inner_state = run_if(in_window, prune, carry)
+    # Inside the window the loop masked the gradient with the mask it started
+    # from; outside, that mask is the one it returns.
+    grads_l = [jnp.where(m | in_window, g, jnp.zeros_like(g)) for m, g in zip(masks_l, grads_l)]
+    inner_updates, inner_state = inner_step(grads_l, inner_state)
+    fast_updates = inner_updates.fast if lookahead else inner_updates
     new_masks = as_tree(masks_l)
 
     # Pruned weights land exactly on 0 once the update is applied; with

@@ -22,14 +22,18 @@ from benchmarks.common import entry_while_body, hlo_bytes
 SHAPES = {"a": (128, 96), "b": (96, 256), "c": (256, 128), "bias": (128,)}
 
 
-def _compiled(tx, state, params):
-  grads = jax.tree.map(lambda p: jnp.full_like(p, 1e-3), params)
+def _loss(params, x):
+  return sum(jnp.sum(jnp.sin(p * x)) for p in jax.tree.leaves(params))
 
-  def step(p, s, g):
-    u, s = tx.update(g, s, p)
+
+def _compiled(tx, state, params):
+  # A training step: the gradient is computed in the step (a buffer the
+  # update may reuse), params and optimizer state are donated.
+  def step(p, s, x):
+    u, s = tx.update(jax.grad(_loss)(p, x), s, p)
     return optax.apply_updates(p, u), s
 
-  return jax.jit(step, donate_argnums=(0, 1)).lower(params, state, grads).compile().as_text()
+  return jax.jit(step, donate_argnums=(0, 1)).lower(params, state, 0.5).compile().as_text()
 
 
 def _entry_copies(hlo):
@@ -47,7 +51,9 @@ def test_no_whole_array_copies_outside_the_window():
   assert _entry_copies(hlo) == []
   body = entry_while_body(hlo)
   assert body is not None  # the window's work is a loop the entry skips
-  # Outside the window: within 30 B per prunable weight of adamw's step
-  # (masked gradient, materialised inner update, new mask read for the emit).
+  # Outside the window: within 16 B per prunable weight of adamw's step (the
+  # mask read by the gradient's and the emit's fusions, the gradient
+  # materialised as a loop operand; measured 11 B; the engine that passed the
+  # inner update into the loop moved 31 B more than adamw).
   adamw = hlo_bytes(_compiled(optax.adamw(1e-3), optax.adamw(1e-3).init(params), params))
-  assert hlo_bytes(hlo) - adamw < 30 * n
+  assert hlo_bytes(hlo) - adamw < 16 * n
