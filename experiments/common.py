@@ -87,7 +87,17 @@ class ExperimentConfig:
 
   @property
   def run_name(self) -> str:
+    """``task-method-s<sparsity>-seed<seed>``, plus a suffix for every setting
+    away from its default that changes what is pruned (``-per_leaf``,
+    ``-nopooler``, ``-nostraight``), so such a run never lands in (or resumes
+    into) the default run's folder."""
     name = f"{self.task}-{self.method}-s{self.sparsity:g}-seed{self.seed}"
+    if self.scope != "global":
+      name += f"-{self.scope}"
+    if not self.include_pooler:
+      name += "-nopooler"
+    if not self.straight_through and self.method in STRAIGHT_THROUGH_METHODS:
+      name += "-nostraight"
     return re.sub(r"[^A-Za-z0-9_.-]+", "_", name)
 
 
@@ -1092,6 +1102,7 @@ METHOD_FIELDS = {
   "prune_before_steps",
   "scope",
   "straight_through",
+  "include_pooler",
 }
 
 
@@ -1119,8 +1130,10 @@ def method_fields(method: str) -> set:
   if method == DENSE:
     return set()
   if seven_jax.method_kind(method) == "pre":
-    return {"sparsity", "prune_before_steps", "scope"} | set(method_hparams(method))
-  fields = {"sparsity", "start_step", "pruning_steps", "update_every", "scope"}
+    return {"sparsity", "prune_before_steps", "scope", "include_pooler"} | set(
+      method_hparams(method)
+    )
+  fields = {"sparsity", "start_step", "pruning_steps", "update_every", "scope", "include_pooler"}
   if method in STRAIGHT_THROUGH_METHODS:
     fields.add("straight_through")
   return fields | set(method_hparams(method))

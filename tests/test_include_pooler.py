@@ -141,9 +141,9 @@ def test_glue_offers_the_flag():
   from experiments import glue
 
   with tfds.testing.mock_data(num_examples=8, policy=tfds.testing.MockPolicy.USE_CODE):
-    (default,) = glue.configs_from_args(["--task", "mrpc", "--method", "dense"])
+    (default,) = glue.configs_from_args(["--task", "mrpc", "--method", "seven_pre"])
     (without,) = glue.configs_from_args(
-      ["--task", "mrpc", "--method", "dense", "--no-include-pooler"]
+      ["--task", "mrpc", "--method", "seven_pre", "--no-include-pooler"]
     )
   assert default.include_pooler is True and without.include_pooler is False
 
@@ -196,3 +196,36 @@ def test_summary_counts_a_run_without_the_field_as_include_pooler_true(tmp_path)
   assert got[True][0] == 2 and got[True][1] == pytest.approx(0.71)
   assert got[False] == (1, pytest.approx(0.60))
   assert "include_pooler=False" in summary.markdown(rows)
+
+
+def test_run_names_keep_non_default_settings_apart():
+  """A run that prunes a different set never lands in the default run's folder."""
+  base = common.ExperimentConfig(method="seven")
+  assert base.run_name == "rotten_tomatoes-seven-s0.6-seed0"
+  names = {
+    base.run_name,
+    common.ExperimentConfig(method="seven", include_pooler=False).run_name,
+    common.ExperimentConfig(method="seven", scope="per_leaf").run_name,
+    common.ExperimentConfig(method="movement", straight_through=False).run_name,
+    common.ExperimentConfig(method="movement").run_name,
+  }
+  assert len(names) == 5
+  assert common.ExperimentConfig(method="seven", include_pooler=False).run_name.endswith(
+    "-nopooler"
+  )
+  # straight_through is only read by movement methods: no suffix elsewhere.
+  assert common.ExperimentConfig(method="seven", straight_through=False).run_name == base.run_name
+
+
+def test_dense_alone_rejects_the_flag(capsys):
+  """Dense prunes nothing: --no-include-pooler with it alone would be silently ignored."""
+  tfds = pytest.importorskip(
+    "tensorflow_datasets", reason="pip install tensorflow-datasets==4.9.10"
+  )
+  from experiments import glue
+
+  with tfds.testing.mock_data(num_examples=8, policy=tfds.testing.MockPolicy.USE_CODE):
+    with pytest.raises(SystemExit) as info:
+      glue.configs_from_args(["--task", "mrpc", "--method", "dense", "--no-include-pooler"])
+  assert info.value.code == 2
+  assert "include-pooler: not used by method(s) dense" in capsys.readouterr().err
