@@ -24,11 +24,11 @@ How it is timed, so that a loaded machine disturbs both alike:
   the loop's on-device sparsity, the loss stacks of every period length,
   the evaluation); XLA's persistent cache (a temporary folder) then serves
   the step to the new ``jax.jit`` every ``run`` builds. A loop segment is
-  timed from the return of its first step to the end of its last (the final
+  timed from the end of its first step to the end of its last (the final
   drain included; its checkpoint and evaluation after training are not);
-  a bare segment the same way: from the return of its first call (dispatch
-  is asynchronous: the rest of the first step's execution falls in both
-  windows alike) to its last result being ready.
+  a bare segment the same way: from the end of its first step (``run``
+  waits for it once, dispatch being asynchronous) to its last result being
+  ready.
 
 The model is the project's NNX BERT (:mod:`seven_jax.models.bert`) with random
 weights (no download), dropout on, SEVEN_dyn inside its window the whole time
@@ -69,9 +69,9 @@ SHAPES = {
   "bert-base": (12, 768, 12, 3072, 30522, 8, 64),
 }
 # Whether common.run waits for its first step before its steady clock starts
-# (False today: it starts when the call returns, while the step may still run).
+# (it does: the clock starts when step 1 has finished, not when its call returns).
 # The bare side mirrors it; with a mismatch the ratio is off by up to one step.
-FIRST_STEP_BLOCKS = False
+FIRST_STEP_BLOCKS = True
 DEFAULT_STEPS = {"tiny": 50, "minilm": 8, "bert-base": 3}
 
 
@@ -219,9 +219,9 @@ class LoopBench:
   def bare(self) -> float:
     """Seconds of ``steps`` bare steps after an untimed first step.
 
-    The clock starts as ``run``'s does: when the first call *returns*. Dispatch
-    is asynchronous (also on CPU, for a step this size), so both windows hold
-    whatever of the first step's execution is left then.
+    The clock starts as ``run``'s does (:data:`FIRST_STEP_BLOCKS`): when the
+    first step has finished, so both windows hold exactly ``steps`` step
+    executions (dispatch is asynchronous, also on CPU, for a step this size).
     """
     params, rest, opt_state = self._bare_first(block=False)
     batches = self.device_batches

@@ -812,7 +812,11 @@ def run(cfg: ExperimentConfig, task: Task) -> dict:
         params, rest, opt_state, loss = stepper.step(params, rest, opt_state, batch)
         step += 1
         if step == first_step + 1:
-          compiled_at = time.perf_counter()  # the first call compiled the step
+          # The first call compiled the step; its execution may still run
+          # (dispatch is asynchronous): one wait, here only, so that the
+          # steady rate counts the steps after it and nothing of it.
+          jax.block_until_ready(loss)
+          compiled_at = time.perf_counter()
         device_log.add(step, loss)
         data_position = task.train_batches.state()
         if step < last_step:  # the next batch travels while this step runs
