@@ -357,10 +357,11 @@ def update_bytes(tx, grads, state, params, num_prunable) -> dict:
   """Bytes the compiled optimizer step reads and writes (XLA's HLO).
 
   Compiled as a training step compiles it: ``params, state -> apply_updates(
-  params, update), new state`` with both (and the gradient, the backward
-  pass's output in a step) donated, so that every output can reuse its input's buffer (jitting ``tx.update`` alone with only the state
-  donated lets XLA alias the *updates* to state buffers of the same shape,
-  which adds copies no training step has).
+  params, update), new state`` with both donated, and the gradient too (in
+  a step it is the backward pass's output, a buffer the update may reuse),
+  so that every output can reuse its input's buffer (jitting ``tx.update``
+  alone with only the state donated lets XLA alias the *updates* to state
+  buffers of the same shape, which adds copies no training step has).
 
   * ``bytes_accessed``: ``compiled.cost_analysis()``, XLA's estimate over the
     whole program (every branch of every conditional and loop body once).

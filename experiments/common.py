@@ -1300,8 +1300,8 @@ def add_config_flags(parser, defaults: ExperimentConfig, skip=()):
 def reject_flag(parser, name: str, reason: str) -> None:
   """``--<name>`` and ``--no-<name>`` exit with status 2 and ``reason``.
 
-  For a boolean field left out of the flags (``skip``) because the module's
-  model lacks the part it configures (e.g. ``include_pooler``: a ViT has no
+  For a boolean field left out of the flags (``rejected`` of
+  :func:`experiment_parser`) because the module's model lacks the part it configures (e.g. ``include_pooler``: a ViT has no
   pooler): a message that says why, not argparse's "unrecognized arguments"
   and not a value that would be silently ignored.
   """
@@ -1348,9 +1348,15 @@ def experiment_parser(
   default_preset: str,
   defaults: ExperimentConfig,
   skip=(),
+  rejected: Optional[dict] = None,
   epilog: Optional[str] = None,
 ):
-  """The argparse parser of an experiment module: ``--preset``, ``--methods``, one flag per field."""
+  """The argparse parser of an experiment module: ``--preset``, ``--methods``, one flag per field.
+
+  ``rejected``: field name -> reason, for boolean fields the module's model
+  has nothing to apply to (e.g. ``include_pooler`` for a ViT): no flag of
+  theirs is offered, and passing one exits with the reason (:func:`reject_flag`).
+  """
   import argparse  # pylint: disable=g-import-not-at-top
 
   parser = argparse.ArgumentParser(
@@ -1365,7 +1371,10 @@ def experiment_parser(
     default=None,
     help="comma-separated methods to run in turn (default: the preset's); overrides --method",
   )
-  add_config_flags(parser, defaults, skip=skip)
+  rejected = rejected or {}
+  add_config_flags(parser, defaults, skip=tuple(skip) + tuple(rejected))
+  for name, reason in rejected.items():
+    reject_flag(parser, name, reason)
   hosts = parser.add_argument_group(
     "several hosts", "jax.distributed.initialize(...) before anything else (CPU: gloo collectives)"
   )
@@ -1486,15 +1495,22 @@ def latest_checkpoint(cfg) -> Optional[int]:
 
 
 def configs_from_cli(
-  argv, description: str, presets: dict, default_methods, default_preset: str = "cpu-quick"
+  argv,
+  description: str,
+  presets: dict,
+  default_methods,
+  default_preset: str = "cpu-quick",
+  rejected: Optional[dict] = None,
 ) -> list[ExperimentConfig]:
-  """The command line of a module whose presets are plain dicts (text, vision)."""
+  """The command line of a module whose presets are plain dicts (text, vision);
+  ``rejected`` as in :func:`experiment_parser`."""
   parser = experiment_parser(
     prog=None,
     description=description,
     presets=presets,
     default_preset=default_preset,
     defaults=ExperimentConfig(**presets[default_preset]),
+    rejected=rejected,
   )
   return parse_configs(
     parser,

@@ -128,7 +128,7 @@ def build_task(cfg: SquadConfig) -> common.Task:
 
   path = _model_path(cfg)
   model = bert.from_pretrained(path, task="question_answering", seed=cfg.seed)
-  prunable = bert.prunable(nnx.state(model, nnx.Param), include_pooler=cfg.include_pooler)
+  prunable = bert.prunable(nnx.state(model, nnx.Param))  # no pooler in the QA model
   train = train_features(cfg)
   examples, dev = _features(
     cfg.task, cfg.eval_split, path, cfg.max_len, cfg.doc_stride, cfg.eval_examples
@@ -181,22 +181,18 @@ def build_task(cfg: SquadConfig) -> common.Task:
 
 
 def parser() -> argparse.ArgumentParser:
-  result = common.experiment_parser(
+  return common.experiment_parser(
     prog="python -m experiments.squad",
     description=__doc__.splitlines()[0],
     presets=PRESETS,
     default_preset="paper",
     defaults=SquadConfig(**PRESETS["paper"]),
-    skip=("include_pooler",),
+    # BertForQuestionAnswering has no pooler (as Hugging Face's): nothing to include.
+    rejected={
+      "include_pooler": "BERT for question answering has no pooler (the span head reads every "
+      "token); the flag applies to the BERT classifiers (experiments.text, experiments.glue)"
+    },
   )
-  # BertForQuestionAnswering has no pooler (as Hugging Face's): nothing to include.
-  common.reject_flag(
-    result,
-    "include_pooler",
-    "BERT for question answering has no pooler (the span head reads every token); "
-    "the flag applies to the BERT classifiers (experiments.text, experiments.glue)",
-  )
-  return result
 
 
 def check(cfg: SquadConfig) -> None:

@@ -110,26 +110,15 @@ def build_task(cfg: common.ExperimentConfig, vit_overrides: dict | None = None) 
 
 
 def main(argv=None):
-  # As common.configs_from_cli, less --include-pooler (a ViT has no pooler).
-  parser = common.experiment_parser(
-    prog=None,
-    description=__doc__.splitlines()[0],
-    presets=PRESETS,
-    default_preset="cpu-quick",
-    defaults=common.ExperimentConfig(**PRESETS["cpu-quick"]),
-    skip=("include_pooler",),
-  )
-  common.reject_flag(
-    parser,
-    "include_pooler",
-    "a ViT has no pooler; the flag applies to the BERT classifiers "
-    "(experiments.text, experiments.glue)",
-  )
-  configs = common.parse_configs(
-    parser,
+  configs = common.configs_from_cli(
     argv,
-    preset_values=lambda args: PRESETS[args.preset],
-    default_methods=DEFAULT_METHODS,
+    __doc__.splitlines()[0],
+    PRESETS,
+    DEFAULT_METHODS,
+    rejected={
+      "include_pooler": "a ViT has no pooler; the flag applies to the BERT classifiers "
+      "(experiments.text, experiments.glue)"
+    },
   )
   return common.run_and_report(configs, build_task)
 

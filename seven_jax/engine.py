@@ -103,6 +103,11 @@ def run_if(pred, fn, carry):
   return lax.while_loop(lambda state: state[0], body, (jnp.asarray(pred, jnp.bool_), carry))[1]
 
 
+def _masked(m, x):
+  """``x`` where the mask keeps it, exactly 0 (in ``x``'s dtype) elsewhere."""
+  return jnp.where(m, x, jnp.zeros_like(x))
+
+
 def _finite(x):
   return jnp.where(jnp.isfinite(x), x, 0.0)
 
@@ -362,14 +367,12 @@ def build_transform(
         # rule scores every weight with the raw gradient (taken at W * M
         # through the identity); the optimizer only sees the masked one.
         u = jnp.where(m, u, 0.0)
-      else:  # the gradient of the masked network, as the optimizer's
-        g = jnp.where(m, g, jnp.zeros_like(g))
       x = ScoreInputs(_finite(w), _finite(w + u), g, m, local_step, is_last, total)
       return score_leaf(rule, hp, x, stats, score, resurrect=resurrect)
 
     def prune(carry):
       masks_l, scores_l, stats_l, tau, grads_l, inner_state = carry
-      masked_l = [jnp.where(m, g, jnp.zeros_like(g)) for m, g in zip(masks_l, grads_l)]
+      masked_l = [_masked(m, g) for m, g in zip(masks_l, grads_l)]
       # The rule needs this step's inner update (W + u). It is computed here
       # again rather than passed in: a loop operand is a buffer, and passing
       # ``u`` would materialise it on every call, also outside the window,
@@ -380,7 +383,10 @@ def build_transform(
       # the old mask.
       u, _ = inner_step(masked_l, inner_state)
       u = u.fast if lookahead else u
-      leaves = zip(masks_l, kept(weights), kept(u), grads_l, scores_l, *stats_l)
+      # The rule scores with the gradient of the masked network, as the
+      # optimizer's; straight-through with the raw one.
+      scored = grads_l if straight_through else masked_l
+      leaves = zip(masks_l, kept(weights), kept(u), scored, scores_l, *stats_l)
       new_stats, new_scores = zip(*[leaf_step(*xs) for xs in leaves])
       if schedule == "cubic":
         keep_ratio = schedules.cubic_keep_ratio(local_step, n_steps, 1.0 - sp)
@@ -430,7 +436,7 @@ def build_transform(
     masks_l, scores_l, stats_l, new_tau, grads_l, inner_state = run_if(in_window, prune, carry)
     # Inside the window the loop masked the gradient with the mask it started
     # from; outside, that mask is the one it returns.
-    grads_l = [jnp.where(m | in_window, g, jnp.zeros_like(g)) for m, g in zip(masks_l, grads_l)]
+    grads_l = [_masked(m | in_window, g) for m, g in zip(masks_l, grads_l)]
     inner_updates, inner_state = inner_step(grads_l, inner_state)
     fast_updates = inner_updates.fast if lookahead else inner_updates
     new_masks = as_tree(masks_l)
@@ -657,7 +663,7 @@ def straight_through_masked(params: Any, masks: Any) -> Any:
   """
 
   def leaf(m, p):
-    masked = jnp.where(m, p, jnp.zeros_like(p))
+    masked = _masked(m, p)
     return p + lax.stop_gradient(masked - p)
 
   return map_kept(leaf, masks, params)
@@ -730,7 +736,7 @@ def fixed_mask(
   def update_fn(updates, state, params=None, **extra_args):
     if params is None:
       raise ValueError(_NO_PARAMS_MSG.format(name="fixed_mask"))
-    grads = map_kept(lambda m, g: jnp.where(m, g, jnp.zeros_like(g)), state.masks, updates)
+    grads = map_kept(_masked, state.masks, updates)
     u, inner_state = inner.update(grads, state.inner_state, params, **extra_args)
     final = map_kept(lambda m, u_, p: jnp.where(m, u_, -p.astype(u_.dtype)), state.masks, u, params)
     inner_state = _zero_schedule_free_z(inner_state, state.masks)
