@@ -57,7 +57,8 @@ tie-break is needed without another pass.
 
 Exactness and speed of the counts. XLA on CPU vectorises float reductions far
 better than integer or boolean ones, so ``C`` is computed in float32 with the
-division-free indicator ``min(max(s - u, 0) * 2**124, 1)``, exact for
+division-free indicator ``min(max(s - u, 0), 2**-123)`` (three operations
+per score; column sums are scaled by ``2**123`` afterwards), exact for
 *canonical* scores (finite, and either 0 or at least ``1e-30`` in magnitude;
 see :func:`canonicalize_scores`). Every leaf is reduced as a ``(groups,
 columns)`` array with at most 256 groups, first over the groups, so each
@@ -163,11 +164,17 @@ def _isum(x, axis=None) -> jax.Array:
 
 
 # Exact indicator of ``s > u`` for canonical s and u, in float arithmetic:
-# ``min(max(s - u, 0) * 2**124, 1)``. For distinct canonical values
+# ``min(max(s - u, 0), 2**-123)``. For distinct canonical values
 # ``|s - u| >= 2**-123`` (a multiple of the ulp of 1e-30), which stays a normal
-# float after rounding (no flush-to-zero), so the scaled difference is >= 2
-# when ``s > u`` (overflow to +inf is fine: min(inf, 1) = 1) and exactly 0 when
-# ``s <= u``. No division: on this CPU it is ~2x cheaper than a ratio form.
+# float after rounding (no flush-to-zero), so the indicator is exactly
+# ``2**-123`` when ``s > u`` (overflow to +inf is fine) and exactly 0 when
+# ``s <= u``. Column sums of at most 256 such units are exact (normal floats),
+# and scaling them by ``2**123`` gives the counts. Three operations per score:
+# one fewer than the earlier ``min(max(s - u, 0) * 2**124, 1)`` (9% faster per
+# pass on this CPU), no division (a ratio form was ~2x slower).
+_UNIT = np.float32(2.0**-123)
+_PER_UNIT = np.float32(2.0**123)
+# Scale of the arithmetic ``s < t`` indicator of :func:`_snap`.
 _SCALE = np.float32(2.0**124)
 
 
@@ -211,8 +218,9 @@ def _make_plan(sizes, group, capacity, barriers) -> _Plan:
 
 
 def _indicator(leaf: jax.Array, block: _Block, u: jax.Array, barriers: bool) -> jax.Array:
-  """The exact 0/1 indicator ``s > u`` over one block, as a float32
-  ``(groups, columns)`` array (fused into the reduction that consumes it).
+  """The exact indicator ``s > u`` over one block, as a float32 ``(groups,
+  columns)`` array of ``0`` and ``_UNIT`` (fused into the reduction that
+  consumes it; :func:`_column_sums` turns it into counts).
 
   With ``barriers``, ``lax.optimization_barrier`` gives every block its own
   copy of the scalars: without it XLA's CPU backend shares one broadcast of
@@ -223,15 +231,21 @@ def _indicator(leaf: jax.Array, block: _Block, u: jax.Array, barriers: bool) -> 
   the barrier) and before the slice otherwise (a barrier after a slice would
   materialise it).
   """
-  consts = (_SCALE, np.float32(0), np.float32(1))
+  consts = (np.float32(0), _UNIT)
   if not barriers:
-    x, (scale, zero, one) = _block_view(leaf, block), consts
+    x, (zero, unit) = _block_view(leaf, block), consts
   elif block.groups * block.columns == leaf.size:
-    x, u, (scale, zero, one) = lax.optimization_barrier((_block_view(leaf, block), u, consts))
+    x, u, (zero, unit) = lax.optimization_barrier((_block_view(leaf, block), u, consts))
   else:
-    leaf, u, (scale, zero, one) = lax.optimization_barrier((leaf, u, consts))
+    leaf, u, (zero, unit) = lax.optimization_barrier((leaf, u, consts))
     x = _block_view(leaf, block)
-  return jnp.minimum(jnp.maximum(x - u, zero) * scale, one)
+  return jnp.minimum(jnp.maximum(x - u, zero), unit)
+
+
+def _column_sums(indicator: jax.Array) -> jax.Array:
+  """Per-column counts (float32 integers) of an :func:`_indicator` block: sums
+  of at most 256 multiples of ``_UNIT`` are exact, and so is their scaling."""
+  return jnp.sum(indicator, axis=0) * _PER_UNIT
 
 
 def _count_greater(
@@ -246,7 +260,7 @@ def _count_greater(
   u = jnp.asarray(u, jnp.float32)
   total = _i32(0)
   for b in _plan_blocks([int(leaf.size) for leaf in leaves], group):
-    per_column = jnp.sum(_indicator(leaves[b.leaf], b, u, barriers), axis=0)
+    per_column = _column_sums(_indicator(leaves[b.leaf], b, u, barriers))
     total = total + _isum(per_column.astype(jnp.int32))
   return total
 
@@ -606,7 +620,7 @@ def _column_counts(leaves, plan: _Plan, u):
   """
   counts, total = [], _i32(0)
   for b in plan.blocks:
-    per_column = jnp.sum(_indicator(leaves[b.leaf], b, u, plan.barriers), axis=0)
+    per_column = _column_sums(_indicator(leaves[b.leaf], b, u, plan.barriers))
     if plan.barriers:
       # Without the barrier XLA folds the total into a second full reduction
       # of the indicator, which then gets materialised (a copy of the scores).
