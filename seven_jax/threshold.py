@@ -108,6 +108,10 @@ _FLOAT32_MAX = np.float32(np.finfo(np.float32).max)
 _TINY_BITS = int(np.array(TINY, np.float32).view(np.int32))
 _MAX_KEY = int(np.array(_FLOAT32_MAX, np.float32).view(np.int32)) - _TINY_BITS + 1
 _DEFAULT_SAMPLE = 1 << 14
+# The fast path reads a sample this many times larger by counting (its sorted
+# strided sub-sample has ``sample_size`` entries); regula falsi steps per read.
+_SAMPLE_BOOST = 16
+_QUANTILE_STEPS = 5
 # Fast path: entries per column of the per-column counts, how many candidate
 # columns may be gathered for the exact finish (capacity x group values), and
 # the input size from which it pays.
@@ -735,17 +739,48 @@ def _four_probe_select(leaves, k, total, sample_size, seed, plan: _Plan, hint=No
   full passes made.
   """
   blocks, capacity = plan.blocks, plan.capacity
-  sample = _to_key(jnp.sort(_sample(leaves, sample_size, seed))[::-1])  # descending
+  # A large unsorted sample (its gather is cheap, a sort of it is not on
+  # XLA:CPU) read by counting, seeded by a sorted strided sub-sample.
+  sample = _to_key(_sample(leaves, sample_size * _SAMPLE_BOOST, seed))
   s = sample.shape[0]
+  stride = max(1, s // sample_size)
+  sub = jnp.sort(sample[::stride])[::-1]  # descending
+  m = sub.shape[0]
   kf = k.astype(jnp.float32)
   per_score = s / total  # sample entries per score
 
-  def quantile(j):  # key of the descending sample at fractional index j
-    j = jnp.clip(j, 0.0, s - 1.0)
-    j0 = jnp.floor(j)
-    a = sample[j0.astype(jnp.int32)]
-    b = sample[jnp.minimum(j0 + 1, s - 1).astype(jnp.int32)]
-    return a + jnp.round((b - a).astype(jnp.float32) * (j - j0)).astype(jnp.int32)
+  def above(key):  # sample entries strictly above key, as float32
+    return _isum(sample > key).astype(jnp.float32)
+
+  def quantile(j):
+    """Key of the descending sample at fractional index ``j``: the key with
+    ``j + 0.5`` sample entries above it, by regula falsi on the sample's
+    counts inside a bracket read from the sorted sub-sample."""
+    t = jnp.clip(j, 0.0, s - 1.0) + 0.5
+    js = t / stride - 0.5
+    # The sub-sample's rank of the target wanders by ~sqrt(js (1 - js / m)):
+    # a bracket of four of those (plus two entries) holds it but 1 in ~10^4.
+    half = 4.0 * jnp.sqrt(jnp.clip(js, 1.0, m) * (1.0 - jnp.clip(js, 0.0, m - 1.0) / m)) + 2.0
+    hi = sub[jnp.clip(jnp.floor(js - half), 0, m - 1).astype(jnp.int32)]
+    lo = sub[jnp.clip(jnp.ceil(js + half), 0, m - 1).astype(jnp.int32)]
+    # Illinois regula falsi on f = count - t (f_hi <= 0 < f_lo inside).
+    f_hi, f_lo = above(hi) - t, above(lo) - t
+
+    def step(hi, lo, f_hi, f_lo):
+      frac = jnp.clip(-f_hi / jnp.maximum(f_lo - f_hi, 1e-3), 0.0, 1.0)
+      return hi - jnp.round((hi - lo).astype(jnp.float32) * frac).astype(jnp.int32)
+
+    side = jnp.int32(0)  # which end moved last: +1 upper, -1 lower
+    for _ in range(_QUANTILE_STEPS):
+      x = step(hi, lo, f_hi, f_lo)
+      f = above(x) - t
+      up = f <= 0  # too few above x: x is the new upper end
+      # An end kept twice in a row has its f halved, so it stops pinning x.
+      f_lo = jnp.where(up, jnp.where(side > 0, 0.5 * f_lo, f_lo), f)
+      f_hi = jnp.where(up, f, jnp.where(side < 0, 0.5 * f_hi, f_hi))
+      hi, lo = jnp.where(up, x, hi), jnp.where(up, lo, x)
+      side = jnp.where(up, 1, -1)
+    return step(hi, lo, f_hi, f_lo)
 
   def value(key):
     return _from_key(jnp.clip(key, -_MAX_KEY, _MAX_KEY))
@@ -795,7 +830,7 @@ def _four_probe_select(leaves, k, total, sample_size, seed, plan: _Plan, hint=No
     # Just below the hint: C(u1) = G(hint), the number kept by the hint.
     k1 = jnp.where(warm, _to_key(canonicalize_scores(hint)) - 1, quantile(j1))
     # Where the hint sits in the sample (for the density correction).
-    j1 = jnp.where(warm, _isum(sample > k1).astype(jnp.float32) - 0.5, j1)
+    j1 = jnp.where(warm, above(k1) - 0.5, j1)
   p1 = counted(k1)
   c1 = p1[1]
   k2 = quantile(j1 - (c1 - k).astype(jnp.float32) * per_score)
