@@ -265,3 +265,18 @@ def test_zero_size_leaves_are_ignored():
   assert float(th.kth_largest_threshold(leaves, 3)) == 7.0
   with pytest.raises(ValueError, match="at least one score"):
     th.kth_largest_threshold([jnp.zeros((0, 3))], 1)
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_fast_path_no_fallback_on_heavy_tailed_scores(seed):
+  # SEVEN-like |w g| scores spanning many decades: the sampled estimates
+  # bracket the k-th value within the four probes (no fifth pass, no fallback).
+  rng = np.random.default_rng(seed)
+  x = np.abs(rng.standard_normal((1024, 1024)) * np.exp(2.0 * rng.standard_normal((1024, 1024))))
+  leaves = [jnp.asarray(x.astype(np.float32))]
+  k = int(0.4 * x.size)
+  tau, passes = jax.jit(lambda ls: th.threshold_and_passes(ls, k))(leaves)
+  assert 2 <= int(passes) <= 4
+  np.testing.assert_array_equal(
+    np.asarray(leaves[0] >= tau), x.astype(np.float32) >= th.sort_reference_threshold(leaves, k)
+  )
