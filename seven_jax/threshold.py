@@ -697,6 +697,46 @@ def _key_secant(ka, ca, kb, cb, target):
   return jnp.clip(key, -_MAX_KEY, _MAX_KEY).astype(jnp.int32)
 
 
+def _sample_quantile(sample, sub, stride, j, steps=_QUANTILE_STEPS):
+  """Key of the descending ``sample`` at fractional index ``j``: the key with
+  ``j + 0.5`` sample entries above it, without sorting ``sample``.
+
+  ``sub`` is ``sort(sample[::stride])`` descending. Its rank of the target
+  wanders by ~``sqrt(js (1 - js / m))`` sub-sample entries, so a bracket of
+  four of those (plus two entries) holds the target but 1 in ~10^4; inside
+  it, Illinois regula falsi steps on ``f(x) = #{sample > x} - (j + 0.5)``
+  (each one count over the sample) close in on the target.
+  """
+  s, m = sample.shape[0], sub.shape[0]
+  t = jnp.clip(j, 0.0, s - 1.0) + 0.5
+  js = t / stride - 0.5
+  half = 4.0 * jnp.sqrt(jnp.clip(js, 1.0, m) * (1.0 - jnp.clip(js, 0.0, m - 1.0) / m)) + 2.0
+  i_hi, i_lo = jnp.floor(js - half), jnp.ceil(js + half)
+  # Past the sub-sample's ends the sample's own extremes bound the target.
+  hi = jnp.where(i_hi < 0, jnp.max(sample), sub[jnp.clip(i_hi, 0, m - 1).astype(jnp.int32)])
+  lo = jnp.where(i_lo > m - 1, jnp.min(sample) - 1, sub[jnp.clip(i_lo, 0, m - 1).astype(jnp.int32)])
+
+  def f(x):
+    return _isum(sample > x).astype(jnp.float32) - t
+
+  def secant(hi, lo, f_hi, f_lo):  # f_hi <= 0 < f_lo inside the bracket
+    frac = jnp.clip(-f_hi / jnp.maximum(f_lo - f_hi, 1e-3), 0.0, 1.0)
+    return hi - jnp.round((hi - lo).astype(jnp.float32) * frac).astype(jnp.int32)
+
+  f_hi, f_lo = f(hi), f(lo)
+  side = jnp.int32(0)  # which end moved last: +1 upper, -1 lower
+  for _ in range(steps):
+    x = secant(hi, lo, f_hi, f_lo)
+    fx = f(x)
+    up = fx <= 0  # too few above x: x is the new upper end
+    # An end kept twice in a row has its f halved, so it stops pinning x.
+    f_lo = jnp.where(up, jnp.where(side > 0, 0.5 * f_lo, f_lo), fx)
+    f_hi = jnp.where(up, fx, jnp.where(side < 0, 0.5 * f_hi, f_hi))
+    hi, lo = jnp.where(up, x, hi), jnp.where(up, lo, x)
+    side = jnp.where(up, 1, -1)
+  return secant(hi, lo, f_hi, f_lo)
+
+
 def _four_probe_select(leaves, k, total, sample_size, seed, plan: _Plan, hint=None):
   """Sample, two to six counting passes, then an exact finish on a few
   gathered columns.
@@ -704,7 +744,8 @@ def _four_probe_select(leaves, k, total, sample_size, seed, plan: _Plan, hint=No
   All probes are canonical values ``u`` and count ``C(u) = #{s > u}``, with
   per-column counts.
 
-  1. A sorted random sample gives a first estimate ``u1`` of the k-th value
+  1. A random sample (``_SAMPLE_BOOST x sample_size`` entries, read by
+     counting: :func:`_sample_quantile`) gives a first estimate ``u1`` of the k-th value
      (with a finite ``hint``: ``u1`` just below the hint).
   2. Pass 1 counts ``C(u1)`` exactly; the sample, read at a rank shifted by
      the observed error, gives ``u2`` (typically within ~5% of the first
@@ -745,7 +786,6 @@ def _four_probe_select(leaves, k, total, sample_size, seed, plan: _Plan, hint=No
   s = sample.shape[0]
   stride = max(1, s // sample_size)
   sub = jnp.sort(sample[::stride])[::-1]  # descending
-  m = sub.shape[0]
   kf = k.astype(jnp.float32)
   per_score = s / total  # sample entries per score
 
@@ -753,34 +793,7 @@ def _four_probe_select(leaves, k, total, sample_size, seed, plan: _Plan, hint=No
     return _isum(sample > key).astype(jnp.float32)
 
   def quantile(j):
-    """Key of the descending sample at fractional index ``j``: the key with
-    ``j + 0.5`` sample entries above it, by regula falsi on the sample's
-    counts inside a bracket read from the sorted sub-sample."""
-    t = jnp.clip(j, 0.0, s - 1.0) + 0.5
-    js = t / stride - 0.5
-    # The sub-sample's rank of the target wanders by ~sqrt(js (1 - js / m)):
-    # a bracket of four of those (plus two entries) holds it but 1 in ~10^4.
-    half = 4.0 * jnp.sqrt(jnp.clip(js, 1.0, m) * (1.0 - jnp.clip(js, 0.0, m - 1.0) / m)) + 2.0
-    hi = sub[jnp.clip(jnp.floor(js - half), 0, m - 1).astype(jnp.int32)]
-    lo = sub[jnp.clip(jnp.ceil(js + half), 0, m - 1).astype(jnp.int32)]
-    # Illinois regula falsi on f = count - t (f_hi <= 0 < f_lo inside).
-    f_hi, f_lo = above(hi) - t, above(lo) - t
-
-    def step(hi, lo, f_hi, f_lo):
-      frac = jnp.clip(-f_hi / jnp.maximum(f_lo - f_hi, 1e-3), 0.0, 1.0)
-      return hi - jnp.round((hi - lo).astype(jnp.float32) * frac).astype(jnp.int32)
-
-    side = jnp.int32(0)  # which end moved last: +1 upper, -1 lower
-    for _ in range(_QUANTILE_STEPS):
-      x = step(hi, lo, f_hi, f_lo)
-      f = above(x) - t
-      up = f <= 0  # too few above x: x is the new upper end
-      # An end kept twice in a row has its f halved, so it stops pinning x.
-      f_lo = jnp.where(up, jnp.where(side > 0, 0.5 * f_lo, f_lo), f)
-      f_hi = jnp.where(up, f, jnp.where(side < 0, 0.5 * f_hi, f_hi))
-      hi, lo = jnp.where(up, x, hi), jnp.where(up, lo, x)
-      side = jnp.where(up, 1, -1)
-    return step(hi, lo, f_hi, f_lo)
+    return _sample_quantile(sample, sub, stride, j)
 
   def value(key):
     return _from_key(jnp.clip(key, -_MAX_KEY, _MAX_KEY))

@@ -280,3 +280,23 @@ def test_fast_path_no_fallback_on_heavy_tailed_scores(seed):
   np.testing.assert_array_equal(
     np.asarray(leaves[0] >= tau), x.astype(np.float32) >= th.sort_reference_threshold(leaves, k)
   )
+
+
+@pytest.mark.parametrize("dist", ["uniform", "heavy"])
+def test_sample_quantile_by_counting_matches_the_sorted_sample(dist):
+  # Independent reference: the sorted sample itself. The counted read must
+  # land within a couple of sample entries of the exact rank, at every rank.
+  rng = np.random.default_rng(7)
+  n = (1 << 18) - 1  # not a multiple of the stride
+  x = (
+    rng.random(n)
+    if dist == "uniform"
+    else np.abs(rng.standard_normal(n) * np.exp(2.0 * rng.standard_normal(n)))
+  )
+  sample = th._to_key(jnp.asarray(x.astype(np.float32)))
+  stride = n // (1 << 14)
+  sub = jnp.sort(sample[::stride])[::-1]
+  read = jax.jit(lambda j: th._sample_quantile(sample, sub, stride, j))
+  for j in [0.0, 3.0, 0.1 * n, 0.4 * n + 0.3, 0.5 * n, 0.9 * n, n - 5.0]:
+    rank = int(jnp.sum(sample > read(jnp.float32(j))))
+    assert abs(rank - (j + 0.5)) <= 2.5, (dist, j, rank)
