@@ -66,14 +66,26 @@ def score_leaf(rule: ScoreRule, hp: dict, inputs: ScoreInputs, stats, score, *, 
   would become non-finite (the weights or the inner update went NaN) keeps
   its previous value, so one bad step cannot poison a rule's EMAs for good.
 
+  A rule with ``score_from_stats`` (SEVEN, PLATON) is scored on those
+  guarded new statistics, the values the state keeps. XLA then writes them
+  once and the score reads them. Scored on ``update``'s own (unguarded)
+  values, it fused their update into the score too, which re-read the old
+  ``m`` and ``v`` while the statistics' fusion overwrote them in place, and
+  copy insertion copied both first: 16 bytes per prunable weight on every
+  pruning step for SEVEN in float32 (``tests/test_engine_hlo.py``). The two
+  differ only where a statistic went non-finite.
+
   Returns:
     ``(stats, score)``, float32.
   """
-  stats = tuple(jnp.asarray(s, jnp.float32) for s in stats)
-  new_stats, new_score = rule.update(hp, inputs, stats, jnp.asarray(score, jnp.float32))
+  old = tuple(jnp.asarray(s, jnp.float32) for s in stats)
+  score = jnp.asarray(score, jnp.float32)
+  new_stats, new_score = rule.update(hp, inputs, old, score)
   new_stats = tuple(
-    jnp.where(jnp.isfinite(new), new, old) for new, old in zip(new_stats, stats, strict=True)
+    jnp.where(jnp.isfinite(new), new, prev) for new, prev in zip(new_stats, old, strict=True)
   )
+  if rule.score_from_stats is not None:
+    new_score = rule.score_from_stats(hp, inputs, new_stats, score)
   new_score = canonicalize_scores(new_score)
   if not resurrect and not rule.signed:
     new_score = jnp.where(inputs.mask, new_score, 0.0)

@@ -138,6 +138,13 @@ class ScoreRule(NamedTuple):
     threshold: ``hp -> None | float``: a fixed score threshold replacing the
       budget (soft movement).
     summary: one line for :func:`methods`.
+    score_from_stats: optional ``(hp, inputs, new_stats, score) -> score``,
+      the score half of ``update`` written on the *new* statistics (which
+      ``update`` must equal: ``update(hp, x, st, s) == (new,
+      score_from_stats(hp, x, new, s))``). The engine scores the statistics
+      it keeps (non-finite values replaced by the old ones) with it, which
+      lets XLA write them once and the score read them
+      (:func:`seven_jax.engine.score_leaf`).
   """
 
   name: str
@@ -149,6 +156,7 @@ class ScoreRule(NamedTuple):
   update_every: Callable[[dict], int] = lambda hp: 1
   threshold: Callable[[dict], Optional[float]] = lambda hp: None
   summary: str = ""
+  score_from_stats: Optional[Callable] = None
 
 
 DYNAMIC_RULES: dict[str, ScoreRule] = {}
@@ -331,19 +339,35 @@ def resolve_hparams(rule: ScoreRule, kwargs: dict) -> dict:
 # ------------------------------------------------------------------- SEVEN
 
 
-def _seven_update(hp, x: ScoreInputs, stats, score):
+def _seven_stats(hp, x: ScoreInputs, stats):
+  if not hp.get("correction", True):
+    return tuple(stats)  # the ablation keeps no statistics that change
+  st = update_seven_stats(
+    SevenStats(*stats),
+    x.grad,
+    hp["b1"],
+    hp["b2"],
+    signed_first_moment=bool(hp["signed_first_moment"]),
+  )
+  return tuple(st)
+
+
+def _seven_score(hp, x: ScoreInputs, new_stats, score):
   if not hp.get("correction", True):
     # Ablation: SEVEN without its noise correction, the accumulated |W_p g|.
-    return tuple(stats), score + jnp.abs(x.weight_after * finite_or_zero(x.grad))
-  signed = bool(hp["signed_first_moment"])
-  st = update_seven_stats(
-    SevenStats(*stats), x.grad, hp["b1"], hp["b2"], signed_first_moment=signed
-  )
-  for_score = SevenStats(jnp.abs(st.grad_ema), st.sq_grad_ema) if signed else st
+    return score + jnp.abs(x.weight_after * finite_or_zero(x.grad))
+  st = SevenStats(*new_stats)
+  if bool(hp["signed_first_moment"]):
+    st = SevenStats(jnp.abs(st.grad_ema), st.sq_grad_ema)
   inc = seven_score_increment(
-    x.weight_after, x.grad, for_score, x.local_step, hp["b1"], hp["b2"], hp["eps"]
+    x.weight_after, x.grad, st, x.local_step, hp["b1"], hp["b2"], hp["eps"]
   )
-  return tuple(st), score + inc
+  return score + inc
+
+
+def _seven_update(hp, x: ScoreInputs, stats, score):
+  new_stats = _seven_stats(hp, x, stats)
+  return new_stats, _seven_score(hp, x, new_stats, score)
 
 
 register_rule(
@@ -354,6 +378,7 @@ register_rule(
     dict(b1=0.8, b2=0.9, eps=1e-9, signed_first_moment=False, correction=True),
     summary="SEVEN: accumulated |W |g| m_hat/(sqrt(v_hat)+eps)| (spec 2.1); "
     "correction=False: accumulated |W g|",
+    score_from_stats=_seven_score,
   )
 )
 
@@ -376,7 +401,11 @@ def _platon_update(hp, x: ScoreInputs, stats, score):
   new_ubar = b2 * ubar + (1.0 - b2) * jnp.abs(window_mean - new_ibar)
   ibar = jnp.where(closes, new_ibar, ibar)
   ubar = jnp.where(closes, new_ubar, ubar)
-  return (window_mean, ibar, ubar), ibar * ubar
+  return (window_mean, ibar, ubar), _platon_score(hp, x, (window_mean, ibar, ubar), score)
+
+
+def _platon_score(hp, x: ScoreInputs, new_stats, score):
+  return new_stats[1] * new_stats[2]  # the upper confidence bound I_bar * U_bar
 
 
 def _check_delta_t(hp):
@@ -395,6 +424,7 @@ register_rule(
     resurrect=True,
     update_every=_check_delta_t,
     summary="PLATON (canonical): UCB score I_bar * U_bar, window delta_t, mask every delta_t steps",
+    score_from_stats=_platon_score,
   )
 )
 
@@ -406,6 +436,7 @@ register_rule(
     dict(b1=0.8, b2=0.9),
     summary="PLATON as simplified in the official SEVEN repo: per-step EMAs, "
     "no window, no resurrection",
+    score_from_stats=_platon_score,
   )
 )
 
