@@ -419,6 +419,8 @@ def build_transform(
         # little between steps); the masks are the same without it.
         hint=tau,
         return_threshold=True,
+        # score_leaf gave pruned weights score 0 already (unsigned rules).
+        pruned_filled=not rule.signed,
         **select_kw,
       )
       select_now = ((local_step + 1) % every == 0) | is_last

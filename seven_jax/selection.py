@@ -132,6 +132,7 @@ def select_masks(
   hint=None,
   return_threshold: bool = False,
   barriers: Optional[bool] = None,
+  pruned_filled: bool = False,
 ):
   """New boolean masks of the prunable leaves.
 
@@ -157,6 +158,10 @@ def select_masks(
     return_threshold: also return the threshold: a scalar (global), one per
       leaf (per_leaf), ``threshold`` itself, or NaN for N:M.
     barriers: passed to :func:`seven_jax.threshold.kth_largest_threshold`.
+    pruned_filled: without ``resurrect``, the caller promises that pruned
+      weights already score the fill value (0, or the lowest score when
+      ``signed``), as the pruning engine's scores do: the scores are then
+      not masked again, which saves a materialised copy of every score.
 
   Returns:
     The list of masks, or ``(masks, tau)`` with ``return_threshold``.
@@ -169,7 +174,7 @@ def select_masks(
   scores = [
     s if getattr(s, "dtype", None) == jnp.float32 else canonicalize_scores(s) for s in scores
   ]
-  if not resurrect:
+  if not resurrect and not pruned_filled:
     fill = LOWEST_SCORE if signed else np.float32(0.0)
     scores = [jnp.where(m, s, fill) for s, m in zip(scores, masks)]
   tau = jnp.float32(jnp.nan)

@@ -119,6 +119,29 @@ def test_without_resurrection_ties_prefer_kept_weights_and_masks_only_shrink():
   assert sum(int(np.sum(g)) for g in got) == k
 
 
+@pytest.mark.parametrize("signed", [False, True])
+def test_pruned_filled_scores_skip_the_masking_and_select_the_same(signed):
+  # The engine's scores already hold the fill value where pruned; told so,
+  # select_masks does not mask them again (one materialised copy less) and
+  # must return the brute-force masks, on the fast path and below it.
+  rng = np.random.default_rng(10)
+  for shapes in ([(30, 40), (7,), (100, 3)], [(512, 300), (300, 512)]):
+    masks = [rng.random(s) < 0.6 for s in shapes]
+    fill = selection.LOWEST_SCORE if signed else np.float32(0.0)
+    raw = [np.round(rng.standard_normal(s) * 20).astype(np.float32) for s in shapes]
+    raw = raw if signed else [np.abs(x) for x in raw]
+    filled = [np.where(m, x, fill).astype(np.float32) for x, m in zip(raw, masks)]
+    total = sum(x.size for x in filled)
+    select = jax.jit(
+      lambda s, m, r: selection.select_masks(s, m, r, signed=signed, pruned_filled=True)
+    )
+    for ratio in [0.2, 0.45]:
+      got = select([jnp.asarray(x) for x in filled], [jnp.asarray(m) for m in masks], ratio)
+      want = _reference_exact(filled, masks, _k(ratio, total))
+      for g, w, m in zip(got, want, masks):
+        np.testing.assert_array_equal(np.asarray(g), w & m, err_msg=f"{shapes} r={ratio}")
+
+
 def test_exact_ties_on_the_fast_path():
   # Large enough for the four-probe path; coarse values make ties at tau.
   rng = np.random.default_rng(9)
