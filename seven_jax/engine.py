@@ -415,9 +415,11 @@ def build_transform(
         resurrect=resurrect,
         signed=rule.signed,
         threshold=threshold,
-        # Warm start from the last selection's threshold (the scores move
-        # little between steps); the masks are the same without it.
-        hint=tau,
+        # No warm start from the last selection's threshold (state.tau):
+        # SEVEN's survivors all score above it and the pruned score 0, so the
+        # hint sits at the bottom of an empty gap, where the fast path's
+        # secants got stuck (20-48 passes at MiniLM size instead of 3-4);
+        # cold was faster on smooth scores too (benchmarks/README.md).
         return_threshold=True,
         # score_leaf gave pruned weights score 0 already (unsigned rules).
         pruned_filled=not rule.signed,

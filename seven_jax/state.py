@@ -107,9 +107,11 @@ class PruningState(NamedTuple):
     layout: static :class:`Layout` of the non-prunable leaves.
     tau: float32, the score threshold of the last selection (a scalar for a
       global budget, one per prunable leaf for ``scope="per_leaf"``; NaN
-      before the first selection and for N:M patterns). The next selection
-      starts its search from it (a warm start; the masks do not depend on
-      it). A global reduction: replicated under a mesh, like ``count``.
+      before the first selection and for N:M patterns), for inspection (the
+      engine does not warm-start from it: SEVEN's survivors all score above
+      it and its pruned weights score 0, and a search started at the edge
+      of that empty gap took 14-47 passes instead of 3-4). A global
+      reduction: replicated under a mesh, like ``count``.
   """
 
   count: jax.Array

@@ -723,10 +723,23 @@ def _sample_quantile(sample, sub, stride, j, steps=_QUANTILE_STEPS):
     frac = jnp.clip(-f_hi / jnp.maximum(f_lo - f_hi, 1e-3), 0.0, 1.0)
     return hi - jnp.round((hi - lo).astype(jnp.float32) * frac).astype(jnp.int32)
 
+  def snap(x, hi, lo):
+    # Out of an empty stretch of keys: a secant that lands in a gap of the
+    # scores (pruned weights at 0, the survivors all above the last
+    # threshold) stays there, where f is flat, and the read never converges.
+    # There, i.e. when the next sample entry up is over 1/8 of the bracket
+    # away, the probe moves up to that entry; elsewhere it stays put (moving
+    # every probe cost the read its ~1.5-entry precision).
+    up = jnp.minimum(jnp.min(jnp.where(sample >= x, sample, _MAX_KEY + 1)), hi)
+    far = up.astype(jnp.float32) - x.astype(jnp.float32) > 0.125 * (
+      hi.astype(jnp.float32) - lo.astype(jnp.float32)
+    )
+    return jnp.where(far, up, x)
+
   f_hi, f_lo = f(hi), f(lo)
   side = jnp.int32(0)  # which end moved last: +1 upper, -1 lower
   for _ in range(steps):
-    x = secant(hi, lo, f_hi, f_lo)
+    x = snap(secant(hi, lo, f_hi, f_lo), hi, lo)
     fx = f(x)
     up = fx <= 0  # too few above x: x is the new upper end
     # An end kept twice in a row has its f halved, so it stops pinning x.
@@ -734,7 +747,7 @@ def _sample_quantile(sample, sub, stride, j, steps=_QUANTILE_STEPS):
     f_hi = jnp.where(up, fx, jnp.where(side < 0, 0.5 * f_hi, f_hi))
     hi, lo = jnp.where(up, x, hi), jnp.where(up, lo, x)
     side = jnp.where(up, 1, -1)
-  return secant(hi, lo, f_hi, f_lo)
+  return snap(secant(hi, lo, f_hi, f_lo), hi, lo)
 
 
 def _four_probe_select(leaves, k, total, sample_size, seed, plan: _Plan, hint=None):

@@ -1,8 +1,9 @@
-"""The pruning state's ``tau``: the threshold warm start between selections.
+"""The pruning state's ``tau`` and the threshold warm start (``hint=``).
 
-The engine passes the last selection's threshold as ``hint`` to
-:func:`seven_jax.selection.select_masks`. The hint may only change the
-search, never its answer: every step's ``tau`` must be the exact threshold of
+The state records the last selection's threshold (the engine no longer
+passes it back as ``hint``: at the edge of the empty gap its scores have it
+made the search slower). A hint may only change the search, never its
+answer: every step's ``tau`` must be the exact threshold of
 a cold selection on the same scores (and a numpy sort's k-th value), and the
 masks must be those of the cold selection. The sizes are above the threshold
 module's fast-path minimum (2**18 scores), where the hint is used.
@@ -93,7 +94,7 @@ def test_tau_and_masks_equal_the_cold_selection(global_run):
     )
     for m, c in zip(jax.tree.leaves(after.masks), cold_masks):
       np.testing.assert_array_equal(np.asarray(m), np.asarray(c))
-    if p:  # from the second selection on the search was warm-started
+    if p:  # from the second selection on the state holds the last threshold
       assert np.isfinite(np.asarray(before.tau))
 
 

@@ -4,9 +4,10 @@ of the window's loop body.
 
     python benchmarks/results/turn8_window_update.py minilm   # from the repository root
 
-Both engines run on this tree's score rules and selection (the old engine
-ignores ``ScoreRule.score_from_stats`` and ``pruned_filled``, so it computes
-the same values the way cf0cc3c did). ``REP`` sets the rounds (default 30).
+The old side is cf0cc3c's engine, selection and threshold, on this tree's
+score rules (the old engine ignores ``ScoreRule.score_from_stats``, so it
+computes the same values the way cf0cc3c did). ``REP`` sets the rounds
+(default 30).
 """
 
 import importlib.util as iu
@@ -21,14 +22,39 @@ import seven_jax, seven_jax.transform as T, seven_jax.engine as en  # noqa: E401
 from benchmarks import bert as B  # noqa: E402
 from benchmarks.common import entry_while_body, hlo_bytes  # noqa: E402
 
-src = subprocess.run(
-  ["git", "show", "cf0cc3c:seven_jax/engine.py"], capture_output=True, text=True, check=True
-).stdout
-with tempfile.NamedTemporaryFile("w", suffix=".py", delete=False) as f:
-  f.write(src)
-spec = iu.spec_from_file_location("seven_jax._engine_cf0cc3c", f.name)
-old = iu.module_from_spec(spec)
-spec.loader.exec_module(old)
+
+def _load(path, name, **globals_):
+  """``path`` as of cf0cc3c, executed as module ``name`` (``globals_`` stand
+  in for what it imported from this tree)."""
+  src = subprocess.run(
+    ["git", "show", f"cf0cc3c:{path}"], capture_output=True, text=True, check=True
+  ).stdout
+  with tempfile.NamedTemporaryFile("w", suffix=".py", delete=False) as f:
+    f.write(src)
+  spec = iu.spec_from_file_location(name, f.name)
+  module = iu.module_from_spec(spec)
+  saved = {k: sys.modules.get(k) for k in globals_}
+  sys.modules.update(globals_)
+  try:
+    spec.loader.exec_module(module)
+  finally:
+    for k, v in saved.items():
+      sys.modules[k] = v
+  return module
+
+
+# The whole selection path of cf0cc3c: its threshold, its selection on top
+# of it, its engine on top of that (this tree's score rules, which compute
+# the same values).
+old_threshold = _load("seven_jax/threshold.py", "seven_jax._threshold_cf0cc3c")
+old_selection = _load(
+  "seven_jax/selection.py",
+  "seven_jax._selection_cf0cc3c",
+  **{"seven_jax.threshold": old_threshold},
+)
+old = _load("seven_jax/engine.py", "seven_jax._engine_cf0cc3c")
+old.selection = old_selection
+old.canonicalize_scores = old_threshold.canonicalize_scores
 
 name = sys.argv[1] if len(sys.argv) > 1 else "minilm"
 model, _ = B.make_model(name)
