@@ -201,7 +201,7 @@ def test_extreme_k_paths_are_exact_and_take_one_pass(kind, monkeypatch):
         np.asarray(x >= tau), np.asarray(x) >= ref, err_msg=f"{kind}, k={k}"
       )
   _, passes = select(leaves, jnp.int32(cap + 1))
-  assert int(passes) >= 4  # the general fast path
+  assert int(passes) >= 3  # the general fast path (three passes at least; extreme: one)
 
 
 def _ref_kept(leaves, tau):
