@@ -331,7 +331,7 @@ def main(argv=None) -> int:
     "--dist",
     nargs="+",
     default=["uniform"],
-    choices=["uniform", "heavy"],
+    choices=["uniform", "heavy", "gapped"],
     help="score distribution(s) for the threshold benchmark (several: one row each)",
   )
   args = parser.parse_args(argv)

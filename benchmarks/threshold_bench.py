@@ -59,6 +59,13 @@ def make_scores(name: str, dist: str = "uniform", seed: int = 0):
     elif dist == "heavy":  # SEVEN-like: |w g| products span many decades
       a, b = jax.random.split(k)
       x = jnp.abs(jax.random.normal(a, shape) * jnp.exp(2.0 * jax.random.normal(b, shape)))
+    elif dist == "gapped":
+      # What the engine selects on after its first selection: pruned weights
+      # score 0, survivors all above the last threshold (SEVEN's scores only
+      # grow), and the k-th (keep 0.4) 0.6% of the scores above that gap.
+      a, b = jax.random.split(k)
+      u = jax.random.uniform(a, shape, jnp.float32)
+      x = jnp.where(u > 0.594, u + 0.01 * jax.random.uniform(b, shape, jnp.float32), 0.0)
     else:
       raise ValueError(dist)
     leaves.append(x)
