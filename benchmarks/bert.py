@@ -52,6 +52,12 @@ def bert_prunable(params):
   return jax.tree_util.tree_map_with_path(is_prunable, params)
 
 
+def num_prunable(params, prunable) -> int:
+  """Number of weights in the leaves ``prunable`` marks (a bool pytree)."""
+  flat = zip(jax.tree.leaves(params), jax.tree.leaves(prunable), strict=True)
+  return int(sum(int(np.prod(p.shape)) for p, s in flat if s))
+
+
 def make_model(name: str, dtype=None):
   """Random-weight model and one batch; ``dtype`` is the compute dtype
   (e.g. ``jnp.bfloat16``; parameters stay float32)."""
@@ -221,13 +227,7 @@ def step_overhead(
   """
   model, batch = make_model(name, dtype)
   prunable = bert_prunable(model.params)
-  num_prunable = int(
-    sum(
-      int(np.prod(p.shape))
-      for p, s in zip(jax.tree.leaves(model.params), jax.tree.leaves(prunable))
-      if s
-    )
-  )
+  n_prunable = num_prunable(model.params, prunable)
   num_params = int(sum(int(np.prod(p.shape)) for p in jax.tree.leaves(model.params)))
 
   plain = optax.adamw(2e-5)
@@ -284,7 +284,7 @@ def step_overhead(
       "model": name,
       "batch_seq": list(CONFIGS[name][5:]),
       "params": num_params,
-      "prunable": num_prunable,
+      "prunable": n_prunable,
       "dtype": str(np.dtype(dtype)) if dtype is not None else "float32",
       **timing,
       "ratio_in_window": timing["seven_in_window"]["median_ms"] / base,
@@ -312,7 +312,7 @@ def step_overhead(
     )
   update_timing = _interleaved(updates, repeats=repeats, warmup=warmup, periods=periods)
   moved = {
-    key: update_bytes(r.tx, r.grads, r.state, r.params, num_prunable) for key, r in updates.items()
+    key: update_bytes(r.tx, r.grads, r.state, r.params, n_prunable) for key, r in updates.items()
   }
   del updates
   bf16_state = seven_jax.seven_mask(
@@ -323,7 +323,7 @@ def step_overhead(
     "model": name,
     "batch_seq": list(CONFIGS[name][5:]),
     "params": num_params,
-    "prunable": num_prunable,
+    "prunable": n_prunable,
     **timing,
     "ratio_in_window": timing["seven_in_window"]["median_ms"] / base,
     "ratio_after_window": timing["seven_after_window"]["median_ms"] / base,
@@ -401,9 +401,7 @@ def optimizer_state_bytes(plain_state, seven_state, prunable, params) -> dict:
   Counted from the state pytrees themselves, so anything the transformation
   stores (including masks of non-prunable leaves) shows up.
   """
-  num_prunable = sum(
-    int(np.prod(p.shape)) for p, s in zip(jax.tree.leaves(params), jax.tree.leaves(prunable)) if s
-  )
+  n_prunable = num_prunable(params, prunable)
   st = seven_jax.find_state(seven_state)
   treedef = jax.tree.structure(params)
   masks = treedef.flatten_up_to(st.masks)  # AllKept (no bytes) where not prunable
@@ -422,8 +420,8 @@ def optimizer_state_bytes(plain_state, seven_state, prunable, params) -> dict:
   extra = tree_bytes(seven_state) - tree_bytes(plain_state)
   return {
     "extra_bytes": int(extra),
-    "extra_bytes_per_prunable_weight": extra / num_prunable,
-    "per_prunable_weight": {k: v / num_prunable for k, v in parts.items()},
+    "extra_bytes_per_prunable_weight": extra / n_prunable,
+    "per_prunable_weight": {k: v / n_prunable for k, v in parts.items()},
   }
 
 

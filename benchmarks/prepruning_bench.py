@@ -492,13 +492,7 @@ def prepruning_cost(name: str, *, repeats: int, warmup: int = 1, methods=None) -
   return {
     "model": name,
     "batch_seq": list(bert.CONFIGS[name][5:]),
-    "prunable": int(
-      sum(
-        int(np.prod(p.shape))
-        for p, s in zip(jax.tree.leaves(model.params), jax.tree.leaves(prunable))
-        if s
-      )
-    ),
+    "prunable": bert.num_prunable(model.params, prunable),
     "sparsity": SPARSITY,
     "train_step_before": before,
     "train_step_after": after,

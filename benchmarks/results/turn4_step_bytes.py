@@ -7,7 +7,7 @@ adamw, fixed_mask, seven_mask with this engine and with the engine of 8feb828.
 import os, sys
 
 os.environ["HF_HUB_OFFLINE"] = "1"
-import jax, jax.numpy as jnp, optax, numpy as np
+import optax
 import seven_jax, seven_jax.transform as T, seven_jax.engine as en
 import importlib.util as iu, subprocess, tempfile
 
@@ -28,11 +28,7 @@ from benchmarks.common import hlo_bytes
 name = sys.argv[1] if len(sys.argv) > 1 else "minilm"
 model, batch = B.make_model(name)
 prunable = B.bert_prunable(model.params)
-n = sum(
-  int(np.prod(p.shape))
-  for p, s in zip(jax.tree.leaves(model.params), jax.tree.leaves(prunable))
-  if s
-)
+n = B.num_prunable(model.params, prunable)
 
 
 def entry_bytes(tx):

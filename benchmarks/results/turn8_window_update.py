@@ -17,7 +17,7 @@ import sys
 import tempfile
 
 os.environ["HF_HUB_OFFLINE"] = "1"
-import jax, jax.numpy as jnp, numpy as np, optax  # noqa: E401,E402
+import jax, jax.numpy as jnp, optax  # noqa: E401,E402
 import seven_jax, seven_jax.transform as T, seven_jax.engine as en  # noqa: E401,E402
 from benchmarks import bert as B  # noqa: E402
 from benchmarks.common import entry_while_body, hlo_bytes  # noqa: E402
@@ -59,11 +59,7 @@ old.canonicalize_scores = old_threshold.canonicalize_scores
 name = sys.argv[1] if len(sys.argv) > 1 else "minilm"
 model, _ = B.make_model(name)
 prunable = B.bert_prunable(model.params)
-n = sum(
-  int(np.prod(p.shape))
-  for p, s in zip(jax.tree.leaves(model.params), jax.tree.leaves(prunable))
-  if s
-)
+n = B.num_prunable(model.params, prunable)
 grads = jax.tree.map(lambda p: jnp.full_like(p, 1e-3), model.params)
 
 
