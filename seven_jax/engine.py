@@ -417,9 +417,9 @@ def build_transform(
         threshold=threshold,
         # No warm start from the last selection's threshold (state.tau):
         # SEVEN's survivors all score above it and the pruned score 0, so the
-        # hint sits at the bottom of an empty gap, where the fast path's
-        # secants got stuck (20-48 passes at MiniLM size instead of 3-4);
-        # cold was faster on smooth scores too (benchmarks/README.md).
+        # hint sits at the bottom of an empty gap, where a search started
+        # from it took 14-47 passes at MiniLM size against 3-4 cold; cold
+        # was faster on smooth scores too (README, Benchmarks).
         return_threshold=True,
         # score_leaf gave pruned weights score 0 already (unsigned rules).
         pruned_filled=not rule.signed,

@@ -140,6 +140,20 @@ def test_pruned_filled_scores_skip_the_masking_and_select_the_same(signed):
       want = _reference_exact(filled, masks, _k(ratio, total))
       for g, w, m in zip(got, want, masks):
         np.testing.assert_array_equal(np.asarray(g), w & m, err_msg=f"{shapes} r={ratio}")
+    # The promise is taken at its word: unfilled scores (pruned weights
+    # scoring above every kept one) are not masked again, so the pruned
+    # weights take budget and fewer than k survive; without the flag, k.
+    high = [np.where(m, x, np.float32(1e6)) for x, m in zip(filled, masks)]
+    k = _k(0.2, total)
+    for flag, kept in ((True, lambda n: n < k), (False, lambda n: n == k)):
+      got = selection.select_masks(
+        [jnp.asarray(x) for x in high],
+        [jnp.asarray(m) for m in masks],
+        0.2,
+        signed=signed,
+        pruned_filled=flag,
+      )
+      assert kept(sum(int(np.sum(np.asarray(g))) for g in got)), (shapes, flag)
 
 
 def test_exact_ties_on_the_fast_path():
