@@ -640,13 +640,24 @@ def _column_counts(leaves, plan: _Plan, u):
 
 
 def _block_sums(x: jax.Array, plan: _Plan) -> jax.Array:
-  """Per-block sums of a vector laid out like :func:`_column_counts`' (float32
-  of small non-negative integers, so that prefix sums below ``2**24`` are
-  exact: there are at most ``2**31 / 256`` columns). One prefix sum instead
-  of a reduction per block."""
-  ends = np.asarray(plan.offsets[1:], np.int32) - 1
-  at_ends = jnp.cumsum(x)[ends]
-  return at_ends - jnp.concatenate([jnp.zeros((1,), x.dtype), at_ends[:-1]])
+  """Per-block sums of a vector laid out like :func:`_column_counts`' one.
+
+  Blocks of the same width are read with one static gather into a ``(blocks,
+  width)`` array and summed along the width: a reduction per distinct width
+  (three for a Transformer's leaves), not one per block. (A prefix sum,
+  ``cumsum``, lowers to a tree of ``reduce_window`` ops on CPU, ~0.7 ms at
+  MiniLM size, as slow as the per-block reductions it was to replace.)
+  """
+  widths = sorted({b.columns for b in plan.blocks})
+  sums, order = [], []
+  for w in widths:
+    ids = [i for i, b in enumerate(plan.blocks) if b.columns == w]
+    idx = np.asarray([plan.offsets[i] for i in ids], np.int32)[:, None] + np.arange(
+      w, dtype=np.int32
+    )
+    sums.append(jnp.sum(x[idx], axis=1))
+    order.extend(ids)
+  return jnp.concatenate(sums)[np.argsort(np.asarray(order))]
 
 
 def _gather_columns(leaves, blocks, idx, group):

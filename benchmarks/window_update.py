@@ -1,0 +1,106 @@
+"""The optimizer update alone inside the pruning window, this engine against
+the engine of an earlier commit (loaded beside it), interleaved, plus XLA's
+byte count of the window's loop body.
+
+    python -m benchmarks.window_update minilm [BASE]   # from the repository root
+
+``BASE`` (default ``cf0cc3c``) is a commit of this repository; the old side
+is its engine, selection and threshold, on this tree's score rules (an
+engine older than 64cb69e ignores ``ScoreRule.score_from_stats`` and so
+computes the same values the way it did). Whole-step medians on a 2-core
+machine wander by +-5% between runs; interleaving the two updates in one
+process is what resolves a few milliseconds. ``REP`` sets the rounds
+(default 30).
+"""
+
+import importlib.util as iu
+import os
+import subprocess
+import sys
+import tempfile
+
+os.environ["HF_HUB_OFFLINE"] = "1"
+import jax, jax.numpy as jnp, optax  # noqa: E401,E402
+import seven_jax, seven_jax.transform as T, seven_jax.engine as en  # noqa: E401,E402
+from benchmarks import bert as B  # noqa: E402
+from benchmarks.common import entry_while_body, hlo_bytes  # noqa: E402
+
+
+name = sys.argv[1] if len(sys.argv) > 1 else "minilm"
+base_commit = sys.argv[2] if len(sys.argv) > 2 else "cf0cc3c"
+
+
+def _load(path, name, **globals_):
+  """``path`` as of ``base_commit``, executed as module ``name`` (``globals_``
+  stand in for what it imported from this tree)."""
+  src = subprocess.run(
+    ["git", "show", f"{base_commit}:{path}"], capture_output=True, text=True, check=True
+  ).stdout
+  with tempfile.NamedTemporaryFile("w", suffix=".py", delete=False) as f:
+    f.write(src)
+  spec = iu.spec_from_file_location(name, f.name)
+  module = iu.module_from_spec(spec)
+  saved = {k: sys.modules.get(k) for k in globals_}
+  sys.modules.update(globals_)
+  try:
+    spec.loader.exec_module(module)
+  finally:
+    for k, v in saved.items():
+      sys.modules[k] = v
+  return module
+
+
+# The whole selection path of the base: its threshold, its selection on top
+# of it, its engine on top of that (this tree's score rules, which compute
+# the same values).
+old_threshold = _load("seven_jax/threshold.py", "seven_jax._threshold_base")
+old_selection = _load(
+  "seven_jax/selection.py",
+  "seven_jax._selection_base",
+  **{"seven_jax.threshold": old_threshold},
+)
+old = _load("seven_jax/engine.py", "seven_jax._engine_base")
+old.selection = old_selection
+old.canonicalize_scores = old_threshold.canonicalize_scores
+
+model, batch = B.make_model(name)
+prunable = B.bert_prunable(model.params)
+n = B.num_prunable(model.params, prunable)
+grads = B.batch_gradient(model, batch)
+
+
+def seven(module, **kw):
+  T.engine = module
+  try:
+    return seven_jax.seven_mask(
+      optax.adamw(2e-5), sparsity=0.6, start_step=0, pruning_steps=200, prunable=prunable, **kw
+    )
+  finally:
+    T.engine = en
+
+
+runners = {"adamw": B._UpdateRunner(optax.adamw(2e-5), model.params, grads, 0)}
+for label, module in ((base_commit, old), ("this", en)):
+  runners[f"{label} in window"] = B._UpdateRunner(seven(module), model.params, grads, 0, 40)
+  runners[f"{label} statistics only"] = B._UpdateRunner(
+    seven(module, update_every=1000), model.params, grads, 0, 40
+  )
+  runners[f"{label} bf16 in window"] = B._UpdateRunner(
+    seven(module, stats_dtype="bfloat16"), model.params, grads, 0, 40
+  )
+t = B._interleaved(runners, repeats=int(os.environ.get("REP", 30)), warmup=2)
+base = t["adamw"]["median_ms"]
+print(f"{name}: {n:,} prunable weights; update alone, medians of {t['adamw']['repeats']} rounds")
+for k, v in t.items():
+  print(
+    f"{k:26s} median {v['median_ms']:7.1f} ms (+{v['median_ms'] - base:6.1f})  min {v['min_ms']:7.1f}"
+  )
+for label in (f"{b} {w}in window" for w in ("", "bf16 ") for b in (base_commit, "this")):
+  r = runners[label]
+  upd = jax.jit(lambda g, s, p, tx=r.tx: tx.update(g, s, p), donate_argnums=(0, 1))
+  hlo = upd.lower(r.grads, r.state, r.params).compile().as_text()
+  body = entry_while_body(hlo)
+  print(
+    f"{label}: window loop body {hlo_bytes(hlo, body) / n:.1f} B per prunable weight (top level)"
+  )
+print("load", os.getloadavg())
