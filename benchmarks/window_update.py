@@ -20,11 +20,14 @@ import sys
 import tempfile
 
 os.environ["HF_HUB_OFFLINE"] = "1"
-import jax, jax.numpy as jnp, optax  # noqa: E401,E402
-import seven_jax, seven_jax.transform as T, seven_jax.engine as en  # noqa: E401,E402
-from benchmarks import bert as B  # noqa: E402
-from benchmarks.common import entry_while_body, hlo_bytes  # noqa: E402
+import jax
+import optax
 
+import seven_jax
+import seven_jax.engine as en
+import seven_jax.transform as T
+from benchmarks import bert as B
+from benchmarks.common import entry_while_body, hlo_bytes
 
 name = sys.argv[1] if len(sys.argv) > 1 else "minilm"
 base_commit = sys.argv[2] if len(sys.argv) > 2 else "cf0cc3c"
@@ -88,7 +91,7 @@ for label, module in ((base_commit, old), ("this", en)):
   runners[f"{label} bf16 in window"] = B._UpdateRunner(
     seven(module, stats_dtype="bfloat16"), model.params, grads, 0, 40
   )
-t = B._interleaved(runners, repeats=int(os.environ.get("REP", 30)), warmup=2)
+t = B._interleaved(runners, repeats=int(os.environ.get("REP", "30")), warmup=2)
 base = t["adamw"]["median_ms"]
 print(f"{name}: {n:,} prunable weights; update alone, medians of {t['adamw']['repeats']} rounds")
 for k, v in t.items():

@@ -57,7 +57,9 @@ _NO_PARAMS_MSG = "{name} needs the current parameters: call tx.update(grads, sta
 # ------------------------------------------------------------ the leaf step
 
 
-def score_leaf(rule: ScoreRule, hp: dict, inputs: ScoreInputs, stats, score, *, resurrect: bool):
+def score_leaf(
+  rule: ScoreRule, hp: dict, inputs: ScoreInputs, stats, score, *, resurrect: bool, store=None
+):
   """The pure per-leaf score step every method and entry point shares.
 
   ``rule.update`` on float32 inputs, then canonical scores
@@ -66,17 +68,22 @@ def score_leaf(rule: ScoreRule, hp: dict, inputs: ScoreInputs, stats, score, *, 
   would become non-finite (the weights or the inner update went NaN) keeps
   its previous value, so one bad step cannot poison a rule's EMAs for good.
 
-  A rule with ``score_from_stats`` (SEVEN, PLATON) is scored on those
-  guarded new statistics, the values the state keeps. XLA then writes them
-  once and the score reads them. Scored on ``update``'s own (unguarded)
-  values, it fused their update into the score too, which re-read the old
-  ``m`` and ``v`` while the statistics' fusion overwrote them in place, and
-  copy insertion copied both first: 16 bytes per prunable weight on every
-  pruning step for SEVEN in float32 (``tests/test_engine_hlo.py``). The two
-  differ only where a statistic went non-finite.
+  A rule with ``score_from_stats`` (SEVEN, PLATON) is scored on the new
+  statistics *as the state keeps them*: guarded, and, with ``store``, as
+  stored (``store(n, x)`` gives statistic ``n`` in the storage dtype, e.g.
+  bfloat16 rounded stochastically; the score reads its float32 upcast). XLA
+  then writes each statistic once and the score reads it. Scored on values
+  that are never materialised (``update``'s own unguarded ones, or the
+  float32 values before rounding), it fused their update into the score
+  too, which re-read the old ``m`` and ``v`` while the statistics' fusion
+  overwrote them in place, and copy insertion copied both first: 16 bytes
+  per prunable weight on every pruning step for SEVEN in float32, 8 in
+  bfloat16 (``tests/test_engine_hlo.py``). The values differ only where a
+  statistic went non-finite, and by the rounding of the stored statistics.
 
   Returns:
-    ``(stats, score)``, float32.
+    ``(stats, score)``: the statistics as stored (float32 without
+    ``store``) and the float32 score.
   """
   old = tuple(jnp.asarray(s, jnp.float32) for s in stats)
   score = jnp.asarray(score, jnp.float32)
@@ -84,8 +91,11 @@ def score_leaf(rule: ScoreRule, hp: dict, inputs: ScoreInputs, stats, score, *, 
   new_stats = tuple(
     jnp.where(jnp.isfinite(new), new, prev) for new, prev in zip(new_stats, old, strict=True)
   )
+  if store is not None:
+    new_stats = tuple(store(n, x) for n, x in enumerate(new_stats))
   if rule.score_from_stats is not None:
-    new_score = rule.score_from_stats(hp, inputs, new_stats, score)
+    as_kept = tuple(jnp.asarray(x, jnp.float32) for x in new_stats)
+    new_score = rule.score_from_stats(hp, inputs, as_kept, score)
   new_score = canonicalize_scores(new_score)
   if not resurrect and not rule.signed:
     new_score = jnp.where(inputs.mask, new_score, 0.0)
@@ -371,7 +381,12 @@ def build_transform(
       grads = _with_kept(masks, updates, masked_leaves)
       return _inner_update(inner, grads, inner_state, params, extra_args, name, lookahead)
 
-    def leaf_step(m, w, u, g, score, *stats):
+    # Statistic n of leaf j in the storage dtype (stochastic rounding draws
+    # its bits from the step and this salt).
+    store = lambda x, j, n: storage.store(x, stats_dtype, state.count, (num_stats + 1) * j + n)
+    store_stat = lambda j: lambda n, x: store(x, j, n)
+
+    def leaf_step(j, m, w, u, g, score, *stats):
       w = w.astype(jnp.float32)
       u = u.astype(jnp.float32)
       if straight_through:
@@ -380,7 +395,7 @@ def build_transform(
         # through the identity); the optimizer only sees the masked one.
         u = jnp.where(m, u, 0.0)
       x = ScoreInputs(_finite(w), _finite(w + u), g, m, local_step, is_last, total)
-      return score_leaf(rule, hp, x, stats, score, resurrect=resurrect)
+      return score_leaf(rule, hp, x, stats, score, resurrect=resurrect, store=store_stat(j))
 
     def prune(carry):
       masks_l, scores_l, stats_l, tau, grads_l, inner_state = carry
@@ -399,7 +414,7 @@ def build_transform(
       # optimizer's; straight-through with the raw one.
       scored = grads_l if straight_through else masked_l
       leaves = zip(masks_l, kept(weights), kept(u), scored, scores_l, *stats_l)
-      new_stats, new_scores = zip(*[leaf_step(*xs) for xs in leaves])
+      new_stats, new_scores = zip(*[leaf_step(j, *xs) for j, xs in enumerate(leaves)])
       if schedule == "cubic":
         keep_ratio = schedules.cubic_keep_ratio(local_step, n_steps, 1.0 - sp)
       else:
@@ -429,11 +444,11 @@ def build_transform(
       # The mask is chosen from the float32 scores; only the stored copy is
       # rounded (stochastically, for bfloat16: see seven_jax.storage).
       new_masks, new_tau = lax.cond(select_now, select, lambda _: (list(masks_l), tau), None)
-      store = lambda x, j, n: storage.store(x, stats_dtype, state.count, (num_stats + 1) * j + n)
       return (
         list(new_masks),
         [store(x, j, num_stats) for j, x in enumerate(new_scores)],
-        [[store(st[n], j, n) for j, st in enumerate(new_stats)] for n in range(num_stats)],
+        # score_leaf stored the statistics already.
+        [[st[n] for st in new_stats] for n in range(num_stats)],
         jnp.asarray(new_tau, jnp.float32).reshape(jnp.shape(tau)),
         masked_l,
         # Not the same value for JAX (which would forward an unchanged loop
