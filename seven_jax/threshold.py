@@ -120,6 +120,8 @@ _CAPACITY = 1024
 _FAST_MIN = 1 << 18
 # Conditional column-counted passes after the four (run only when needed).
 _EXTRA_PASSES = 2
+# Then sample-guided conditional passes (clustered scores, see _four_probe_select).
+_GUIDED_PASSES = 3
 # Per-block gather budget: this many times the block's share of ``capacity``
 # slots, at least _MIN_BUDGET (candidates spread evenly over the columns, so
 # a block rarely holds more than twice its share).
@@ -826,7 +828,8 @@ def _four_probe_select(leaves, k, total, sample_size, seed, plan: _Plan, hint=No
   blocks, capacity = plan.blocks, plan.capacity
   # A large unsorted sample (its gather is cheap, a sort of it is not on
   # XLA:CPU) read by counting, seeded by a sorted strided sub-sample.
-  sample = _to_key(_sample(leaves, sample_size * _SAMPLE_BOOST, seed))
+  sample_values = _sample(leaves, sample_size * _SAMPLE_BOOST, seed)
+  sample = _to_key(sample_values)
   s = sample.shape[0]
   stride = max(1, s // sample_size)
   sub = jnp.sort(sample[::stride])[::-1]  # descending
@@ -878,6 +881,32 @@ def _four_probe_select(leaves, k, total, sample_size, seed, plan: _Plan, hint=No
     margin = 3.0 * jnp.sqrt(e0) + 16.0 + jnp.where(brackets, 0.0, extrapolation * e0)
     return _key_secant(kn, cn, ko, co, jnp.where(cn >= k, kf - margin, kf + margin))
 
+  def sample_rank_key(j):
+    """Key of the ``(j + 1)``-th largest sample entry, exactly (a counting
+    search over the sample alone: ~1 ms, paid only in guided passes)."""
+    r = jnp.clip(j, 0, s - 1).astype(jnp.int32) + 1
+    init = (_i32(-_MAX_KEY), _i32(_MAX_KEY + 1), _i32(s), _i32(0))
+    lo, _, _ = _loop_select([sample_values], r, s, 0, 128, 0, init, barriers=False)
+    return jnp.min(jnp.where(sample >= lo, sample, _MAX_KEY + 1))
+
+  def guided(probes):
+    """The sample, read exactly, from the probe nearest to k and aimed past k.
+
+    Clustered scores (bfloat16-stored scores plus a small float32 increment:
+    ~10,000 entries at every bfloat16 value, empty gaps between) defeat the
+    secants, which assume counts linear in the key, and the sample-quantile
+    read, whose few regula falsi steps stall in the gaps. The sample itself
+    does not mind: ``k - C`` more entries above the nearest probe are about
+    ``(k - C) * per_score`` more sample entries above it wherever the
+    clusters are; a margin of ``2 sqrt`` of that (plus one entry) puts the
+    probe past k. Only these conditional passes pay for the exact read.
+    """
+    keys, counts = jnp.stack([p[0] for p in probes]), jnp.stack([p[1] for p in probes])
+    near = jnp.argmin(jnp.abs(counts - k))
+    gap = (kf - counts[near].astype(jnp.float32)) * per_score  # sample entries to go up
+    margin = 2.0 * jnp.sqrt(jnp.abs(gap)) + 1.0
+    return sample_rank_key(jnp.round(above(keys[near]) + gap + jnp.sign(gap) * margin))
+
   j1 = kf * per_score - 0.5
   warm = None
   if hint is None:
@@ -928,6 +957,8 @@ def _four_probe_select(leaves, k, total, sample_size, seed, plan: _Plan, hint=No
   conditional(lambda c: aim(c, 0.0))
   for _ in range(_EXTRA_PASSES):
     conditional(lambda c: aim(c, 0.25))
+  for _ in range(_GUIDED_PASSES):
+    conditional(guided)
 
   ok, own, key_lo, key_hi, c_hi, diff = tight_bracket(col)
   u_lo, u_hi = value(key_lo), value(key_hi)
