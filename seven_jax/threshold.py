@@ -883,10 +883,12 @@ def _four_probe_select(leaves, k, total, sample_size, seed, plan: _Plan, hint=No
 
   def sample_rank_key(j):
     """Key of the ``(j + 1)``-th largest sample entry, exactly (a counting
-    search over the sample alone: ~1 ms, paid only in guided passes)."""
+    search over the sample alone, paid only in guided passes)."""
     r = jnp.clip(j, 0, s - 1).astype(jnp.int32) + 1
     init = (_i32(-_MAX_KEY), _i32(_MAX_KEY + 1), _i32(s), _i32(0))
-    lo, _, _ = _loop_select([sample_values], r, s, 0, 128, 0, init, barriers=False)
+    # At most 32 counts of the sample (a tenth of a pass each at MiniLM size);
+    # a read that has not converged still lies inside its bracket.
+    lo, _, _ = _loop_select([sample_values], r, s, 0, 32, 0, init, barriers=False)
     return jnp.min(jnp.where(sample >= lo, sample, _MAX_KEY + 1))
 
   def guided(probes):
@@ -923,11 +925,24 @@ def _four_probe_select(leaves, k, total, sample_size, seed, plan: _Plan, hint=No
   col = [p1]
   passes = _i32(1)
 
-  def conditional(key_fn):
+  def conditional(key_fn, unless_tied=False, after_guided=False):
     """One more column-counted pass, skipped (repeating pass 1, which changes
-    no bracket) when the passes so far already bracket k within budget."""
+    no bracket) when the passes so far already bracket k within budget; with
+    ``unless_tied`` also when their bracket is one key wide (the k-th value
+    is tied: no probe can narrow it, the fallback ends at once), and with
+    ``after_guided`` when the last pass repeated a key."""
     nonlocal passes
-    done = tight_bracket(col)[1]
+    _, done, key_lo, key_hi, _, _ = tight_bracket(col)
+    keys = jnp.stack([p[0] for p in col])
+    if unless_tied:
+      is_lo = jnp.stack([p[1] for p in col]) >= k
+      tied = jnp.any(is_lo) & ~jnp.all(is_lo) & (key_hi - key_lo <= 1)
+      done = done | tied
+    if after_guided:
+      # The last (guided) pass probed a key probed before (a read that points
+      # past the sample's ends, e.g. k beyond the ties at 0): the next read
+      # would repeat it.
+      done = done | jnp.any(keys[:-1] == keys[-1])
     new = lax.cond(done, lambda: p1, lambda c=tuple(col): counted(key_fn(c)))
     passes = passes + jnp.where(done, 0, 1)
     col.append(new)
@@ -957,8 +972,8 @@ def _four_probe_select(leaves, k, total, sample_size, seed, plan: _Plan, hint=No
   conditional(lambda c: aim(c, 0.0))
   for _ in range(_EXTRA_PASSES):
     conditional(lambda c: aim(c, 0.25))
-  for _ in range(_GUIDED_PASSES):
-    conditional(guided)
+  for i in range(_GUIDED_PASSES):
+    conditional(guided, unless_tied=True, after_guided=i > 0)
 
   ok, own, key_lo, key_hi, c_hi, diff = tight_bracket(col)
   u_lo, u_hi = value(key_lo), value(key_hi)
