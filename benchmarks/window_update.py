@@ -3,6 +3,7 @@ the engine of an earlier commit (loaded beside it), interleaved, plus XLA's
 byte count of the window's loop body.
 
     python -m benchmarks.window_update minilm [BASE]   # from the repository root
+    python -m benchmarks.window_update minilm [BASE] --passes   # bf16 threshold passes
 
 ``BASE`` (default ``cf0cc3c``) is a commit of this repository; the old side
 is its engine, selection and threshold, on this tree's score rules (an
@@ -30,7 +31,7 @@ from benchmarks import bert as B
 from benchmarks.common import entry_while_body, hlo_bytes
 
 name = sys.argv[1] if len(sys.argv) > 1 else "minilm"
-base_commit = sys.argv[2] if len(sys.argv) > 2 else "cf0cc3c"
+base_commit = sys.argv[2] if len(sys.argv) > 2 and not sys.argv[2].startswith("--") else "cf0cc3c"
 
 
 def _load(path, name, **globals_):
@@ -81,6 +82,39 @@ def seven(module, **kw):
   finally:
     T.engine = en
 
+
+def bf16_threshold_passes(threshold_stats, calls=40):
+  """Counting passes of the threshold on ``calls`` consecutive in-window
+  updates with bfloat16 statistics (this tree's engine and selection, the
+  given ``threshold_stats``): their scores cluster at bfloat16 values."""
+  from seven_jax import selection
+
+  seen, original = [], selection.threshold_stats
+
+  def spy(leaves, k, **kw):
+    st = threshold_stats(leaves, k, **kw)
+    jax.debug.callback(lambda p: seen.append(int(p)), st.passes)
+    return st
+
+  selection.threshold_stats = spy
+  try:
+    r = B._UpdateRunner(seven(en, stats_dtype="bfloat16"), model.params, grads, 0, 40)
+    for _ in range(calls):
+      r.prepare()
+      jax.block_until_ready(r())
+  finally:
+    selection.threshold_stats = original
+  return seen
+
+
+if "--passes" in sys.argv:
+  for label, fn in (
+    (base_commit, old_threshold.threshold_stats),
+    ("this", en.selection.threshold_stats),
+  ):
+    seen = bf16_threshold_passes(fn)
+    print(f"{label}: bf16 threshold passes per update {seen}; steps 16-39: {sum(seen[16:])}")
+  sys.exit(0)
 
 runners = {"adamw": B._UpdateRunner(optax.adamw(2e-5), model.params, grads, 0)}
 for label, module in ((base_commit, old), ("this", en)):
