@@ -142,8 +142,9 @@ class ScoreRule(NamedTuple):
       the score half of ``update`` written on the *new* statistics (which
       ``update`` must equal: ``update(hp, x, st, s) == (new,
       score_from_stats(hp, x, new, s))``). The engine scores the statistics
-      it keeps (non-finite values replaced by the old ones) with it, which
-      lets XLA write them once and the score read them
+      it keeps (non-finite values replaced by the old ones; with
+      ``stats_dtype=bfloat16`` as stored, i.e. rounded) with it, which lets
+      XLA write them once and the score read them
       (:func:`seven_jax.engine.score_leaf`).
   """
 

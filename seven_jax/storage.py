@@ -3,7 +3,9 @@
 SEVEN keeps three float32 arrays per prunable weight (``m``, ``v`` and the
 accumulated score ``S``: 12 bytes) plus a bool mask (1 byte). With
 ``stats_dtype=jnp.bfloat16`` the three arrays are stored in bfloat16 (6 bytes;
-7 with the mask) and every step computes in float32 on the upcast values.
+7 with the mask) and every step computes in float32 on the upcast values; a
+step's score reads its own new ``m`` and ``v`` as stored (rounded), so that XLA
+writes them once and does not copy the old ones.
 
 Plain round-to-nearest would break the score: ``S`` grows about linearly with
 the window step ``p`` while each increment is about ``S / p``, so once

@@ -19,8 +19,8 @@ concatenated and, under ``jax.sharding``, ``C`` is a plain reduction that XLA
 turns into a per-shard count and one small all-reduce (see
 ``tests/test_threshold_sharding.py``, which checks the compiled HLO).
 
-Fast path (inputs of at least ``2**18`` scores), four passes (rarely five or
-six), unrolled:
+Fast path (inputs of at least ``2**18`` scores), four passes (rarely up to
+nine), unrolled:
 
 1. a sorted random sample of ``2**14`` scores gives a first estimate (or, with
    ``hint``, the previous step's threshold is the first probe); pass 1 counts
@@ -31,8 +31,10 @@ six), unrolled:
    passes 3-4 bracket it. Every pass also returns per-column counts (each
    leaf seen as a ``(256, n / 256)`` array); passes 3-4 (and, with a hint,
    2-4) run under a ``lax.cond`` only while the passes so far do not bracket
-   the k-th value closely enough, and up to two more such passes aim past the
-   k-th value from the nearest probe (heavy-tailed scores);
+   the k-th value closely enough, up to two more such passes aim past the
+   k-th value from the nearest probe (heavy-tailed scores), and up to three
+   more read the sample exactly and aim past it from there (clustered scores,
+   such as those of bfloat16 statistics);
 3. the columns whose counts differ between the tightest bracketing pair hold
    every candidate (a few hundred at BERT-base size). Every block gathers its
    own candidate columns into a small static budget of slots (about twice its
@@ -41,7 +43,7 @@ six), unrolled:
    few values by counting alone (no sample, no reshape: it stays
    sharding-friendly).
 
-When six passes do not bracket the answer within 1024 columns (heavy ties,
+When nine passes do not bracket the answer within 1024 columns (heavy ties,
 ``k`` at the very ends, odd distributions) the general search below resumes
 from the tightest bracket the passes found. It keeps ``lo < hi`` keys with
 ``G(lo) >= k > G(hi)`` (``G(key) = #{s >= value(key)}``), interpolates the
@@ -626,9 +628,10 @@ def _column_counts(leaves, plan: _Plan, u):
   One pass over the scores; the column counts (``D / group`` floats) are what
   let the fast path find the columns that hold the candidates afterwards.
   Kept as one vector, the bookkeeping of every later step (the total here,
-  the bracket's differences and per-block widths) is one small operation
-  instead of one per block: at MiniLM size (37 leaves) those small reductions
-  cost as much as a counting pass.
+  the bracket's differences and per-block widths) is a few small operations
+  instead of a few per block: about half the operations a threshold executes
+  at MiniLM size (37 leaves). On a 2-core CPU they overlap the passes, so the
+  wall time there did not change; an accelerator pays per launch.
   """
   counts = []
   for b in plan.blocks:
@@ -784,7 +787,7 @@ def _sample_quantile(sample, sub, stride, j, steps=_QUANTILE_STEPS):
 
 
 def _four_probe_select(leaves, k, total, sample_size, seed, plan: _Plan, hint=None):
-  """Sample, two to six counting passes, then an exact finish on a few
+  """Sample, two to nine counting passes, then an exact finish on a few
   gathered columns.
 
   All probes are canonical values ``u`` and count ``C(u) = #{s > u}``, with
@@ -806,8 +809,10 @@ def _four_probe_select(leaves, k, total, sample_size, seed, plan: _Plan, hint=No
      passes bracket the k-th value within the gather's budget: a secant of
      the two probes nearest to ``k``, aimed past it from the nearest by the
      same margin (plus a quarter of its error when the two do not bracket
-     ``k``, as extrapolation is less certain). With a hint, passes 2-4 are
-     conditional in the same way.
+     ``k``, as extrapolation is less certain). Passes 7-9, likewise
+     conditional, read the sample exactly from the nearest probe
+     (``guided``), for scores on which every secant lands in an empty gap.
+     With a hint, passes 2-4 are conditional in the same way.
   5. The columns whose counts differ hold every candidate
      ``u_lo < s <= u_hi``; every block gathers its own into its budget (or,
      when a block has more, the general gather takes up to ``capacity``), and
