@@ -383,8 +383,8 @@ def build_transform(
 
     # Statistic n of leaf j in the storage dtype (stochastic rounding draws
     # its bits from the step and this salt).
-    store = lambda x, j, n: storage.store(x, stats_dtype, state.count, (num_stats + 1) * j + n)
-    store_stat = lambda j: lambda n, x: store(x, j, n)
+    def store(j, n, x):
+      return storage.store(x, stats_dtype, state.count, (num_stats + 1) * j + n)
 
     def leaf_step(j, m, w, u, g, score, *stats):
       w = w.astype(jnp.float32)
@@ -395,7 +395,9 @@ def build_transform(
         # through the identity); the optimizer only sees the masked one.
         u = jnp.where(m, u, 0.0)
       x = ScoreInputs(_finite(w), _finite(w + u), g, m, local_step, is_last, total)
-      return score_leaf(rule, hp, x, stats, score, resurrect=resurrect, store=store_stat(j))
+      return score_leaf(
+        rule, hp, x, stats, score, resurrect=resurrect, store=functools.partial(store, j)
+      )
 
     def prune(carry):
       masks_l, scores_l, stats_l, tau, grads_l, inner_state = carry
@@ -446,7 +448,7 @@ def build_transform(
       new_masks, new_tau = lax.cond(select_now, select, lambda _: (list(masks_l), tau), None)
       return (
         list(new_masks),
-        [store(x, j, num_stats) for j, x in enumerate(new_scores)],
+        [store(j, num_stats, x) for j, x in enumerate(new_scores)],
         # score_leaf stored the statistics already.
         [[st[n] for st in new_stats] for n in range(num_stats)],
         jnp.asarray(new_tau, jnp.float32).reshape(jnp.shape(tau)),

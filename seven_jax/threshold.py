@@ -857,9 +857,9 @@ def _four_probe_select(leaves, k, total, sample_size, seed, plan: _Plan, hint=No
   budgets = np.asarray(plan.budgets, np.float32)
 
   def tight_bracket(col):
-    """Tightest bracketing pair of column-counted passes and whether every
+    """Tightest bracketing pair of column-counted passes, whether every
     block's candidate columns fit its gather budget (``own``) or at least
-    the general gather's capacity (``ok``)."""
+    the general gather's capacity (``ok``), and whether any pair brackets k."""
     keys = jnp.stack([p[0] for p in col])
     counts = jnp.stack([p[1] for p in col])
     is_lo = counts >= k
@@ -873,7 +873,7 @@ def _four_probe_select(leaves, k, total, sample_size, seed, plan: _Plan, hint=No
     # Either gather proves the answer: every block within its own budget, or
     # all candidate columns within the general gather's capacity.
     ok = own | (brackets & (jnp.sum(wide) <= capacity))
-    return ok, own, keys[lo], keys[hi], counts[hi], diff
+    return ok, own, keys[lo], keys[hi], counts[hi], diff, brackets
 
   def aim(probes, extrapolation):
     """Secant of the two probes nearest to k, aimed past k from the nearest."""
@@ -930,27 +930,36 @@ def _four_probe_select(leaves, k, total, sample_size, seed, plan: _Plan, hint=No
   col = [p1]
   passes = _i32(1)
 
-  def conditional(key_fn, unless_tied=False, after_guided=False):
-    """One more column-counted pass, skipped (repeating pass 1, which changes
-    no bracket) when the passes so far already bracket k within budget; with
-    ``unless_tied`` also when their bracket is one key wide (the k-th value
-    is tied: no probe can narrow it, the fallback ends at once), and with
-    ``after_guided`` when the last pass repeated a key."""
-    nonlocal passes
-    _, done, key_lo, key_hi, _, _ = tight_bracket(col)
-    keys = jnp.stack([p[0] for p in col])
-    if unless_tied:
-      is_lo = jnp.stack([p[1] for p in col]) >= k
-      tied = jnp.any(is_lo) & ~jnp.all(is_lo) & (key_hi - key_lo <= 1)
-      done = done | tied
-    if after_guided:
-      # The last (guided) pass probed a key probed before (a read that points
-      # past the sample's ends, e.g. k beyond the ties at 0): the next read
-      # would repeat it.
-      done = done | jnp.any(keys[:-1] == keys[-1])
+  def one_more(col, key_fn, done):
+    """One more column-counted pass unless ``done`` (then pass 1 repeated,
+    which changes no bracket), and the passes it made (0 or 1)."""
     new = lax.cond(done, lambda: p1, lambda c=tuple(col): counted(key_fn(c)))
-    passes = passes + jnp.where(done, 0, 1)
+    return new, _i32(jnp.where(done, 0, 1))
+
+  def conditional(key_fn):
+    """One more pass unless the passes so far bracket k within budget."""
+    nonlocal passes
+    new, made = one_more(col, key_fn, tight_bracket(col)[1])
+    passes = passes + made
     col.append(new)
+
+  def guided_passes():
+    """Up to ``_GUIDED_PASSES`` guided passes, each skipped when the passes
+    so far bracket k within budget, when their bracket is one key wide (the
+    k-th value is tied: no probe can narrow it, the fallback ends at once) or
+    when the last guided read repeated a probed key (a read that points past
+    the sample's ends, e.g. k beyond the ties at 0: the next would too)."""
+    local, made = list(col), _i32(0)
+    for i in range(_GUIDED_PASSES):
+      _, own, key_lo, key_hi, _, _, brackets = tight_bracket(local)
+      done = own | (brackets & (key_hi - key_lo <= 1))
+      if i:
+        keys = jnp.stack([p[0] for p in local])
+        done = done | jnp.any(keys[:-1] == keys[-1])
+      new, n = one_more(local, guided, done)
+      local.append(new)
+      made = made + n
+    return tuple(local[len(col) :]), made
 
   if warm is None:
     col.append(counted(k2))
@@ -977,10 +986,15 @@ def _four_probe_select(leaves, k, total, sample_size, seed, plan: _Plan, hint=No
   conditional(lambda c: aim(c, 0.0))
   for _ in range(_EXTRA_PASSES):
     conditional(lambda c: aim(c, 0.25))
-  for i in range(_GUIDED_PASSES):
-    conditional(guided, unless_tied=True, after_guided=i > 0)
+  # Behind one cond: where the passes so far suffice (float32 scores,
+  # nearly always) the guided passes cost one bracket test, not three.
+  guided_col, made = lax.cond(
+    tight_bracket(col)[1], lambda: ((p1,) * _GUIDED_PASSES, _i32(0)), guided_passes
+  )
+  col.extend(guided_col)
+  passes = passes + made
 
-  ok, own, key_lo, key_hi, c_hi, diff = tight_bracket(col)
+  ok, own, key_lo, key_hi, c_hi, diff, _ = tight_bracket(col)
   u_lo, u_hi = value(key_lo), value(key_hi)
   # The k-th largest overall is the r-th largest candidate u_lo < s <= u_hi.
   r = k - c_hi
