@@ -12,7 +12,7 @@ metrics, checkpoints (orbax) and export load on first use.
 import importlib
 
 from seven_jax.prunable import default_prunable, resolve_prunable
-from seven_jax.report import SparsityReport, sparsity_report
+from seven_jax.report import SparsityReport, count_kept, sparsity_report
 from seven_jax.schedules import cubic_keep_ratio, exponential_keep_ratio, keep_count
 from seven_jax.statistics import SevenStats
 from seven_jax.threshold import (
@@ -80,6 +80,7 @@ __all__ = [
   "prunable_tree",
   "sparsity_report",
   "SparsityReport",
+  "count_kept",
   "cubic_keep_ratio",
   "exponential_keep_ratio",
   "keep_count",

@@ -61,3 +61,7 @@ def test_minilm_rotten_tomatoes_short_run_writes_everything(tmp_path):
     assert (d / "tensorboard").is_dir() and (d / "checkpoints").is_dir()
     results = json.loads((d / "results.json").read_text())
     assert results["steps"] == 6 and 0.0 <= results["final"]["accuracy"] <= 1.0
+    # The sparsity the loop logs (counted on the device, count_kept) is the
+    # final masks' as the report counts them on the host.
+    logged = [r["sparsity"] for r in map(json.loads, (d / "log.jsonl").open()) if "sparsity" in r]
+    assert logged and logged[-1] == pytest.approx(results["sparsity"], abs=1e-6)
