@@ -229,6 +229,10 @@ def _check_leaves(params, spec, nm):
 def _layout_trees(params, spec, num_stats, stats_dtype):
   """Masks, stats and scores created like their params (holes elsewhere).
 
+  The statistics in ``stats_dtype``, the scores always in float32: see
+  :mod:`seven_jax.storage` for why a bfloat16 accumulated score costs both
+  accuracy and time.
+
   Leaves that are already ``MaskedNode`` in ``params`` (the part of the
   params an ``optax.multi_transform`` / ``optax.masked`` gives to another
   transformation) stay holes of unknown shape: ``None`` in the layout, and
@@ -241,9 +245,10 @@ def _layout_trees(params, spec, num_stats, stats_dtype):
     [make(p) if k else HOLE for p, k in zip(flat_p, kept, strict=True)]
   )
   masks = like(lambda p: jnp.ones_like(p, jnp.bool_))
-  zeros = lambda: like(lambda p: jnp.zeros_like(p, stats_dtype))
+  zeros = lambda dtype: like(lambda p: jnp.zeros_like(p, dtype))
   holes = tuple(None if is_hole(p) else tuple(np.shape(p)) for p, k in zip(flat_p, kept) if not k)
-  return masks, tuple(zeros() for _ in range(num_stats)), zeros(), Layout(holes)
+  stats = tuple(zeros(stats_dtype) for _ in range(num_stats))
+  return masks, stats, zeros(jnp.float32), Layout(holes)
 
 
 def _inner_update(inner, grads, inner_state, params, extra_args, name, lookahead):
@@ -443,12 +448,12 @@ def build_transform(
         **select_kw,
       )
       select_now = ((local_step + 1) % every == 0) | is_last
-      # The mask is chosen from the float32 scores; only the stored copy is
-      # rounded (stochastically, for bfloat16: see seven_jax.storage).
       new_masks, new_tau = lax.cond(select_now, select, lambda _: (list(masks_l), tau), None)
       return (
         list(new_masks),
-        [store(j, num_stats, x) for j, x in enumerate(new_scores)],
+        # The scores are kept in float32 whatever stats_dtype is: the ones
+        # the selection ranks are the ones the state keeps (one buffer).
+        list(new_scores),
         # score_leaf stored the statistics already.
         [[st[n] for st in new_stats] for n in range(num_stats)],
         jnp.asarray(new_tau, jnp.float32).reshape(jnp.shape(tau)),
@@ -567,10 +572,10 @@ def pruning_mask(
     update_every: mask period in window steps; ``None`` takes the method's
       (``delta_t`` for ``platon``, else 1).
     schedule: ``"cubic"`` or ``"exponential"``.
-    stats_dtype: storage of the rule's statistics and scores, ``"float32"``
-      or ``"bfloat16"`` (or the dtypes; half the bytes, stochastically
-      rounded; see :mod:`seven_jax.storage`). Computation is float32 either
-      way.
+    stats_dtype: storage of the rule's statistics, ``"float32"`` or
+      ``"bfloat16"`` (or the dtypes; half their bytes, stochastically
+      rounded; see :mod:`seven_jax.storage`). The scores stay float32 and
+      computation is float32 either way.
     ties: how the threshold treats scores tied with the k-th
       (:func:`seven_jax.selection.select_masks`); ``None`` takes its default.
     straight_through: keep the dense weights inside the window, as movement

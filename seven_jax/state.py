@@ -102,7 +102,7 @@ class PruningState(NamedTuple):
       params-shaped tree.
     stats: tuple of the rule's statistics, each a tree laid out like
       ``masks`` (``stats_dtype`` arrays, holes at non-prunable leaves).
-    scores: the rule's scores, same layout and dtype.
+    scores: the rule's scores, same layout, float32.
     inner_state: state of the wrapped optimizer.
     layout: static :class:`Layout` of the non-prunable leaves.
     tau: float32, the score threshold of the last selection (a scalar for a

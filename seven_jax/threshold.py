@@ -34,7 +34,7 @@ nine), unrolled:
    the k-th value closely enough, up to two more such passes aim past the
    k-th value from the nearest probe (heavy-tailed scores), and up to three
    more read the sample exactly and aim past it from there (clustered scores,
-   such as those of bfloat16 statistics);
+   such as low-precision accumulated scores);
 3. the columns whose counts differ between the tightest bracketing pair hold
    every candidate (a few hundred at BERT-base size). Every block gathers its
    own candidate columns into a small static budget of slots (about twice its

@@ -170,7 +170,7 @@ def test_stats_dtype_by_name_works_under_inject_hyperparams():
     )
     state = tx.init(PARAMS)
     _, state = tx.update(jax.tree.map(jnp.ones_like, PARAMS), state, PARAMS)
-  assert seven_jax.find_state(state).scores["w"].dtype == jnp.bfloat16
+  assert seven_jax.find_state(state).grad_ema["w"].dtype == jnp.bfloat16
   # A dtype object is callable: inject_hyperparams takes it for a schedule,
   # which gets a clear error.
   tx = optax.inject_hyperparams(seven_jax.seven_mask, static_args=("prunable",))(

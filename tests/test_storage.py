@@ -125,8 +125,9 @@ def _mlp_run(stats_dtype, steps=60, sparsity=0.7):
 def test_bf16_statistics_keep_every_invariant_and_mostly_the_same_mask():
   _, state32, hist32 = _mlp_run(jnp.float32)
   _, state16, hist16 = _mlp_run(jnp.bfloat16)
-  assert seven_jax.find_state(state16).scores["w1"].dtype == jnp.bfloat16
-  assert seven_jax.find_state(state32).scores["w1"].dtype == jnp.float32
+  assert seven_jax.find_state(state16).grad_ema["w1"].dtype == jnp.bfloat16
+  assert seven_jax.find_state(state32).grad_ema["w1"].dtype == jnp.float32
+  assert seven_jax.find_state(state16).scores["w1"].dtype == jnp.float32
   total = 32 * 64 + 64 * 8
   final16 = hist16[-1]
   assert sum(int(final16[k].sum()) for k in ("w1", "w2")) == int(0.3 * total)
@@ -135,3 +136,36 @@ def test_bf16_statistics_keep_every_invariant_and_mostly_the_same_mask():
       assert not np.any(cur[k] & ~prev[k])
   agree = np.mean(np.concatenate([(hist32[-1][k] == final16[k]).ravel() for k in ("w1", "w2")]))
   assert agree > 0.9, agree
+
+
+def test_bf16_statistics_keep_the_score_an_exact_float32_sum():
+  """With bfloat16 ``m``, ``v`` the accumulated score is still float32: each
+  step adds exactly the increment of (E4)-(E6) computed (here in numpy) from
+  the statistics as stored. A bfloat16 ``S`` would be off by its rounding
+  (~2**-9 relative per step)."""
+  b1, b2, eps = 0.8, 0.9, 1e-9
+  rng = np.random.default_rng(3)
+  params = {"w": jnp.asarray(rng.standard_normal((16, 24)).astype(np.float32))}
+  # sgd(0): the weights do not move, so W after the step is W; a mask that
+  # never changes inside this check (sparsity 0 until the last step).
+  tx = seven_jax.seven_mask(
+    optax.sgd(0.0), sparsity=0.5, start_step=0, pruning_steps=40, stats_dtype="bfloat16"
+  )
+  state = tx.init(params)
+  update = jax.jit(tx.update)
+  w = np.asarray(params["w"], np.float32)
+  expected = np.zeros_like(w)
+  for p in range(12):
+    g = (rng.standard_normal(w.shape) * (1 + 3 * rng.random(w.shape))).astype(np.float32)
+    kept = np.asarray(seven_jax.masks(state)["w"])
+    _, state = update({"w": jnp.asarray(g)}, state, params)
+    st = seven_jax.find_state(state)
+    m = np.asarray(st.grad_ema["w"], np.float32)  # as stored (bfloat16, upcast exactly)
+    v = np.asarray(st.sq_grad_ema["w"], np.float32)
+    gm = np.abs(np.where(kept, g, 0.0)).astype(np.float32)
+    m_hat = m / np.float32(1 - b1 ** (p + 1))
+    den = np.sqrt(v / np.float32(1 - b2 ** (p + 1))) + np.float32(eps)
+    expected = np.where(kept, expected + np.abs(w * gm * m_hat / den), 0.0).astype(np.float32)
+    score = np.asarray(st.scores["w"], np.float32)
+    np.testing.assert_allclose(score, expected, rtol=2e-6, atol=0)
+    assert st.scores["w"].dtype == jnp.float32

@@ -327,9 +327,10 @@ def test_gapped_scores_of_a_pruning_step_take_the_fast_path(seed):
   "sigma, spread, drop, seed", [(0.3, 1e-3, 0.003, 0), (0.2, 5e-4, 0.006, 0), (0.2, 5e-4, 0.006, 2)]
 )
 def test_clustered_scores_of_bfloat16_statistics_take_the_fast_path(sigma, spread, drop, seed):
-  # With stats_dtype=bfloat16 the engine selects on S_old + increment: S_old
-  # holds bfloat16 values (8 significant bits) and the increment is a small
-  # float32 one, so the scores form dense clusters at the bfloat16 values
+  # An accumulated score stored in bfloat16 (the engine's, before S stayed
+  # float32 under stats_dtype=bfloat16) is ranked as S_old + increment: S_old holds bfloat16 values
+  # (8 significant bits) and the increment is a small float32 one, so the
+  # scores form dense clusters at the bfloat16 values
   # with empty gaps between. The secants and the sample-quantile read landed
   # in the gaps and the search fell back (43/17/34 passes on these inputs;
   # 13-70 on half the steps of a MiniLM run); the guided passes read the
