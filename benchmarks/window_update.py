@@ -125,6 +125,9 @@ for label, module in ((base_commit, old), ("this", en)):
   runners[f"{label} bf16 in window"] = B._UpdateRunner(
     seven(module, stats_dtype="bfloat16"), model.params, grads, 0, 40
   )
+  runners[f"{label} bf16 statistics only"] = B._UpdateRunner(
+    seven(module, stats_dtype="bfloat16", update_every=1000), model.params, grads, 0, 40
+  )
 t = B._interleaved(runners, repeats=int(os.environ.get("REP", "30")), warmup=2)
 base = t["adamw"]["median_ms"]
 print(f"{name}: {n:,} prunable weights; update alone, medians of {t['adamw']['repeats']} rounds")

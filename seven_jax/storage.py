@@ -20,9 +20,11 @@ add up, to a relative error of about :math:`0.0013\\sqrt{P}` after ``P``
 steps (4.4% at ``P = 1000``, ``tests/test_storage.py``): weights closer than
 that to the threshold swap places. It cost time as well: the selection ranks
 float32 scores, which then exist besides the stored bfloat16 copy, and the
-stored values cluster at bfloat16 steps, which slowed the threshold search
-(MiniLM update alone, statistics only: +40.4 ms over adamw against +24.8 ms
-with float32 statistics; with a float32 ``S``: +19.3 ms).
+stored values cluster at bfloat16 steps, which slowed the threshold search.
+MiniLM's update alone over adamw's (``python -m benchmarks.window_update
+minilm db575cc``, the base storing a bfloat16 ``S``): in the window +86.0 ->
++46.3 ms (float32 statistics +46.6), statistics only +31.7 -> +17.1 ms
+(float32 +18.4).
 
 The random bits come from a counter-based hash of (element index, step, leaf,
 statistic): no PRNG key in the state, no dependence on the data's own low bits
