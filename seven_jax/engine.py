@@ -80,6 +80,10 @@ def score_leaf(
   per prunable weight on every pruning step for SEVEN in float32, 8 in
   bfloat16 (``tests/test_engine_hlo.py``). The values differ only where a
   statistic went non-finite, and by the rounding of the stored statistics.
+  A rule with ``next_stat`` (PLATON) gets the same treatment between its
+  statistics: each is computed from the ones before it as kept (PLATON's
+  window body at the test's shapes: 6 copies and 117 B per weight -> no
+  copies, 69 B).
 
   Returns:
     ``(stats, score)``: the statistics as stored (float32 without
@@ -87,19 +91,32 @@ def score_leaf(
   """
   old = tuple(jnp.asarray(s, jnp.float32) for s in stats)
   score = jnp.asarray(score, jnp.float32)
-  new_stats, new_score = rule.update(hp, inputs, old, score)
-  new_stats = tuple(
-    jnp.where(jnp.isfinite(new), new, prev) for new, prev in zip(new_stats, old, strict=True)
-  )
-  if store is not None:
-    new_stats = tuple(store(n, x) for n, x in enumerate(new_stats))
+  keep = lambda n, new: _kept(jnp.where(jnp.isfinite(new), new, old[n]), n, store)
+  if rule.next_stat is not None:
+    # One statistic at a time, each from the ones before it as kept.
+    new_stats, as_kept = (), ()
+    for n in range(len(old)):
+      stored, value = keep(n, rule.next_stat(hp, inputs, n, as_kept, old))
+      new_stats, as_kept = new_stats + (stored,), as_kept + (value,)
+    new_score = None
+  else:
+    new_stats, new_score = rule.update(hp, inputs, old, score)
+    pairs = [keep(n, x) for n, x in enumerate(new_stats)]
+    new_stats, as_kept = tuple(p[0] for p in pairs), tuple(p[1] for p in pairs)
   if rule.score_from_stats is not None:
-    as_kept = tuple(jnp.asarray(x, jnp.float32) for x in new_stats)
     new_score = rule.score_from_stats(hp, inputs, as_kept, score)
+  elif new_score is None:
+    new_score = rule.update(hp, inputs, old, score)[1]
   new_score = canonicalize_scores(new_score)
   if not resurrect and not rule.signed:
     new_score = jnp.where(inputs.mask, new_score, 0.0)
   return new_stats, new_score
+
+
+def _kept(x, n, store):
+  """Statistic ``n`` as the state keeps it (stored) and as the score reads it (float32)."""
+  stored = x if store is None else store(n, x)
+  return stored, jnp.asarray(stored, jnp.float32)
 
 
 def run_if(pred, fn, carry):

@@ -146,6 +146,16 @@ class ScoreRule(NamedTuple):
       ``stats_dtype=bfloat16`` as stored, i.e. rounded) with it, which lets
       XLA write them once and the score read them
       (:func:`seven_jax.engine.score_leaf`).
+    next_stat: optional ``(hp, inputs, i, new, old) -> statistic i``, the
+      statistics half of ``update`` one statistic at a time, for rules whose
+      statistics read each other's new values (PLATON: ``I_bar`` reads the
+      new window mean, ``U_bar`` the new ``I_bar``); ``new`` holds the new
+      statistics ``0 .. i-1``, ``old`` all the old ones. The engine passes
+      ``new`` as it keeps them (guarded, stored), so that each is written
+      once and read by the next, as ``score_from_stats`` does for the
+      score; from the rule's own unguarded values XLA recomputed each
+      statistic inside the next one's fusion and copied the old ones first.
+      ``update`` must equal the composition (unguarded).
   """
 
   name: str
@@ -158,6 +168,7 @@ class ScoreRule(NamedTuple):
   threshold: Callable[[dict], Optional[float]] = lambda hp: None
   summary: str = ""
   score_from_stats: Optional[Callable] = None
+  next_stat: Optional[Callable] = None
 
 
 DYNAMIC_RULES: dict[str, ScoreRule] = {}
@@ -387,22 +398,31 @@ register_rule(
 # ------------------------------------------------------------------ PLATON
 
 
-def _platon_update(hp, x: ScoreInputs, stats, score):
-  window_mean, ibar, ubar = stats
+def _platon_stat(hp, x: ScoreInputs, i, new, old):
+  """Statistic ``i`` of PLATON (window mean, ``I_bar``, ``U_bar``) from the
+  new ones before it (``ScoreRule.next_stat``)."""
   delta_t = int(hp.get("delta_t", 1))
-  b1, b2 = hp["b1"], hp["b2"]
-  sensitivity = jnp.abs(x.weight_after * finite_or_zero(x.grad))
-  # Running mean of I over the current local window of delta_t steps.
-  q = (x.local_step % delta_t).astype(jnp.float32)
-  window_mean = (window_mean * q + sensitivity) / (q + 1.0)
+  if i == 0:
+    # Running mean of I over the current local window of delta_t steps.
+    sensitivity = jnp.abs(x.weight_after * finite_or_zero(x.grad))
+    q = (x.local_step % delta_t).astype(jnp.float32)
+    return (old[0] * q + sensitivity) / (q + 1.0)
   # The EMAs absorb a window when it closes (and the partial last window, so
   # that the final mask never sees empty statistics).
   closes = ((x.local_step + 1) % delta_t == 0) | x.is_last
-  new_ibar = b1 * ibar + (1.0 - b1) * window_mean
-  new_ubar = b2 * ubar + (1.0 - b2) * jnp.abs(window_mean - new_ibar)
-  ibar = jnp.where(closes, new_ibar, ibar)
-  ubar = jnp.where(closes, new_ubar, ubar)
-  return (window_mean, ibar, ubar), _platon_score(hp, x, (window_mean, ibar, ubar), score)
+  if i == 1:
+    b1 = hp["b1"]
+    return jnp.where(closes, b1 * old[1] + (1.0 - b1) * new[0], old[1])
+  # When the window closes new[1] is the new I_bar; otherwise U_bar keeps.
+  b2 = hp["b2"]
+  return jnp.where(closes, b2 * old[2] + (1.0 - b2) * jnp.abs(new[0] - new[1]), old[2])
+
+
+def _platon_update(hp, x: ScoreInputs, stats, score):
+  new = ()
+  for i in range(3):
+    new += (_platon_stat(hp, x, i, new, stats),)
+  return new, _platon_score(hp, x, new, score)
 
 
 def _platon_score(hp, x: ScoreInputs, new_stats, score):
@@ -426,6 +446,7 @@ register_rule(
     update_every=_check_delta_t,
     summary="PLATON (canonical): UCB score I_bar * U_bar, window delta_t, mask every delta_t steps",
     score_from_stats=_platon_score,
+    next_stat=_platon_stat,
   )
 )
 
@@ -438,6 +459,7 @@ register_rule(
     summary="PLATON as simplified in the official SEVEN repo: per-step EMAs, "
     "no window, no resurrection",
     score_from_stats=_platon_score,
+    next_stat=_platon_stat,
   )
 )
 
