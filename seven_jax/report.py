@@ -21,7 +21,8 @@ def count_kept(mask) -> jax.Array:
   masks to the host. The bytes (0 or 1 each) are read four at a time as
   32-bit words, and the popcounts of the words summed: on XLA:CPU that is 14x
   faster than ``jnp.count_nonzero``, whose bool-to-int32 reduction runs at
-  about 0.5 GB/s (1.4 vs 19.7 ms at MiniLM's 10.8M prunable weights). Only
+  about 0.5 GB/s (1.4 vs 19.7 ms for 37 random masks of MiniLM's prunable
+  shapes, 10.8M weights, on this project's 2-core CPU). Only
   the last axis is regrouped, so a mask sharded along any axis is counted
   where it lives; a last axis not divisible by 4 falls back to
   ``count_nonzero``.

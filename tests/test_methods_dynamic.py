@@ -454,3 +454,27 @@ def test_seven_without_correction_matches_the_numpy_loop():
     params = optax.apply_updates(params, updates)
     for k, mask in expected[t].items():
       np.testing.assert_array_equal(np.asarray(seven_jax.masks(state)[k]), mask, err_msg=f"{t} {k}")
+
+
+@pytest.mark.parametrize("with_score_from_stats", [True, False])
+def test_next_stat_gives_the_values_of_update(with_score_from_stats):
+  """``score_leaf`` on PLATON's rule (statistics one at a time, ``next_stat``)
+  equals the same rule without ``next_stat`` (``update`` all at once): same
+  statistics and scores in float32, at a closing and a non-closing step."""
+  from seven_jax.engine import score_leaf
+  from seven_jax.scores import ScoreInputs, get_rule
+
+  rule = get_rule("platon")
+  plain = rule._replace(next_stat=None)
+  if not with_score_from_stats:
+    rule = rule._replace(score_from_stats=None)
+  hp = dict(rule.defaults, delta_t=3)
+  rng = np.random.default_rng(0)
+  arr = lambda: jnp.asarray(rng.random((6, 8)).astype(np.float32))
+  for p in (1, 2):  # step 2 closes a window of 3
+    x = ScoreInputs(arr(), arr(), arr(), arr() > 0.3, jnp.int32(p), jnp.bool_(False), 48)
+    stats, score = (arr(), arr(), arr()), arr()
+    got = score_leaf(rule, hp, x, stats, score, resurrect=True)
+    want = score_leaf(plain, hp, x, stats, score, resurrect=True)
+    for a, b in zip(jax.tree.leaves(got), jax.tree.leaves(want), strict=True):
+      np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-6)
