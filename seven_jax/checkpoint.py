@@ -136,6 +136,18 @@ def _is_local(a) -> bool:
   return not isinstance(a, jax.Array) or a.is_fully_addressable or a.is_fully_replicated
 
 
+def _widens(saved, target) -> bool:
+  """A float leaf saved in a narrower float dtype than the target's (bfloat16
+  -> float32: exact), restored by casting: states saved when SEVEN's scores
+  were stored in bfloat16 (``stats_dtype="bfloat16"`` before they stayed
+  float32) resume. Narrowing is still a mismatch."""
+  if "prng_key" in (str(saved), str(target)):
+    return False
+  saved, target = jnp.dtype(saved), jnp.dtype(target)
+  floats = jnp.issubdtype(saved, jnp.floating) and jnp.issubdtype(target, jnp.floating)
+  return floats and saved != target and jnp.promote_types(saved, target) == target
+
+
 def _one_line(e: BaseException, limit: int = 200) -> str:
   text = " ".join(str(e).split()) or "(no message)"
   text = text if len(text) <= limit else text[: limit - 3] + "..."
@@ -435,7 +447,7 @@ class CheckpointManager:
         a = jax.random.wrap_key_data(jnp.asarray(a), impl=meta["impl"])
       elif (
         hasattr(x, "dtype")
-        and np.issubdtype(np.dtype(x.dtype), np.integer)
+        and (np.issubdtype(np.dtype(x.dtype), np.integer) or _widens(meta["dtype"], x.dtype))
         and np.dtype(x.dtype) != np.dtype(meta["dtype"])
       ):
         a = np.asarray(a).astype(x.dtype)
@@ -492,7 +504,8 @@ class CheckpointManager:
         d != "prng_key" and np.issubdtype(np.dtype(d), np.integer)
         for d in (metas[i]["dtype"], tmeta["dtype"])
       )
-      if not (scalar or ints) and metas[i]["dtype"] != tmeta["dtype"]:
+      widens = _widens(metas[i]["dtype"], tmeta["dtype"])
+      if not (scalar or ints or widens) and metas[i]["dtype"] != tmeta["dtype"]:
         raise ValueError(
           f"checkpoint step {step} does not match the target at key "
           f"{tkey!r}: checkpoint dtype {metas[i]['dtype']}, target dtype "

@@ -311,3 +311,30 @@ def test_nnx_model_and_optimizer_state_round_trip(tmp_path):
     if jax.dtypes.issubdtype(a.dtype, jax.dtypes.prng_key):
       a, b = jax.random.key_data(a), jax.random.key_data(b)
     np.testing.assert_array_equal(a, b)
+
+
+def test_bf16_scores_of_an_older_state_restore_into_float32(tmp_path):
+  # Until SEVEN's score stayed float32, stats_dtype="bfloat16" stored it in
+  # bfloat16: such a checkpoint restores into today's state (exact upcast);
+  # a narrowing (float32 saved, bfloat16 target) is still a mismatch.
+  params = {"w": jnp.ones((8, 16))}
+  tx = seven_jax.seven_mask(
+    optax.sgd(0.1), sparsity=0.5, start_step=0, pruning_steps=4, stats_dtype="bfloat16"
+  )
+  state = tx.init(params)
+  _, state = tx.update({"w": jnp.linspace(-1, 1, 128).reshape(8, 16)}, state, params)
+  old = state._replace(scores=jax.tree.map(lambda s: s.astype(jnp.bfloat16), state.scores))
+  mngr = CheckpointManager(tmp_path / "a")
+  mngr.save_now(1, {"opt_state": old})
+  mngr.wait_until_finished()
+  restored = mngr.restore(jax.eval_shape(lambda: {"opt_state": state}))["opt_state"]
+  assert restored.scores["w"].dtype == jnp.float32
+  np.testing.assert_array_equal(
+    np.asarray(restored.scores["w"]), np.asarray(old.scores["w"].astype(jnp.float32))
+  )
+  np.testing.assert_array_equal(np.asarray(restored.grad_ema["w"]), np.asarray(state.grad_ema["w"]))
+  mngr = CheckpointManager(tmp_path / "b")
+  mngr.save_now(1, {"x": jnp.ones(4)})
+  mngr.wait_until_finished()
+  with pytest.raises(ValueError, match="checkpoint dtype float32, target dtype bfloat16"):
+    mngr.restore({"x": jax.ShapeDtypeStruct((4,), jnp.bfloat16)})
