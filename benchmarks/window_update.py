@@ -7,8 +7,10 @@ byte count of the window's loop body.
 
 ``BASE`` (default ``cf0cc3c``) is a commit of this repository; the old side
 is its engine, selection and threshold, on this tree's score rules (an
-engine older than 64cb69e ignores ``ScoreRule.score_from_stats`` and so
-computes the same values the way it did). Whole-step medians on a 2-core
+engine older than 64cb69e ignores ``ScoreRule.score_from_stats``, one older
+than be3c200 ``ScoreRule.next_stat``, and so computes the same values the way
+it did). Rows: adamw; SEVEN in the window (mask every step) and statistics
+only (no selection), in float32 and bfloat16; PLATON's statistics only. Whole-step medians on a 2-core
 machine wander by +-5% between runs; interleaving the two updates in one
 process is what resolves a few milliseconds. ``REP`` sets the rounds
 (default 30).
@@ -128,14 +130,27 @@ for label, module in ((base_commit, old), ("this", en)):
   runners[f"{label} bf16 statistics only"] = B._UpdateRunner(
     seven(module, stats_dtype="bfloat16", update_every=1000), model.params, grads, 0, 40
   )
+  # PLATON's three statistics every step, no selection (an older engine
+  # ignores ScoreRule.next_stat and runs the rule's update, as it did).
+  platon = module.pruning_mask(
+    optax.adamw(2e-5),
+    "platon",
+    sparsity=0.6,
+    start_step=0,
+    pruning_steps=200,
+    prunable=prunable,
+    update_every=1000,
+  )
+  runners[f"{label} platon statistics only"] = B._UpdateRunner(platon, model.params, grads, 0, 40)
 t = B._interleaved(runners, repeats=int(os.environ.get("REP", "30")), warmup=2)
 base = t["adamw"]["median_ms"]
 print(f"{name}: {n:,} prunable weights; update alone, medians of {t['adamw']['repeats']} rounds")
 for k, v in t.items():
   print(
-    f"{k:26s} median {v['median_ms']:7.1f} ms (+{v['median_ms'] - base:6.1f})  min {v['min_ms']:7.1f}"
+    f"{k:30s} median {v['median_ms']:7.1f} ms (+{v['median_ms'] - base:6.1f})  min {v['min_ms']:7.1f}"
   )
-for label in (f"{b} {w}in window" for w in ("", "bf16 ") for b in (base_commit, "this")):
+labels = ["{b} " + w for w in ("in window", "bf16 in window", "platon statistics only")]
+for label in (x.format(b=b) for x in labels for b in (base_commit, "this")):
   r = runners[label]
   upd = jax.jit(lambda g, s, p, tx=r.tx: tx.update(g, s, p), donate_argnums=(0, 1))
   hlo = upd.lower(r.grads, r.state, r.params).compile().as_text()
