@@ -10,10 +10,10 @@ is its engine, selection and threshold, on this tree's score rules (an
 engine older than 64cb69e ignores ``ScoreRule.score_from_stats``, one older
 than be3c200 ``ScoreRule.next_stat``, and so computes the same values the way
 it did). Rows: adamw; SEVEN in the window (mask every step) and statistics
-only (no selection), in float32 and bfloat16; PLATON's statistics only. Whole-step medians on a 2-core
-machine wander by +-5% between runs; interleaving the two updates in one
-process is what resolves a few milliseconds. ``REP`` sets the rounds
-(default 30).
+only (no selection), in float32 and bfloat16; PLATON's statistics only.
+Whole-step medians on a 2-core machine wander by +-5% between runs;
+interleaving the updates in one process is what resolves a few
+milliseconds. ``REP`` sets the rounds (default 30).
 """
 
 import importlib.util as iu
