@@ -88,7 +88,9 @@ def seven(module, **kw):
 def bf16_threshold_passes(threshold_stats, calls=40):
   """Counting passes of the threshold on ``calls`` consecutive in-window
   updates with bfloat16 statistics (this tree's engine and selection, the
-  given ``threshold_stats``): their scores cluster at bfloat16 values."""
+  given ``threshold_stats``). Up to 75f9a00 the engine stored the score in
+  bfloat16 too, and the scores it ranked clustered at bfloat16 values; since
+  then they are float32 sums, as with float32 statistics."""
   from seven_jax import selection
 
   seen, original = [], selection.threshold_stats
