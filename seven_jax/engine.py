@@ -404,9 +404,9 @@ def build_transform(
       return _inner_update(inner, grads, inner_state, params, extra_args, name, lookahead)
 
     # Statistic n of leaf j in the storage dtype (stochastic rounding draws
-    # its bits from the step and this salt). Slot num_stats of each leaf is
-    # the one the scores drew from when they were stored in bfloat16: left
-    # unused, so that m and v keep drawing the bits they drew then.
+    # its bits from the step and this salt). Slot num_stats of each leaf was
+    # the scores' when they were stored in bfloat16; it stays unused (the
+    # statistics keep their salts; renumbering would only change bits).
     def store(j, n, x):
       return storage.store(x, stats_dtype, state.count, (num_stats + 1) * j + n)
 
