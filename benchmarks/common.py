@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+import importlib.util
 import re
 import statistics
+import subprocess
+import sys
+import tempfile
 import time
 from typing import Any, Callable, Optional
 
@@ -124,3 +128,25 @@ def hlo_bytes(hlo: str, computation: Optional[str] = None) -> int:
     args = rest[op.end() : rest.index(")", op.end())]
     total += sizes[name] + sum(sizes.get(a.strip(), 0) for a in args.split(","))
   return total
+
+
+def load_at_commit(commit: str, path: str, name: str, **modules):
+  """Module ``path`` of this repository as of ``commit``, executed as module
+  ``name``; ``modules`` (``{"seven_jax.threshold": m}``) stand in, while it
+  runs, for what it imports from this tree. For A/B benchmarks of an old
+  engine beside the current one in one process."""
+  src = subprocess.run(
+    ["git", "show", f"{commit}:{path}"], capture_output=True, text=True, check=True
+  ).stdout
+  with tempfile.NamedTemporaryFile("w", suffix=".py", delete=False) as f:
+    f.write(src)
+  spec = importlib.util.spec_from_file_location(name, f.name)
+  module = importlib.util.module_from_spec(spec)
+  saved = {k: sys.modules.get(k) for k in modules}
+  sys.modules.update(modules)
+  try:
+    spec.loader.exec_module(module)
+  finally:
+    for k, v in saved.items():
+      sys.modules[k] = v
+  return module

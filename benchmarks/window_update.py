@@ -16,11 +16,8 @@ interleaving the updates in one process is what resolves a few
 milliseconds. ``REP`` sets the rounds (default 30).
 """
 
-import importlib.util as iu
 import os
-import subprocess
 import sys
-import tempfile
 
 os.environ["HF_HUB_OFFLINE"] = "1"
 import jax
@@ -30,30 +27,14 @@ import seven_jax
 import seven_jax.engine as en
 import seven_jax.transform as T
 from benchmarks import bert as B
-from benchmarks.common import entry_while_body, hlo_bytes
+from benchmarks.common import entry_while_body, hlo_bytes, load_at_commit
 
 name = sys.argv[1] if len(sys.argv) > 1 else "minilm"
 base_commit = sys.argv[2] if len(sys.argv) > 2 and not sys.argv[2].startswith("--") else "cf0cc3c"
 
 
-def _load(path, name, **globals_):
-  """``path`` as of ``base_commit``, executed as module ``name`` (``globals_``
-  stand in for what it imported from this tree)."""
-  src = subprocess.run(
-    ["git", "show", f"{base_commit}:{path}"], capture_output=True, text=True, check=True
-  ).stdout
-  with tempfile.NamedTemporaryFile("w", suffix=".py", delete=False) as f:
-    f.write(src)
-  spec = iu.spec_from_file_location(name, f.name)
-  module = iu.module_from_spec(spec)
-  saved = {k: sys.modules.get(k) for k in globals_}
-  sys.modules.update(globals_)
-  try:
-    spec.loader.exec_module(module)
-  finally:
-    for k, v in saved.items():
-      sys.modules[k] = v
-  return module
+def _load(path, name, **modules):
+  return load_at_commit(base_commit, path, name, **modules)
 
 
 # The whole selection path of the base: its threshold, its selection on top
