@@ -2,6 +2,7 @@
 per-leaf budgets, zero-size leaves, float64 scores and ``jax_enable_x64``."""
 
 import os
+import re
 import subprocess
 import sys
 import textwrap
@@ -250,3 +251,36 @@ def test_x64_float32_and_float64_scores():
   )
   assert proc.returncode == 0, proc.stderr[-3000:]
   assert "x64 ok" in proc.stdout
+
+
+def test_no_pass_over_the_new_masks_after_the_tie_cond():
+  # Without resurrection the new masks are and-ed with the old ones. Applied
+  # after the tie-break ``cond`` (which outputs the masks), the ``and`` was a
+  # top-level pass of its own over every mask; inside each branch it fuses
+  # into the comparison that writes the mask. So in the compiled program's
+  # entry computation nothing but the conditional itself (and tuple plumbing)
+  # may produce a leaf-shaped boolean array.
+  from benchmarks.common import _computation
+
+  rng = np.random.default_rng(0)
+  shapes = [(512, 256), (256, 512), (256, 384)]  # > 2**18 scores: the fast path
+  masks = [jnp.asarray(rng.random(s) < 0.8) for s in shapes]
+  scores = [
+    jnp.where(m, jnp.asarray(rng.random(s), jnp.float32), 0.0) for m, s in zip(masks, shapes)
+  ]
+
+  def select(s, m):
+    return selection.select_masks(s, m, 0.5, pruned_filled=True)
+
+  hlo = jax.jit(select).lower(scores, masks).compile().as_text()
+  got = jax.jit(select)(scores, masks)
+  flat = np.concatenate([np.asarray(s).ravel() for s in scores])
+  assert sum(int(g.sum()) for g in got) == int(0.5 * flat.size)  # exact k (distinct scores)
+  leaf_preds = {f"pred[{','.join(map(str, s))}]" for s in shapes}
+  offenders = []
+  for line in _computation(hlo, None).split("\n")[1:]:
+    m = re.match(r"\s*(?:ROOT )?%\S+ = (\S+) (\S+?)\(", line)
+    if m and m.group(1).split("{")[0] in leaf_preds:
+      if m.group(2) not in ("get-tuple-element", "parameter"):
+        offenders.append(line.strip()[:160])
+  assert not offenders, offenders
