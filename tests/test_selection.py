@@ -147,13 +147,10 @@ def test_pruned_filled_scores_skip_the_masking_and_select_the_same(signed):
     high = [np.where(m, x, np.float32(1e6)) for x, m in zip(filled, masks)]
     k = _k(0.2, total)
     for flag, kept in ((True, lambda n: n < k), (False, lambda n: n == k)):
-      got = selection.select_masks(
-        [jnp.asarray(x) for x in high],
-        [jnp.asarray(m) for m in masks],
-        0.2,
-        signed=signed,
-        pruned_filled=flag,
-      )
+      # Jitted: op by op, the search's many small ops took ~20 s per case.
+      got = jax.jit(
+        lambda s, m, flag=flag: selection.select_masks(s, m, 0.2, signed=signed, pruned_filled=flag)
+      )([jnp.asarray(x) for x in high], [jnp.asarray(m) for m in masks])
       assert kept(sum(int(np.sum(np.asarray(g))) for g in got)), (shapes, flag)
 
 
