@@ -16,6 +16,7 @@ interleaving the updates in one process is what resolves a few
 milliseconds. ``REP`` sets the rounds (default 30).
 """
 
+import functools
 import os
 import sys
 
@@ -33,8 +34,7 @@ name = sys.argv[1] if len(sys.argv) > 1 else "minilm"
 base_commit = sys.argv[2] if len(sys.argv) > 2 and not sys.argv[2].startswith("--") else "cf0cc3c"
 
 
-def _load(path, name, **modules):
-  return load_at_commit(base_commit, path, name, **modules)
+_load = functools.partial(load_at_commit, base_commit)
 
 
 # The whole selection path of the base: its threshold, its selection on top

@@ -181,39 +181,42 @@ def select_masks(
     fill = LOWEST_SCORE if signed else np.float32(0.0)
     scores = [jnp.where(m, s, fill) for s, m in zip(scores, masks)]
   tau = jnp.float32(jnp.nan)
+  # Without resurrection every path ands its new masks with the old ones
+  # where it writes them (the budget paths inside their tie ``cond``, where
+  # the ``and`` fuses into the comparison instead of being a pass of its own).
+  restrict = _and_with if not resurrect else lambda kept, masks: list(kept)
   if threshold is not None:
-    kept = [s > threshold for s in scores]
+    kept = restrict([s > threshold for s in scores], masks)
     tau = jnp.asarray(threshold, jnp.float32)
   elif nm is not None:
     n, m = nm
     n_keep = n if nm_keep is None else nm_keep
-    kept = [nm_masks(s, mk, n_keep, m) for s, mk in zip(scores, masks)]
+    kept = restrict([nm_masks(s, mk, n_keep, m) for s, mk in zip(scores, masks)], masks)
   elif scope == "global":
-    kept, tau = _budget_masks(scores, masks, keep_ratio, ties, hint, barriers, not resurrect)
+    kept, tau = _budget_masks(scores, masks, keep_ratio, ties, hint, barriers, restrict)
   else:
     kept, taus = [], []
     hints = [None] * len(scores) if hint is None else jnp.asarray(hint, jnp.float32).reshape(-1)
     for i, (s, mk) in enumerate(zip(scores, masks)):
-      leaf_kept, leaf_tau = _budget_masks(
-        [s], [mk], keep_ratio, ties, hints[i], barriers, not resurrect
-      )
+      leaf_kept, leaf_tau = _budget_masks([s], [mk], keep_ratio, ties, hints[i], barriers, restrict)
       kept.append(leaf_kept[0])
       taus.append(leaf_tau)
     tau = jnp.stack(taus) if taus else jnp.zeros((0,), jnp.float32)
-  if not resurrect and (threshold is not None or nm is not None):
-    # (The budget paths restrict their masks themselves, inside their branches.)
-    kept = [k & m for k, m in zip(kept, masks)]
   return (kept, tau) if return_threshold else kept
+
+
+def _and_with(kept, masks) -> list:
+  return [k & m for k, m in zip(kept, masks)]
 
 
 def _budget_masks(scores, masks, keep_ratio, ties, hint, barriers, restrict):
   """Masks of the global top-``floor(r D)`` of ``scores`` and the threshold.
 
   Zero-size leaves take no part (their masks stay empty); with no scores at
-  all the threshold is ``+inf``. With ``restrict`` the masks are also and-ed
-  with ``masks`` (no resurrection), inside each branch of the tie ``cond``:
-  after it, the ``and`` was a pass of its own over every mask (~0.8 ms at
-  MiniLM size), inside it fuses into the comparison that writes the mask.
+  all the threshold is ``+inf``. ``restrict(kept, masks)`` is applied inside
+  each branch of the tie ``cond`` (no resurrection: :func:`_and_with`): after
+  it, the ``and`` was a pass of its own over every mask (~0.8 ms at MiniLM
+  size), inside it fuses into the comparison that writes the mask.
   """
   total = int(sum(int(np.prod(s.shape)) for s in scores))
   live = [i for i, s in enumerate(scores) if int(np.prod(s.shape))]
@@ -225,7 +228,7 @@ def _budget_masks(scores, masks, keep_ratio, ties, hint, barriers, restrict):
   st = threshold_stats(live_scores, k, hint=hint, barriers=barriers)
 
   live_masks = [jnp.asarray(masks[i], jnp.bool_) for i in live]
-  within = (lambda ms: [x & m for x, m in zip(ms, live_masks)]) if restrict else (lambda ms: ms)
+  within = lambda ms: restrict(ms, live_masks)
 
   def plain():
     return within([s >= st.tau for s in live_scores])

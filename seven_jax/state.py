@@ -245,8 +245,9 @@ def freeze(opt_state: Any) -> Any:
 
   After the pruning window the masks never change, yet ``seven_mask`` (and
   every ``pruning_mask``) still holds its statistics and scores, 12 bytes
-  per prunable weight (8 with bfloat16 statistics), in memory and in checkpoints (the step itself skips them: the
-  window's work is a loop of 0 trips then). Freezing keeps the masks, the
+  per prunable weight (8 with bfloat16 statistics), in memory and in
+  checkpoints (the step itself skips them: the window's work is a loop of 0
+  trips then). Freezing keeps the masks, the
   step count and the inner optimizer's state (so Adam's moments carry on)
   and drops the rest; continue with :func:`seven_jax.fixed_mask` in the same
   place of the optimizer, which gives the same updates (up to float
