@@ -35,7 +35,7 @@ threshold reports more than ``k`` scores ``>= tau``.
 
 from __future__ import annotations
 
-from typing import Optional, Sequence
+from typing import NamedTuple, Optional, Sequence
 
 import jax
 import jax.numpy as jnp
@@ -54,6 +54,10 @@ __all__ = [
   "TIES",
   "LOWEST_SCORE",
   "exact_topk_masks",
+  "exact_topk_cut",
+  "cut_masks",
+  "keep_every_tie",
+  "TieCut",
 ]
 
 SCOPES = ("global", "per_leaf")
@@ -228,19 +232,20 @@ def _budget_masks(scores, masks, keep_ratio, ties, hint, barriers, restrict):
   st = threshold_stats(live_scores, k, hint=hint, barriers=barriers)
 
   live_masks = [jnp.asarray(masks[i], jnp.bool_) for i in live]
-  within = lambda ms: restrict(ms, live_masks)
-
-  def plain():
-    return within([s >= st.tau for s in live_scores])
-
   if ties == "keep_all":
-    live_kept = plain()
+    live_kept = restrict([s >= st.tau for s in live_scores], live_masks)
   else:
-    live_kept = lax.cond(
+    # Only the cut (a few scalars) depends on the tie cond; the masks are
+    # one pass after it. Masks written inside a cond's branches lived in a
+    # temporary buffer and were copied into the state afterwards: on CPU
+    # that buffer is fresh memory on every call (page faults: ~2,600 per
+    # update at MiniLM size, ~10 ms of kernel time) plus the copy.
+    cut = lax.cond(
       st.kept == k,
-      plain,
-      lambda: within(exact_topk_masks(live_scores, live_masks, st.tau, k)),
+      lambda: keep_every_tie(len(live_scores)),
+      lambda: exact_topk_cut(live_scores, live_masks, st.tau, k),
     )
+    live_kept = restrict(cut_masks(live_scores, live_masks, st.tau, cut), live_masks)
   for i, x in zip(live, live_kept):
     kept[i] = x
   return kept, st.tau
@@ -253,33 +258,53 @@ def _as_rows(x):
   return x.reshape(int(np.prod(shape[:-1])) if len(shape) > 1 else 1, cols)
 
 
+class TieCut(NamedTuple):
+  """Which of the scores tied with ``tau`` an exact top-k keeps.
+
+  The ties of one class (``in_pref``: preferred, else the others) are kept
+  in leaf order, then row-major order, up to row-major position ``last[i]``
+  of leaf ``i`` (-1: none of that leaf); every tie of the preferred class is
+  kept when the cut falls in the other class, none of the other class when
+  it falls in the preferred one."""
+
+  in_pref: jax.Array
+  last: jax.Array
+
+
+def keep_every_tie(num_leaves: int) -> TieCut:
+  """The cut that keeps every score ``>= tau``."""
+  return TieCut(jnp.bool_(False), jnp.full((num_leaves,), np.iinfo(np.int32).max, jnp.int32))
+
+
 def exact_topk_masks(scores, prefer, tau, k) -> list[jax.Array]:
   """Exactly ``k`` weights: every score ``> tau`` and the first of the scores
   ``== tau`` in the tie order (``prefer`` first, then lower row-major index,
   leaves in the given order).
 
   ``tau`` must be the k-th largest score (as :func:`threshold_stats` returns
-  it when it reports more than ``k`` scores ``>= tau``). One pass computes
-  per-row counts of the scores above ``tau`` and of the ties (preferred or
-  not); a cumulative sum over those few row counts finds the row where the
-  budget runs out, and one row per leaf is read to find the column. The
-  masks are then one fused elementwise pass. Every step is a reduction, a
-  one-row gather or elementwise, so it stays sharding-friendly.
+  it when it reports more than ``k`` scores ``>= tau``): see
+  :func:`exact_topk_cut` and :func:`cut_masks`.
+  """
+  return cut_masks(scores, prefer, tau, exact_topk_cut(scores, prefer, tau, k))
+
+
+def exact_topk_cut(scores, prefer, tau, k) -> TieCut:
+  """The :class:`TieCut` of an exact top-``k`` at the k-th largest ``tau``.
+
+  One pass computes per-row counts of the scores above ``tau`` and of the
+  ties (preferred or not); a cumulative sum over those few row counts finds
+  the row where the budget runs out, and one row per leaf is read to find
+  the column. Every step is a reduction or a one-row gather, so it stays
+  sharding-friendly.
   """
   scores = [jnp.asarray(s) for s in scores]
   prefer = [jnp.asarray(p, jnp.bool_) for p in prefer]
-
-  def run(args):
-    return _exact_topk(*args)
-
-  # Under explicit sharding the masks keep the scores' partition specs.
-  specs = [getattr(jax.typeof(s).sharding, "spec", None) for s in scores]
-  specs = [jax.sharding.PartitionSpec() if x is None else x for x in specs]
   args = (scores, prefer, jnp.asarray(tau, jnp.float32), jnp.asarray(k, jnp.int32))
-  return run_in_auto_axes(run, args, specs)
+  out = (jax.sharding.PartitionSpec(), jax.sharding.PartitionSpec())
+  return TieCut(*run_in_auto_axes(lambda a: tuple(_exact_topk_cut(*a)), args, out))
 
 
-def _exact_topk(scores, prefer, tau, k):
+def _exact_topk_cut(scores, prefer, tau, k) -> TieCut:
   views = [_as_rows(s) for s in scores]
   pviews = [_as_rows(p) for p in prefer]
   one, zero = np.float32(1), np.float32(0)
@@ -305,28 +330,42 @@ def _exact_topk(scores, prefer, tau, k):
   # n == 0: nothing of that class is kept.
   leaf_of_g = jnp.where(n > 0, leaf_of_g, -1)
   row_of_g = g - jnp.asarray(offsets[:-1], jnp.int32)[jnp.clip(leaf_of_g, 0, len(views) - 1)]
-  cols_of_g = []
+  last = []
   for i, (v, p) in enumerate(zip(views, pviews)):
     r = jnp.clip(g - int(offsets[i]), 0, v.shape[0] - 1)[None]
     row = jnp.take(v, r, axis=0, mode="clip")[0]
     prow = jnp.take(p, r, axis=0, mode="clip")[0]
     x = (row == tau) & jnp.where(in_pref, prow, ~prow)
     c = jnp.cumsum(x.astype(jnp.int32), dtype=jnp.int32)
-    cols_of_g.append(jnp.argmax(c >= n_in_row).astype(jnp.int32))
-  col_of_g = jnp.stack(cols_of_g)[jnp.clip(leaf_of_g, 0, len(views) - 1)]
+    col = jnp.argmax(c >= n_in_row).astype(jnp.int32)
+    # Leaves before the cut keep every tie of the class, after it none.
+    whole = np.int32(np.iinfo(np.int32).max)
+    at = row_of_g * np.int32(v.shape[1]) + col
+    last.append(jnp.where(i < leaf_of_g, whole, jnp.where(i == leaf_of_g, at, np.int32(-1))))
+  return TieCut(in_pref, jnp.stack(last))
 
+
+def cut_masks(scores, prefer, tau, cut: TieCut) -> list[jax.Array]:
+  """Every score ``> tau`` and the ties ``== tau`` that ``cut`` keeps: one
+  elementwise pass per leaf (row-major positions from iotas); under
+  explicit sharding the masks keep the scores' partition specs."""
+  scores = [jnp.asarray(s) for s in scores]
+  prefer = [jnp.asarray(p, jnp.bool_) for p in prefer]
+  specs = [getattr(jax.typeof(s).sharding, "spec", None) for s in scores]
+  specs = [jax.sharding.PartitionSpec() if x is None else x for x in specs]
+  args = (scores, prefer, jnp.asarray(tau, jnp.float32), cut)
+  return run_in_auto_axes(lambda a: _cut_masks(*a), args, specs)
+
+
+def _cut_masks(scores, prefer, tau, cut: TieCut) -> list[jax.Array]:
   out = []
-  for i, (s, v, p) in enumerate(zip(scores, views, pviews)):
+  for i, (s, p) in enumerate(zip(scores, prefer)):
+    v, pv = _as_rows(s), _as_rows(p)
     rows = lax.broadcasted_iota(jnp.int32, v.shape, 0)
     cols = lax.broadcasted_iota(jnp.int32, v.shape, 1)
-    first = (i < leaf_of_g) | (
-      (i == leaf_of_g) & ((rows < row_of_g) | ((rows == row_of_g) & (cols <= col_of_g)))
-    )
-    tie = v == tau
-    keep_pref = jnp.where(in_pref, first, True)
-    keep_rest = jnp.where(in_pref, False, first)
-    kept = (v > tau) | (tie & p & keep_pref) | (tie & ~p & keep_rest)
-    out.append(kept.reshape(s.shape))
+    first = rows * np.int32(v.shape[1]) + cols <= cut.last[i]
+    keep_tie = jnp.where(pv, jnp.where(cut.in_pref, first, True), ~cut.in_pref & first)
+    out.append(((v > tau) | ((v == tau) & keep_tie)).reshape(s.shape))
   return out
 
 
