@@ -282,6 +282,34 @@ def test_fast_path_no_fallback_on_heavy_tailed_scores(seed):
   )
 
 
+def test_sample_counts_are_exact_at_every_key():
+  # Independent reference: numpy's count of the keys above. Canonical values
+  # of every sign and magnitude (0, TINY, the float32 extremes, runs of ties),
+  # probed at their own keys, their neighbours and both ends of the key range.
+  rng = np.random.default_rng(3)
+  x = np.concatenate(
+    [
+      rng.standard_normal(70_000) * np.exp(8.0 * rng.standard_normal(70_000)),
+      np.zeros(5_000),
+      np.full(3_000, 1e-30),
+      np.full(3_000, -1e-30),
+      [np.finfo(np.float32).max, -np.finfo(np.float32).max, 2.5, 2.5, 2.5],
+    ]
+  ).astype(np.float32)
+  values = th.canonicalize_scores(jnp.asarray(x))
+  keys = np.asarray(th._to_key(values))
+  probes = np.concatenate(
+    [
+      keys[rng.integers(0, keys.size, 60)],
+      [0, 1, -1, th._MAX_KEY, -th._MAX_KEY, th._MAX_KEY + 1, -th._MAX_KEY - 1],
+    ]
+  ).astype(np.int32)
+  probes = np.concatenate([probes, probes + 1, probes - 1]).clip(-th._MAX_KEY - 1, th._MAX_KEY + 1)
+  got = jax.jit(jax.vmap(lambda k: th._count_above(values, k)))(jnp.asarray(probes))
+  want = (keys[None, :] > probes[:, None]).sum(axis=1)
+  np.testing.assert_array_equal(np.asarray(got), want.astype(np.float32))
+
+
 @pytest.mark.parametrize("dist", ["uniform", "heavy"])
 def test_sample_quantile_by_counting_matches_the_sorted_sample(dist):
   # Independent reference: the sorted sample itself. The counted read must
@@ -293,10 +321,11 @@ def test_sample_quantile_by_counting_matches_the_sorted_sample(dist):
     if dist == "uniform"
     else np.abs(rng.standard_normal(n) * np.exp(2.0 * rng.standard_normal(n)))
   )
-  sample = th._to_key(jnp.asarray(x.astype(np.float32)))
+  values = jnp.asarray(x.astype(np.float32))
+  sample = th._to_key(values)
   stride = n // (1 << 14)
   sub = jnp.sort(sample[::stride])[::-1]
-  read = jax.jit(lambda j: th._sample_quantile(sample, sub, stride, j))
+  read = jax.jit(lambda j: th._sample_quantile(sample, values, sub, stride, j))
   for j in [0.0, 3.0, 0.1 * n, 0.4 * n + 0.3, 0.5 * n, 0.9 * n, n - 5.0]:
     rank = int(jnp.sum(sample > read(jnp.float32(j))))
     assert abs(rank - (j + 0.5)) <= 2.5, (dist, j, rank)
