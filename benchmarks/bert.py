@@ -9,6 +9,7 @@ pooler kernel; embeddings, biases, LayerNorms and the classifier are not.
 from __future__ import annotations
 
 import os
+import resource
 import statistics
 import time
 
@@ -199,15 +200,18 @@ def _interleaved(runners: dict, *, repeats: int, warmup: int, periods: dict | No
     for _ in range(warmup):
       jax.block_until_ready(run())
   times = {name: [] for name in runners}
+  faults = {name: [] for name in runners}
   for i in range(max(counts.values())):
     for name, run in runners.items():
       if i >= counts[name]:
         continue
       if hasattr(run, "prepare"):  # inputs the call donates, made untimed
         jax.block_until_ready(run.prepare())
+      f0 = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
       t0 = time.perf_counter()
       jax.block_until_ready(run())
       times[name].append((time.perf_counter() - t0) * 1e3)
+      faults[name].append(resource.getrusage(resource.RUSAGE_SELF).ru_minflt - f0)
   return {
     name: {
       "median_ms": statistics.median(v),
@@ -215,6 +219,9 @@ def _interleaved(runners: dict, *, repeats: int, warmup: int, periods: dict | No
       "min_ms": min(v),
       "max_ms": max(v),
       "repeats": len(v),
+      # Page faults of the process during the call (XLA:CPU maps a fresh
+      # temporary buffer per call, so every temporary page touched faults).
+      "minor_faults": statistics.median(faults[name]),
     }
     for name, v in times.items()
   }

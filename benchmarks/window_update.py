@@ -13,7 +13,9 @@ it did). Rows: adamw; SEVEN in the window (mask every step) and statistics
 only (no selection), in float32 and bfloat16; PLATON's statistics only.
 Whole-step medians on a 2-core machine wander by +-5% between runs;
 interleaving the updates in one process is what resolves a few
-milliseconds. ``REP`` sets the rounds (default 30).
+milliseconds. The minor page faults of each call are its median ``ru_minflt``
+delta (XLA:CPU maps a fresh temporary buffer per call, so every temporary
+page the call touches faults). ``REP`` sets the rounds (default 30).
 """
 
 import functools
@@ -131,6 +133,7 @@ print(f"{name}: {n:,} prunable weights; update alone, medians of {t['adamw']['re
 for k, v in t.items():
   print(
     f"{k:30s} median {v['median_ms']:7.1f} ms (+{v['median_ms'] - base:6.1f})  min {v['min_ms']:7.1f}"
+    f"  minor faults/call {v['minor_faults']:7.0f}"
   )
 labels = ["{b} " + w for w in ("in window", "bf16 in window", "platon statistics only")]
 for label in (x.format(b=b) for x in labels for b in (base_commit, "this")):
