@@ -100,6 +100,27 @@ def test_canonicalize_removes_nan_and_inf():
   np.testing.assert_array_equal(np.asarray(x)[[0, 3, 4]], [0.0, 0.0, 2.0])
 
 
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_canonicalize_matches_nan_to_num_then_the_tiny_test_bit_for_bit(dtype):
+  # Independent reference: numpy's nan_to_num, then values below 1e-30 in
+  # magnitude to +0, compared as bits (so -0.0 vs +0.0 counts), eager and jitted.
+  rng = np.random.default_rng(5)
+  special = [np.nan, -np.nan, np.inf, -np.inf, 0.0, -0.0, 1e-30, -1e-30, 9.9e-31, -9.9e-31]
+  special += [3.4028235e38, -3.4028235e38, 1e-45, -1e-45, 1.0, -2.5]
+  if dtype == np.float64:
+    special += [1e39, -1e300, 1e-40]
+  x = np.concatenate([special, rng.standard_normal(4000) * np.exp(30 * rng.standard_normal(4000))])
+  x = x.astype(dtype)
+  ref = np.nan_to_num(
+    x.astype(np.float32), nan=0.0, posinf=np.finfo(np.float32).max, neginf=-np.finfo(np.float32).max
+  )
+  ref = np.where(np.abs(ref) >= np.float32(1e-30), ref, np.float32(0.0)).astype(np.float32)
+  for fn in (th.canonicalize_scores, jax.jit(th.canonicalize_scores)):
+    got = np.asarray(fn(jnp.asarray(x)))
+    assert got.dtype == np.float32
+    np.testing.assert_array_equal(got.view(np.int32), ref.view(np.int32))
+
+
 def test_large_leaf_counts_beyond_float32_integer_range():
   # 2**24 + 10 entries: partial sums must stay exact.
   n = (1 << 24) + 10
