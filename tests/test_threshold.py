@@ -126,6 +126,9 @@ def test_large_leaf_counts_beyond_float32_integer_range():
   n = (1 << 24) + 10
   x = jnp.ones((n,), jnp.float32)
   assert int(th._count_greater([x], jnp.float32(0.5))) == n
+  # The sample's count at this size takes the blocked path (int32 counts, then
+  # float32: n is even, so exactly representable).
+  assert int(jax.jit(th._count_above)(x, th._to_key(jnp.float32(0.5)))) == n
 
 
 # The four-probe fast path normally starts at 2**18 scores; these tests force
