@@ -43,7 +43,13 @@ import numpy as np
 from jax import lax
 
 from seven_jax import schedules
-from seven_jax.threshold import canonicalize_scores, run_in_auto_axes, threshold_stats
+from seven_jax.threshold import (
+  canonicalize_scores,
+  count_greater,
+  row_counts_equal,
+  run_in_auto_axes,
+  threshold_stats,
+)
 
 __all__ = [
   "parse_pattern",
@@ -243,7 +249,7 @@ def _budget_masks(scores, masks, keep_ratio, ties, hint, barriers, restrict):
     cut = lax.cond(
       st.kept == k,
       lambda: keep_every_tie(len(live_scores)),
-      lambda: exact_topk_cut(live_scores, live_masks, st.tau, k),
+      lambda: exact_topk_cut(live_scores, live_masks, st.tau, k, kept=st.kept, barriers=barriers),
     )
     live_kept = restrict(cut_masks(live_scores, live_masks, st.tau, cut), live_masks)
   for i, x in zip(live, live_kept):
@@ -276,7 +282,7 @@ def keep_every_tie(num_leaves: int) -> TieCut:
   return TieCut(jnp.bool_(False), jnp.full((num_leaves,), np.iinfo(np.int32).max, jnp.int32))
 
 
-def exact_topk_masks(scores, prefer, tau, k) -> list[jax.Array]:
+def exact_topk_masks(scores, prefer, tau, k, *, kept=None, barriers=None) -> list[jax.Array]:
   """Exactly ``k`` weights: every score ``> tau`` and the first of the scores
   ``== tau`` in the tie order (``prefer`` first, then lower row-major index,
   leaves in the given order).
@@ -285,26 +291,40 @@ def exact_topk_masks(scores, prefer, tau, k) -> list[jax.Array]:
   it when it reports more than ``k`` scores ``>= tau``): see
   :func:`exact_topk_cut` and :func:`cut_masks`.
   """
-  return cut_masks(scores, prefer, tau, exact_topk_cut(scores, prefer, tau, k))
+  cut = exact_topk_cut(scores, prefer, tau, k, kept=kept, barriers=barriers)
+  return cut_masks(scores, prefer, tau, cut)
 
 
-def exact_topk_cut(scores, prefer, tau, k) -> TieCut:
+def exact_topk_cut(scores, prefer, tau, k, *, kept=None, barriers=None) -> TieCut:
   """The :class:`TieCut` of an exact top-``k`` at the k-th largest ``tau``.
 
-  One pass computes per-row counts of the scores above ``tau`` and of the
-  ties (preferred or not); a cumulative sum over those few row counts finds
-  the row where the budget runs out, and one row per leaf is read to find
-  the column. Every step is a reduction or a one-row gather, so it stays
+  One fused pass counts the ties ``== tau`` of every row (float indicators,
+  :func:`seven_jax.threshold.row_counts_equal`); only leaves that hold a tie
+  read their ``prefer`` mask to split them by class (a ``lax.cond`` per
+  leaf: on XLA's CPU backend a count that reads a boolean array materialises
+  a score-sized temporary first). ``kept``, the number of scores ``>= tau``
+  if known (:class:`seven_jax.threshold.ThresholdStats`; ``-1`` or ``None``
+  for unknown), saves the pass that counts the scores above ``tau``. A
+  cumulative sum over the row counts then finds the row where the budget
+  runs out, and one row per leaf is read to find the column. Every step is a
+  reduction, a one-row gather or a conditional, so it stays
   sharding-friendly.
+
+  At MiniLM size (10.8M scores, one tie at the k-th value) this took 72 ms
+  when the three row counts (above, preferred ties, other ties) each
+  materialised a compare-and-select of every score (``python -m
+  benchmarks.selection_update minilm``).
   """
   scores = [jnp.asarray(s) for s in scores]
   prefer = [jnp.asarray(p, jnp.bool_) for p in prefer]
-  args = (scores, prefer, jnp.asarray(tau, jnp.float32), jnp.asarray(k, jnp.int32))
+  kept = jnp.int32(-1) if kept is None else jnp.asarray(kept, jnp.int32)
+  args = (scores, prefer, jnp.asarray(tau, jnp.float32), jnp.asarray(k, jnp.int32), kept)
   out = (jax.sharding.PartitionSpec(), jax.sharding.PartitionSpec())
-  return TieCut(*run_in_auto_axes(lambda a: tuple(_exact_topk_cut(*a)), args, out))
+  cut = lambda a: tuple(_exact_topk_cut(*a, barriers=barriers))
+  return TieCut(*run_in_auto_axes(cut, args, out))
 
 
-def _exact_topk_cut(scores, prefer, tau, k) -> TieCut:
+def _exact_topk_cut(scores, prefer, tau, k, kept, *, barriers) -> TieCut:
   views = [_as_rows(s) for s in scores]
   pviews = [_as_rows(p) for p in prefer]
   one, zero = np.float32(1), np.float32(0)
@@ -312,10 +332,24 @@ def _exact_topk_cut(scores, prefer, tau, k) -> TieCut:
   def row_count(x):  # float32 per-row sums: exact (rows are < 2**24 long)
     return jnp.sum(jnp.where(x, one, zero), axis=1).astype(jnp.int32)
 
-  above = [row_count(v > tau) for v in views]
-  tie_pref = [row_count((v == tau) & p) for v, p in zip(views, pviews)]
-  tie_rest = [row_count((v == tau) & ~p) for v, p in zip(views, pviews)]
-  n_above = sum(jnp.sum(a, dtype=jnp.int32) for a in above)
+  ties = [row_counts_equal(v, tau, barriers=barriers) for v in views]
+
+  def preferred(v, p, t):
+    return lax.cond(
+      jnp.sum(t, dtype=jnp.int32) > 0,
+      lambda: row_count((v == tau) & p),
+      lambda: jnp.zeros_like(t),
+    )
+
+  tie_pref = [preferred(v, p, t) for v, p, t in zip(views, pviews, ties)]
+  tie_rest = [t - tp for t, tp in zip(ties, tie_pref)]
+  n_ties = sum(jnp.sum(t, dtype=jnp.int32) for t in ties)
+  # kept = #{s >= tau} = n_above + n_ties when the search knows it.
+  n_above = lax.cond(
+    kept >= 0,
+    lambda: kept - n_ties,
+    lambda: count_greater(scores, tau, barriers=barriers),
+  )
   n_pref = sum(jnp.sum(t, dtype=jnp.int32) for t in tie_pref)
   need = jnp.clip(k - n_above, 0, None)
   # Which tie class the budget runs out in, and how many of it to keep.

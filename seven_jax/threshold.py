@@ -93,6 +93,8 @@ __all__ = [
   "threshold_stats",
   "ThresholdStats",
   "USE_BARRIERS",
+  "count_greater",
+  "row_counts_equal",
 ]
 
 TINY = np.float32(1e-30)
@@ -296,6 +298,35 @@ def _count_greater(
     per_column = _column_sums(_indicator(leaves[b.leaf], b, u, barriers))
     total = total + _isum(per_column.astype(jnp.int32))
   return total
+
+
+def count_greater(leaves: Sequence[jax.Array], u, *, barriers: bool | None = None) -> jax.Array:
+  """Exact ``#{s > u}`` over canonical float32 ``leaves`` (int32), one fused
+  pass: the counting pass of the threshold search."""
+  barriers = _default_barriers() if barriers is None else bool(barriers)
+  return _count_greater(list(leaves), jnp.asarray(u, jnp.float32), barriers)
+
+
+def row_counts_equal(rows: jax.Array, value, *, barriers: bool | None = None) -> jax.Array:
+  """Per-row ``#{s == value}`` (int32) of a canonical float32 ``(rows, columns)``
+  array, for a canonical ``value``; rows shorter than ``2**24``.
+
+  Canonical values that differ do so by at least ``2**-123`` (the spacing of
+  floats at :data:`TINY`), so ``min(|s - value| * 2**123, 1)`` is exactly 0
+  for ties and 1 otherwise, and a row holds ``columns`` minus its sum: float
+  arithmetic that fuses into the row sums (one pass). A compare-and-select
+  indicator (``where(s == value, 1, 0)``) is materialised before its sum on
+  XLA's CPU backend: a score-sized temporary written and read again.
+  """
+  value = jnp.asarray(value, jnp.float32)
+  consts = (_PER_UNIT, np.float32(1))
+  if barriers is None:
+    barriers = _default_barriers()
+  if barriers:  # as in _indicator: no shared materialised broadcasts
+    rows, value, consts = lax.optimization_barrier((rows, value, consts))
+  scale, one = consts
+  differ = jnp.sum(jnp.minimum(jnp.abs(rows - value) * scale, one), axis=1)
+  return np.int32(rows.shape[1]) - differ.astype(jnp.int32)
 
 
 def _count_at_least(leaves, key, barriers=True, group=_GROUP) -> jax.Array:

@@ -86,6 +86,24 @@ def test_indicator_counts_are_exact_at_the_edges_of_the_float_range():
     assert got == int(np.sum(np.asarray(x) > np.float32(u))), u
 
 
+@pytest.mark.parametrize("barriers", [True, False])
+def test_row_counts_equal_are_exact_at_the_edges_of_the_float_range(barriers):
+  # Neighbouring canonical values (2**-123 apart at TINY), both signs, zero,
+  # the largest floats, and values +-inf: ties counted per row, exactly.
+  edge = np.array(
+    [0.0, 1e-30, -1e-30, np.nextafter(np.float32(1e-30), np.float32(1)), 3.0e38, -3.0e38, 1.0],
+    np.float32,
+  )
+  edge = np.append(edge, np.finfo(np.float32).max).astype(np.float32)
+  rng = np.random.default_rng(3)
+  rows = rng.choice(edge, size=(64, 37)).astype(np.float32)
+  count = jax.jit(lambda r, v: th.row_counts_equal(r, v, barriers=barriers))
+  for v in list(edge) + [np.float32(np.inf), np.float32(-np.inf), np.float32(2.0)]:
+    got = np.asarray(count(jnp.asarray(rows), jnp.float32(v)))
+    assert got.dtype == np.int32
+    np.testing.assert_array_equal(got, np.sum(rows == v, axis=1), err_msg=str(v))
+
+
 def test_keys_are_order_preserving_and_invertible():
   values = np.array([-3e38, -1.0, -1e-30, 0.0, 1e-30, 2e-30, 1.0, 3e38], np.float32)
   keys = np.asarray(th._to_key(jnp.asarray(values)))
