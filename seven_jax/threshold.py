@@ -303,8 +303,7 @@ def _count_greater(
 def count_greater(leaves: Sequence[jax.Array], u, *, barriers: bool | None = None) -> jax.Array:
   """Exact ``#{s > u}`` over canonical float32 ``leaves`` (int32), one fused
   pass: the counting pass of the threshold search."""
-  barriers = _default_barriers() if barriers is None else bool(barriers)
-  return _count_greater(list(leaves), jnp.asarray(u, jnp.float32), barriers)
+  return _count_greater(list(leaves), jnp.asarray(u, jnp.float32), _barriers(barriers))
 
 
 def row_counts_equal(rows: jax.Array, value, *, barriers: bool | None = None) -> jax.Array:
@@ -320,9 +319,7 @@ def row_counts_equal(rows: jax.Array, value, *, barriers: bool | None = None) ->
   """
   value = jnp.asarray(value, jnp.float32)
   consts = (_PER_UNIT, np.float32(1))
-  if barriers is None:
-    barriers = _default_barriers()
-  if barriers:  # as in _indicator: no shared materialised broadcasts
+  if _barriers(barriers):  # as in _indicator: no shared materialised broadcasts
     rows, value, consts = lax.optimization_barrier((rows, value, consts))
   scale, one = consts
   differ = jnp.sum(jnp.minimum(jnp.abs(rows - value) * scale, one), axis=1)
@@ -429,7 +426,11 @@ def threshold_and_passes(leaves, k, **kwargs) -> tuple[jax.Array, jax.Array]:
   return st.tau, st.passes
 
 
-def _default_barriers() -> bool:
+def _barriers(barriers: bool | None) -> bool:
+  """``barriers`` itself, or (``None``) :data:`USE_BARRIERS`, whose ``None``
+  means "on for the CPU backend"."""
+  if barriers is not None:
+    return bool(barriers)
   if USE_BARRIERS is not None:
     return bool(USE_BARRIERS)
   return jax.default_backend() == "cpu"
@@ -496,7 +497,7 @@ def threshold_stats(
     raise ValueError("kth_largest_threshold needs at least one score (all leaves are empty).")
   if total >= 2**31:
     raise ValueError(f"kth_largest_threshold supports fewer than 2**31 scores, got {total}.")
-  barriers = _default_barriers() if barriers is None else bool(barriers)
+  barriers = _barriers(barriers)
   k = jnp.clip(jnp.asarray(k).astype(jnp.int32), 0, total)
   if hint is not None:
     hint = jnp.asarray(hint, jnp.float32)
