@@ -5,13 +5,14 @@ beside it), interleaved.
     python -m benchmarks.selection_update minilm [BASE]   # from the repository root
 
 The scores and masks are those of SEVEN's state after 42 in-window updates
-of a MiniLM-size BERT on one real batch's gradient (pruned weights score 0,
-the survivors above the last threshold: the gapped scores the engine ranks
-at every step); the budget keeps 0.4% of the prunable weights fewer than the
+of the named BERT (random weights) on one fixed batch's gradient (pruned
+weights score 0, the survivors above the last threshold: the gapped scores
+the engine ranks at every step); the budget keeps 0.4% of the prunable weights fewer than the
 current mask, about what one step of the cubic schedule drops there. It is
 timed twice: at that budget, and at the nearest larger budget whose k-th
-score is tied with another (at 10.8M float32 scores about one budget in 20
-near there; more at larger sizes), where ``ties="exact"`` runs its tie
+score is tied with another (on MiniLM's scores here about one budget in 20
+near the cut; these fixed-gradient scores tie more often than training's,
+see ``benchmarks/tie_frequency.py``), where ``ties="exact"`` runs its tie
 break. Both sides must return the same masks and threshold (checked).
 ``BASE`` (default ``b8341d8``) is a commit of this repository: its selection
 on its threshold. ``REP`` sets the rounds (default 60).
