@@ -332,7 +332,9 @@ def _exact_topk_cut(scores, prefer, tau, k, kept, *, barriers) -> TieCut:
   pviews = [_as_rows(p) for p in prefer]
   one, zero = np.float32(1), np.float32(0)
 
-  def row_count(x):  # float32 per-row sums: exact (rows are < 2**24 long)
+  def row_count(x):  # float32 per-row sums, exact below 2**24 per row
+    if x.shape[1] >= 1 << 24:
+      return jnp.sum(x, axis=1, dtype=jnp.int32)
     return jnp.sum(jnp.where(x, one, zero), axis=1).astype(jnp.int32)
 
   ties = [row_counts_equal(v, tau, barriers=barriers) for v in views]

@@ -308,16 +308,20 @@ def count_greater(leaves: Sequence[jax.Array], u, *, barriers: bool | None = Non
 
 def row_counts_equal(rows: jax.Array, value, *, barriers: bool | None = None) -> jax.Array:
   """Per-row ``#{s == value}`` (int32) of a canonical float32 ``(rows, columns)``
-  array, for a canonical ``value``; rows shorter than ``2**24``.
+  array, for a canonical ``value``.
 
   Canonical values that differ do so by at least ``2**-123`` (the spacing of
   floats at :data:`TINY`), so ``min(|s - value| * 2**123, 1)`` is exactly 0
   for ties and 1 otherwise, and a row holds ``columns`` minus its sum: float
   arithmetic that fuses into the row sums (one pass). A compare-and-select
   indicator (``where(s == value, 1, 0)``) is materialised before its sum on
-  XLA's CPU backend: a score-sized temporary written and read again.
+  XLA's CPU backend: a score-sized temporary written and read again. Rows of
+  ``2**24`` or more entries, whose float32 sums need not be exact integers,
+  are counted in int32 instead.
   """
   value = jnp.asarray(value, jnp.float32)
+  if rows.shape[1] >= 1 << 24:
+    return _isum(rows == value, axis=1)
   consts = (_PER_UNIT, np.float32(1))
   if _barriers(barriers):  # as in _indicator: no shared materialised broadcasts
     rows, value, consts = lax.optimization_barrier((rows, value, consts))

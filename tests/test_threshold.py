@@ -104,6 +104,17 @@ def test_row_counts_equal_are_exact_at_the_edges_of_the_float_range(barriers):
     np.testing.assert_array_equal(got, np.sum(rows == v, axis=1), err_msg=str(v))
 
 
+def test_row_counts_equal_of_rows_beyond_float32_integers():
+  # A row of 2**24 + 3 entries, two of them ties: 2**24 + 1 entries differ,
+  # an odd count above 2**24 that no float32 can hold, so a float32 row sum
+  # cannot give it; such rows take the int32 count.
+  n = (1 << 24) + 3
+  row = np.full((1, n), 2.0, np.float32)
+  row[0, [5, n - 1]] = 0.0
+  got = int(jax.jit(th.row_counts_equal)(jnp.asarray(row), jnp.float32(0.0))[0])
+  assert got == 2
+
+
 def test_keys_are_order_preserving_and_invertible():
   values = np.array([-3e38, -1.0, -1e-30, 0.0, 1e-30, 2e-30, 1.0, 3e38], np.float32)
   keys = np.asarray(th._to_key(jnp.asarray(values)))
